@@ -1,0 +1,1 @@
+"""Compare model variants on the target hardware (`edge-bench`). Never imports TensorFlow."""

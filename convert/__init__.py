@@ -1,0 +1,1 @@
+"""Stage 2: convert a trained Keras model to verified TFLite variants (`edge-convert`)."""

@@ -1,0 +1,7 @@
+"""`edge-app`: not implemented yet."""
+
+import sys
+
+
+def main() -> None:
+    sys.exit("edge-app: not implemented yet")

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real dataset from ../shared, and small real models trained once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA_DIR = Path(os.environ.get("LEUKEDGE_DATA", SHARED / "data" / "all-leukemia"))
+WEIGHTS_DIR = SHARED / "weights"
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 900,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts (edge-train, ...) as a user would."""
+    command = [str(BIN / args[0]), *map(str, args[1:])]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    assert DATA_DIR.is_dir(), f"the dataset is expected at {DATA_DIR} (set LEUKEDGE_DATA)"
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_keras_home(tmp_path_factory) -> Path:
+    """A Keras cache holding the shared ImageNet files, so weights='imagenet' works offline."""
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    for weights in WEIGHTS_DIR.glob("*.h5"):
+        (home / "models" / weights.name).symlink_to(weights)
+    os.environ["KERAS_HOME"] = str(home)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return home
+
+
+TINY_TRAIN_ARGS = ("--alpha", "0.35", "--image-size", "96", "--limit-per-class", "40",
+                   "--epochs", "8", "--fine-tune-epochs", "2", "--batch-size", "16", "--seed", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir) -> Path:
+    """A real edge-train run on 40 real images per class (alpha 0.35, 96 px, a few epochs)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_cli("edge-train", "--data", data_dir, "--out", out, *TINY_TRAIN_ARGS)
+    return out
+
+
+@pytest.fixture()
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of the tiny run a test may change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))

@@ -1,0 +1,76 @@
+"""`edge-train`: command line for the training stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from train.config import ALPHAS, STRATEGIES, TrainConfig
+from train.dataset import SUBSETS, default_data_dir
+
+
+def _weights(ctx, param, value: str) -> str:
+    if value in ("imagenet", "none") or Path(value).is_file():
+        return value
+    raise click.BadParameter(f"{value!r} is neither imagenet, none, nor an existing .h5 file")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=default_data_dir,
+              help="Dataset root (Kaggle layout with Original/ and Segmented/) or a folder of class "
+                   "folders. Default: $LEUKEDGE_DATA, else ../shared/data/all-leukemia.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Run folder to create (model.keras, metrics.json, plots, model card).")
+@click.option("--subset", type=click.Choice(SUBSETS), default="original",
+              help="Which Kaggle image set to train on.")
+@click.option("--alpha", type=click.Choice([str(a) for a in ALPHAS]), default="1.0",
+              help="MobileNetV2 width multiplier (smaller is faster on the Pi).")
+@click.option("--image-size", type=click.IntRange(32, 512), default=224, help="Square input side in pixels.")
+@click.option("--epochs", type=click.IntRange(0), default=TrainConfig.epochs,
+              help="Frozen-backbone epochs (head only).")
+@click.option("--fine-tune-epochs", type=click.IntRange(0), default=TrainConfig.fine_tune_epochs,
+              help="Epochs with the top of the backbone unfrozen; 0 skips fine-tuning.")
+@click.option("--fine-tune-from", type=click.IntRange(0), default=TrainConfig.fine_tune_from,
+              help="First backbone layer index to unfreeze.")
+@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option("--weights", default="imagenet", callback=_weights,
+              help="Backbone weights: imagenet (Keras cache, downloaded if missing), none, or a no-top .h5 path.")
+@click.option("--seed", type=int, default=0, help="Seed for the split, initialisation and augmentation.")
+@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Reuse this split.csv exactly (e.g. from an earlier run).")
+@click.option("--limit-per-class", type=click.IntRange(1), default=None,
+              help="Use only the first N images per class (quick experiments, tests).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
+              help="tf.distribute strategy: mirrored for several GPUs, multiworker for several hosts (TF_CONFIG).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
+    """Train the MobileNetV2 leukemia blood-smear classifier.
+
+    \b
+    Examples:
+      edge-train --out runs/default
+      edge-train --out runs/a035-128 --alpha 0.35 --image-size 128
+      edge-train --data ~/leukemia --out runs/reuse --split-file runs/default/split.csv
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train.dataset import DatasetError
+    from train.model import WeightsError
+    from train.training import RunDirError, check_out_dir
+
+    config = TrainConfig(data_dir=data_dir, out_dir=out_dir, alpha=float(alpha), **options)
+    try:
+        check_out_dir(out_dir, config.overwrite)  # fail before the slow imports and decoding
+        from train.training import train
+
+        metrics = train(config, echo=click.echo)
+    except (DatasetError, WeightsError, RunDirError) as error:
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        raise click.Abort() from None
+    test = metrics["test"]
+    click.echo(f"test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro']['f1']:.4f} "
+               f"(n={test['n']}); {metrics['timing_seconds']['total'] / 60:.1f} min, "
+               f"peak RSS {metrics['peak_rss_mb']:.0f} MB")
+    click.echo(f"wrote {out_dir}/ (model.keras, metrics.json, curves.png, confusion_matrix.png, model_card.md)")

@@ -1,0 +1,42 @@
+"""Training settings: one dataclass, every field with its default and meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # widths Keras publishes MobileNetV2 weights for
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path  # dataset root (Kaggle layout) or a folder of class folders
+    out_dir: Path  # run folder; everything the run produces goes here
+    subset: str = "original"  # Kaggle sub-folder: original (as captured) or segmented
+    alpha: float = 1.0  # MobileNetV2 width multiplier
+    image_size: int = 224  # square model input side, pixels
+    epochs: int = 30  # frozen-backbone epochs (head only, on cached backbone features)
+    fine_tune_epochs: int = 20  # epochs with the top of the backbone unfrozen, 0 to skip
+    fine_tune_from: int = 100  # first backbone layer index to unfreeze (of ~154)
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # head phase (Adam)
+    fine_tune_learning_rate: float = 1e-4  # fine-tuning phase (Adam, cosine decay)
+    dropout: float = 0.2  # before the softmax layer
+    label_smoothing: float = 0.1
+    patience: int = 6  # early stopping on validation loss, best weights restored
+    weights: str = "imagenet"  # imagenet | none | path to a no-top .h5 file
+    seed: int = 0
+    split_file: Path | None = None  # reuse this split.csv exactly instead of making one
+    limit_per_class: int | None = None  # use only the first N images of each class (quick runs)
+    strategy: str = "default"  # tf.distribute strategy: default | mirrored | multiworker
+    overwrite: bool = False  # replace a non-empty out_dir
+    augment: dict = field(default_factory=lambda: {
+        "flip": "horizontal_and_vertical",
+        "rotation": 0.5,  # fraction of a full turn, both ways: cells have no "up"
+        "zoom": 0.1,
+        "brightness": 0.15,
+        "contrast": 0.15,
+        "saturation": 0.15,
+        "hue": 0.04,  # stain tint varies between labs and microscopes
+    })

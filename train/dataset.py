@@ -1,0 +1,266 @@
+"""Find, deduplicate and split the labelled blood-smear images. No TensorFlow here.
+
+`convert` and `benchmarks` read the split through this module too, so it stays importable on
+the Pi. Paths in `split.csv` are relative to the dataset root, so a split made here can be
+reused on a copy of the dataset anywhere else (`--data` says where).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.imaging import ImageDecodeError, is_image_file, load_rgb, prepare
+
+CANONICAL_LABELS = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+SUBSETS = ("original", "segmented")
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ("path", "sha256", "label", "split")
+
+# Folder names of both public releases (Kaggle "mehradaria/leukemia" and the original
+# "Blood cells Cancer (ALL)" layout), compared after lower-casing and dropping non-letters.
+_FOLDER_ALIASES = {
+    "benign": "Benign",
+    "hematogones": "Benign",
+    "early": "Early Pre-B",
+    "earlypreb": "Early Pre-B",
+    "malignantearlypreb": "Early Pre-B",
+    "pre": "Pre-B",
+    "preb": "Pre-B",
+    "malignantpreb": "Pre-B",
+    "pro": "Pro-B",
+    "prob": "Pro-B",
+    "malignantprob": "Pro-B",
+}
+
+
+class DatasetError(ValueError):
+    """The dataset or split file cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # relative to the dataset root, with forward slashes
+    sha256: str
+    label: str
+    split: str = ""
+
+
+@dataclass
+class Scan:
+    """Result of scanning a dataset folder: usable samples, their pixels and what was skipped."""
+
+    root: Path
+    image_dir: Path
+    labels: list[str]
+    samples: list[Sample]
+    images: dict[str, np.ndarray]  # sha256 -> decoded RGB uint8
+    skipped: list[tuple[str, str]]  # (path, reason)
+    duplicates: int
+    found_per_class: dict[str, int]
+
+
+def default_data_dir() -> Path:
+    """$LEUKEDGE_DATA, else ../shared/data/all-leukemia beside the checkout, else ./data."""
+    env = os.environ.get("LEUKEDGE_DATA")
+    if env:
+        return Path(env)
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "all-leukemia"
+    if beside_repo.is_dir():
+        return beside_repo
+    return Path("data") / "all-leukemia"
+
+
+def canonical_label(folder_name: str) -> str:
+    key = re.sub(r"[^a-z]", "", folder_name.lower())
+    return _FOLDER_ALIASES.get(key, folder_name)
+
+
+def ordered_labels(labels: Iterable[str]) -> list[str]:
+    """Known labels in their canonical order, then any others alphabetically."""
+    labels = set(labels)
+    known = [label for label in CANONICAL_LABELS if label in labels]
+    return known + sorted(labels - set(known))
+
+
+def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Path]]:
+    """The folder holding class folders, and label -> folder.
+
+    Accepts the Kaggle root (with Original/ and Segmented/) or any folder of class folders.
+    """
+    if not data_dir.exists():
+        raise DatasetError(f"data dir {data_dir} does not exist: pass --data or set LEUKEDGE_DATA")
+    if not data_dir.is_dir():
+        raise DatasetError(f"data dir {data_dir} is not a folder")
+    subset_dirs = {p.name.lower(): p for p in data_dir.iterdir() if p.is_dir()}
+    image_dir = subset_dirs.get(subset, data_dir) if subset in SUBSETS else data_dir
+    folders: dict[str, Path] = {}
+    for folder in sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = canonical_label(folder.name)
+        if label in folders:
+            raise DatasetError(
+                f"folders {folders[label].name!r} and {folder.name!r} in {image_dir} both map "
+                f"to label {label!r}: keep one"
+            )
+        folders[label] = folder
+    if not folders:
+        raise DatasetError(
+            f"{image_dir} has no class folders: expected Original/<class>/*.jpg (Kaggle layout) "
+            "or <class>/*.jpg"
+        )
+    return image_dir, folders
+
+
+def scan(data_dir: Path, subset: str = "original", image_size: int | None = None,
+         limit_per_class: int | None = None, progress=None) -> Scan:
+    """Decode every image once, drop unreadable ones and content duplicates.
+
+    Images whose bytes are identical are kept once (the first path in sorted order); content
+    that appears under two different labels is dropped altogether, since neither label can be
+    trusted. `image_size` resizes the kept pixels to the model input size.
+    """
+    data_dir = Path(data_dir)
+    image_dir, folders = class_folders(data_dir, subset)
+    by_hash: dict[str, Sample] = {}
+    conflicting: set[str] = set()
+    images: dict[str, np.ndarray] = {}
+    skipped: list[tuple[str, str]] = []
+    found: dict[str, int] = {}
+    duplicates = 0
+    files_per_class = {label: sorted(p for p in folder.rglob("*") if is_image_file(p))
+                       for label, folder in folders.items()}
+    if limit_per_class:
+        files_per_class = {k: v[:limit_per_class] for k, v in files_per_class.items()}
+    todo = [(label, path) for label, paths in files_per_class.items() for path in paths]
+    for label, path in progress(todo) if progress else todo:
+        relative = path.relative_to(data_dir).as_posix()
+        raw = path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in by_hash:
+            duplicates += 1
+            if by_hash[digest].label != label:
+                conflicting.add(digest)
+                skipped.append((relative, f"same content as {by_hash[digest].path} with another label"))
+            continue
+        try:
+            pixels = load_rgb(path)
+        except ImageDecodeError as error:
+            skipped.append((relative, str(error).split(": ", 1)[-1]))
+            continue
+        by_hash[digest] = Sample(relative, digest, label)
+        images[digest] = prepare(pixels, image_size) if image_size else pixels
+        found[label] = found.get(label, 0) + 1
+    for digest in conflicting:
+        sample = by_hash.pop(digest)
+        images.pop(digest)
+        found[sample.label] -= 1
+        skipped.append((sample.path, "same content appears under another label"))
+    empty = [label for label in folders if found.get(label, 0) == 0]
+    if empty:
+        raise DatasetError(
+            f"class folder(s) with no usable images in {image_dir}: "
+            + ", ".join(folders[label].name for label in empty)
+        )
+    if len(folders) < 2:
+        raise DatasetError(f"{image_dir} has only one class folder ({next(iter(folders))}); need at least 2")
+    labels = ordered_labels(folders)
+    samples = sorted(by_hash.values(), key=lambda s: (labels.index(s.label), s.path))
+    return Scan(data_dir, image_dir, labels, samples, images, skipped, duplicates,
+                {label: found[label] for label in labels})
+
+
+def stratified_split(samples: Sequence[Sample], seed: int = 0,
+                     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[Sample]:
+    """Assign train/val/test per class with a seeded shuffle; same inputs, same split."""
+    by_label: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_label[sample.label].append(sample)
+    result: list[Sample] = []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda s: s.sha256)
+        random.Random(f"{seed}:{label}").shuffle(group)
+        n_test = max(1, round(len(group) * fractions[2])) if len(group) >= 3 else 0
+        n_val = max(1, round(len(group) * fractions[1])) if len(group) >= 3 else 0
+        for index, sample in enumerate(group):
+            split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
+            result.append(Sample(sample.path, sample.sha256, sample.label, split))
+    return sorted(result, key=lambda s: (SPLITS.index(s.split), s.label, s.path))
+
+
+def write_split(samples: Sequence[Sample], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SPLIT_COLUMNS)
+        for sample in samples:
+            writer.writerow([sample.path, sample.sha256, sample.label, sample.split])
+
+
+def read_split(path: Path, data_dir: Path | None = None, check_files: bool = True) -> list[Sample]:
+    """Read a split.csv; with `check_files`, every listed image must exist under `data_dir`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"split file {path} does not exist")
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
+                raise DatasetError(
+                    f"split file {path} must have the columns {','.join(SPLIT_COLUMNS)}, "
+                    f"found {reader.fieldnames}"
+                )
+            samples = [Sample(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DatasetError(f"split file {path} is not a readable CSV: {error}") from None
+    bad = [s.split for s in samples if s.split not in SPLITS]
+    if bad:
+        raise DatasetError(f"split file {path} has unknown split name {bad[0]!r} (use train/val/test)")
+    if not samples:
+        raise DatasetError(f"split file {path} lists no images")
+    leaks = [h for h, n in Counter(s.sha256 for s in samples).items() if n > 1]
+    if leaks:
+        raise DatasetError(f"split file {path} lists the same image content {len(leaks)} times")
+    if check_files and data_dir is not None:
+        missing = [s.path for s in samples if not (Path(data_dir) / s.path).is_file()]
+        if missing:
+            raise DatasetError(
+                f"split file {path} names {len(missing)} file(s) missing under {data_dir}, "
+                f"e.g. {missing[0]}: point --data at the dataset the split was made from"
+            )
+    return samples
+
+
+def load_pixels(samples: Sequence[Sample], data_dir: Path, image_size: int,
+                progress=None) -> np.ndarray:
+    """Decode and prepare the images of `samples` as one uint8 array (n, size, size, 3)."""
+    out = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
+    indexed = list(enumerate(samples))
+    for index, sample in progress(indexed) if progress else indexed:
+        try:
+            out[index] = prepare(load_rgb(Path(data_dir) / sample.path), image_size)
+        except (ImageDecodeError, OSError) as error:
+            raise DatasetError(f"cannot read {sample.path}: {error}") from None
+    return out
+
+
+def labelled_folder(data_dir: Path, subset: str = "original") -> list[Sample]:
+    """Every image under a folder of class folders, unsplit (split='test'), for evaluation."""
+    data_dir = Path(data_dir)
+    image_dir, folders = class_folders(data_dir, subset)
+    samples = [
+        Sample(path.relative_to(data_dir).as_posix(), "", label, "test")
+        for label, folder in folders.items()
+        for path in sorted(folder.rglob("*"))
+        if is_image_file(path)
+    ]
+    if not samples:
+        raise DatasetError(f"{image_dir} has class folders but no images in them")
+    return samples

@@ -1,0 +1,112 @@
+"""Model building blocks: MobileNetV2 backbone with preprocessing inside, a small head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+
+
+class WeightsError(ValueError):
+    """The requested backbone weights cannot be found or do not fit the model."""
+
+
+def imagenet_weights_file(alpha: float) -> Path:
+    """The no-top ImageNet weights for `alpha`, from the Keras cache or downloaded into it.
+
+    Keras would look for a size-specific file (`_160_` for a 160 input); no-top weights fit any
+    input size, so the 224 file is always used.
+    """
+    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
+    cache_dir = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    if (cache_dir / name).is_file():
+        return cache_dir / name
+    try:
+        return Path(keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models"))
+    except Exception as error:  # no network, proxy, disk: all mean the same to the user
+        raise WeightsError(
+            f"ImageNet weights {name} are not in the Keras cache ({cache_dir}) and could not "
+            f"be downloaded ({type(error).__name__}). Copy the file there (see "
+            "../shared/weights/README.md) or pass --weights PATH"
+        ) from None
+
+
+def build_backbone(alpha: float, image_size: int, weights: str) -> keras.Model:
+    weights_path = None
+    if weights == "imagenet":
+        weights_path = str(imagenet_weights_file(alpha))
+    elif weights != "none":
+        if not Path(weights).is_file():
+            raise WeightsError(f"weights file {weights} does not exist (use imagenet, none or a path)")
+        weights_path = weights
+    base = keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=None
+    )
+    if weights_path:
+        try:
+            base.load_weights(weights_path)
+        except Exception as error:
+            raise WeightsError(
+                f"weights file {weights_path} does not fit MobileNetV2 alpha {alpha} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+            ) from None
+    base.trainable = False
+    return base
+
+
+def build_classifier(base: keras.Model, n_classes: int, dropout: float) -> keras.Model:
+    """Raw RGB pixels 0..255 in, class probabilities out.
+
+    The [-1, 1] scaling MobileNetV2 expects is the first layer, so TFLite, Android and the Pi
+    all feed raw pixels and cannot get the normalization wrong.
+    """
+    size = base.input_shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
+    # training=False keeps BatchNormalization in inference mode even while fine-tuning.
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="leukedge_mobilenetv2")
+
+
+def build_head(feature_size: int, n_classes: int, dropout: float) -> keras.Model:
+    """The classifier head alone, trained on cached backbone features in the frozen phase."""
+    inputs = keras.Input((feature_size,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(inputs)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def unfreeze_top(base: keras.Model, from_layer: int) -> int:
+    """Make backbone layers from `from_layer` on trainable, BatchNormalization excepted.
+
+    Training BN statistics on a small dataset makes validation accuracy collapse (seen here:
+    96% train, 75% validation), so every BN layer stays frozen. Returns how many layers train.
+    """
+    base.trainable = True
+    trainable = 0
+    for index, layer in enumerate(base.layers):
+        train_it = index >= from_layer and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train_it
+        trainable += train_it
+    return trainable
+
+
+def augmentation(settings: dict, seed: int) -> keras.Sequential:
+    """Random flips, rotations, zoom and colour jitter on batches of 0..255 float images."""
+    value_range = (0, 255)
+    return keras.Sequential([
+        keras.layers.RandomFlip(settings["flip"], seed=seed),
+        keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomBrightness(settings["brightness"], value_range=value_range, seed=seed + 3),
+        keras.layers.RandomContrast(settings["contrast"], value_range=value_range, seed=seed + 4),
+        keras.layers.RandomSaturation(
+            (0.5 - settings["saturation"], 0.5 + settings["saturation"]), value_range=value_range, seed=seed + 5),
+        keras.layers.RandomHue(settings["hue"], value_range=value_range, seed=seed + 6),
+    ], name="augmentation")
