@@ -1,0 +1,145 @@
+"""Which models to benchmark: `.tflite`/`.keras` files, or folders written by `edge-convert`.
+
+A folder is read through its manifest.json (variants keyed by name, never by order). Every
+model becomes a `ModelEntry` naming its variant, so rows and the agreement reference are
+keyed by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Most precise first: agreement is measured against the first of these present in a group.
+PRECISION_ORDER = ("keras", "fp32", "fp16", "dynamic", "int8")
+MODEL_SUFFIXES = (".tflite", ".keras")
+DEFAULT_MODEL = Path("models") / "model_int8.tflite"
+
+
+class ModelDiscoveryError(ValueError):
+    """A path given as a model cannot be used; the message names it and what to pass instead."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    path: Path  # the model file
+    variant: str  # fp32 | fp16 | dynamic | int8 | keras, else the file's stem
+    kind: str  # "tflite" or "keras"
+    manifest: dict | None = None  # manifest.json of the folder the model sits in, if any
+
+    @property
+    def name(self) -> str:
+        """A short unique-enough name for tables: parent folder / file name."""
+        return f"{self.path.parent.name}/{self.path.name}" if self.path.parent.name else self.path.name
+
+    @property
+    def manifest_dir(self) -> Path | None:
+        return self.path.parent if self.manifest is not None else None
+
+    @property
+    def precision_rank(self) -> int:
+        """0 for the most precise variant; unknown variants rank after int8."""
+        return PRECISION_ORDER.index(self.variant) if self.variant in PRECISION_ORDER else len(PRECISION_ORDER)
+
+
+def default_model_path() -> Path:
+    """models/model_int8.tflite in the working directory, else in the LeukEdge checkout."""
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    return Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """manifest.json of `folder`, None when there is none; raises on unreadable JSON."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelDiscoveryError(f"{path} is not readable JSON ({error}): restore it or remove it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("variants", {}), dict):
+        raise ModelDiscoveryError(f"{path} has no 'variants' mapping: was it written by edge-convert?")
+    return manifest
+
+
+def _variant_of(path: Path, manifest: dict | None) -> str:
+    if path.suffix == ".keras":
+        return "keras"
+    for variant, entry in (manifest or {}).get("variants", {}).items():
+        if isinstance(entry, dict) and entry.get("file") == path.name:
+            return variant
+    stem = path.stem
+    return stem[len("model_"):] if stem.startswith("model_") else stem
+
+
+def entry_for_file(path: Path) -> ModelEntry:
+    """A single model file. Its kind comes from the suffix (anything else is tried as TFLite)."""
+    path = Path(path)
+    manifest = None
+    if path.suffix != ".keras":
+        try:
+            manifest = read_manifest(path.parent)
+        except ModelDiscoveryError:
+            manifest = None  # the runtime reports the broken manifest on the row itself
+    kind = "keras" if path.suffix == ".keras" else "tflite"
+    return ModelEntry(path, _variant_of(path, manifest), kind, manifest)
+
+
+def entries_in_folder(folder: Path) -> list[ModelEntry]:
+    """The variants listed in an edge-convert folder's manifest, else every model file in it."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.get("variants"):
+        entries = [ModelEntry(folder / entry["file"], variant, "tflite", manifest)
+                   for variant, entry in manifest["variants"].items()
+                   if isinstance(entry, dict) and entry.get("file")]
+    else:
+        entries = [entry_for_file(path) for path in sorted(folder.iterdir())
+                   if path.is_file() and path.suffix in MODEL_SUFFIXES]
+    if not entries:
+        raise ModelDiscoveryError(f"{folder} has no manifest.json and no .tflite or .keras model: "
+                                  "pass model files or a folder written by edge-convert")
+    return sorted(entries, key=lambda e: (e.precision_rank, e.path.name))
+
+
+def discover_models(paths: Sequence[str | Path]) -> list[ModelEntry]:
+    """ModelEntry for each file or edge-convert folder, in the order given, duplicates dropped.
+
+    With no paths, the released default model (models/model_int8.tflite).
+    """
+    if not paths:
+        default = default_model_path()
+        if not default.is_file():
+            raise ModelDiscoveryError(f"no model given and the default {DEFAULT_MODEL} does not exist: "
+                                      "pass a .tflite file or an edge-convert folder")
+        paths = [default]
+    found: list[ModelEntry] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ModelDiscoveryError(f"model {path} does not exist")
+        entries = entries_in_folder(path) if path.is_dir() else [entry_for_file(path)]
+        for entry in entries:
+            key = entry.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(entry)
+    return found
+
+
+def split_file_of(entries: Sequence[ModelEntry]) -> tuple[Path, dict | None] | None:
+    """The first split.csv beside the given models (an edge-convert or edge-train folder).
+
+    Returns (split.csv path, manifest of that folder or None), preferring manifest folders.
+    """
+    ordered = sorted(entries, key=lambda e: e.manifest is None)
+    for entry in ordered:
+        name = (entry.manifest or {}).get("split_file") or "split.csv"
+        candidate = entry.path.parent / name
+        if candidate.is_file():
+            return candidate, entry.manifest
+    return None
