@@ -1,7 +1,84 @@
-"""`edge-convert`: not implemented yet."""
+"""`edge-convert`: command line for the conversion stage."""
 
+from __future__ import annotations
+
+import os
 import sys
+from pathlib import Path
+
+import click
+
+VARIANT_NAMES = ("fp32", "fp16", "dynamic", "int8")
 
 
-def main() -> None:
-    sys.exit("edge-convert: not implemented yet")
+def _variants(ctx, param, value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    for name in names:
+        if name not in VARIANT_NAMES:
+            import difflib
+
+            close = difflib.get_close_matches(name, VARIANT_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise click.BadParameter(f"unknown variant {name!r}{hint}; choose from {','.join(VARIANT_NAMES)}")
+    if not names:
+        raise click.BadParameter("name at least one variant")
+    return tuple(dict.fromkeys(names))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for model_<variant>.tflite, labels.txt, manifest.json, conversion_report.md.")
+@click.option("--variants", default=",".join(VARIANT_NAMES), callback=_variants,
+              help="Comma-separated variants to write.")
+@click.option("--calibration-samples", type=click.IntRange(1), default=300,
+              help="Training images used to calibrate int8 (stratified by class).")
+@click.option("--int8-io", type=click.Choice(["uint8", "int8", "float32"]), default="uint8",
+              help="Input/output type of the int8 model (uint8: camera pixels go in as they are).")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0,
+              help="Exit 1 if a variant's test accuracy is more than this many points below Keras.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Dataset root the split's paths are relative to. Default: the run's, else $LEUKEDGE_DATA.")
+@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="split.csv to calibrate and verify with. Default: the one beside the model.")
+@click.option("--seed", type=int, default=0, help="Seed for picking calibration images.")
+@click.option("--no-verify", "verify", flag_value=False, default=True,
+              help="Skip the accuracy check on the test split.")
+@click.option("--overwrite", is_flag=True, help="Replace earlier models in --out.")
+def main(source: Path, out_dir: Path, **options) -> None:
+    """Convert a trained model (edge-train RUN_DIR or MODEL.keras) to TFLite.
+
+    Writes float32, float16, dynamic-range and full-int8 models, each with TFLite metadata
+    (labels, input normalization) that Android tooling reads, verifies each against the Keras
+    model on the run's test split, and records hashes, tensors and figures in manifest.json.
+
+    \b
+    Examples:
+      edge-convert runs/default --out runs/default/tflite
+      edge-convert runs/default/model.keras --out models --variants int8,fp16
+      edge-convert runs/default --out out --int8-io float32 --calibration-samples 500
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from convert.conversion import ConversionError, ConvertConfig, check_out_dir
+    from convert.report import verification_table
+    from edge_app.runtime import ModelError
+    from train.dataset import DatasetError
+
+    config = ConvertConfig(source=source, out_dir=out_dir, **options)
+    try:
+        check_out_dir(out_dir, config.overwrite)  # before the slow TensorFlow import
+        from convert.conversion import convert
+
+        manifest = convert(config, echo=lambda m: click.echo(m, err=True))
+    except (ConversionError, DatasetError, ModelError) as error:
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        raise click.Abort() from None
+    click.echo(verification_table(manifest))
+    click.echo(f"wrote {out_dir}/ in {manifest['conversion_seconds']:.0f} s "
+               "(model_*.tflite, labels.txt, manifest.json, conversion_report.md)")
+    failed = [name for name, e in manifest["variants"].items() if e["status"].startswith("failed")]
+    if failed:
+        click.echo(f"error: {', '.join(failed)} lost more than {config.max_drop} accuracy points "
+                   "against Keras (see conversion_report.md)", err=True)
+        sys.exit(1)

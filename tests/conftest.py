@@ -63,3 +63,12 @@ def tiny_run(tmp_path_factory, data_dir) -> Path:
 def tiny_run_copy(tiny_run, tmp_path) -> Path:
     """A copy of the tiny run a test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def converted_dir(tmp_path_factory, tiny_run, data_dir) -> Path:
+    """edge-convert output (all four variants, manifest, split) of the tiny run."""
+    out = tmp_path_factory.mktemp("converted") / "tflite"
+    run_cli("edge-convert", tiny_run, "--out", out, "--calibration-samples", "64", "--data", data_dir,
+            "--max-drop", "100")
+    return out

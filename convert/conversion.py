@@ -1,0 +1,275 @@
+"""The conversion run: Keras model -> verified TFLite variants with metadata and a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from convert import report
+from convert.metadata import with_metadata
+from convert.variants import DESCRIPTIONS, VARIANTS, convert_variant, file_name, representative_dataset
+from edge_app.metadata import ModelMetadata
+from edge_app.runtime import Classifier
+from train import dataset
+from train.metrics import classification_metrics
+
+OUTPUT_FILES = tuple(file_name(v) for v in VARIANTS) + (
+    "labels.txt", "split.csv", "manifest.json", "conversion_report.md")
+
+
+class ConversionError(ValueError):
+    """The source model, data or output folder cannot be used."""
+
+
+@dataclass
+class ConvertConfig:
+    source: Path  # run folder of edge-train, or a .keras file
+    out_dir: Path
+    variants: tuple[str, ...] = VARIANTS
+    calibration_samples: int = 300  # training images for int8 calibration, stratified by class
+    int8_io: str = "uint8"  # input/output type of the int8 model
+    max_drop: float = 1.0  # accuracy points a variant may lose against Keras before exit 1
+    data_dir: Path | None = None  # dataset root for split.csv paths (default: the run's)
+    split_file: Path | None = None  # default: split.csv beside the model
+    seed: int = 0
+    overwrite: bool = False
+    verify: bool = True
+    notes: dict = field(default_factory=dict)
+
+
+def leukedge_version() -> str:
+    try:
+        return version("leukedge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def locate_source(config: ConvertConfig) -> tuple[Path, Path | None, Path | None]:
+    """(model.keras, split.csv or None, metrics.json or None) from a run dir or a .keras path."""
+    source = Path(config.source)
+    model_path = source / "model.keras" if source.is_dir() else source
+    if not model_path.is_file():
+        raise ConversionError(f"{model_path} does not exist: pass an edge-train run folder or a .keras file")
+    split = config.split_file or model_path.parent / "split.csv"
+    metrics = model_path.parent / "metrics.json"
+    return model_path, (split if split.is_file() else None), (metrics if metrics.is_file() else None)
+
+
+def load_classifier(model_path: Path) -> keras.Model:
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as error:
+        raise ConversionError(f"{model_path} is not a readable Keras model "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:150]})") from None
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] is None:
+        raise ConversionError(f"{model_path} is not an image classifier: input shape {model.input_shape}, "
+                              "expected (None, size, size, 3)")
+    if len(model.output_shape) != 2:
+        raise ConversionError(f"{model_path} is not a classifier: output shape {model.output_shape}")
+    return model
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"--out {out_dir} is a file, not a folder")
+    earlier = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
+    if earlier and not overwrite:
+        raise ConversionError(f"--out {out_dir} already holds {', '.join(earlier[:3])}"
+                              f"{' ...' if len(earlier) > 3 else ''}: choose another folder or pass --overwrite")
+
+
+def data_root(config: ConvertConfig, metrics_path: Path | None) -> Path:
+    if config.data_dir:
+        return Path(config.data_dir)
+    if metrics_path:
+        recorded = Path(json.loads(metrics_path.read_text()).get("data", {}).get("root", ""))
+        if recorded.is_dir():
+            return recorded
+    return dataset.default_data_dir()
+
+
+def calibration_set(samples: list[dataset.Sample], count: int, seed: int) -> list[dataset.Sample]:
+    """`count` training images, the same share of each class as the training split."""
+    train = sorted((s for s in samples if s.split == "train"), key=lambda s: s.sha256)
+    if len(train) < count:
+        raise ConversionError(f"only {len(train)} training images for --calibration-samples {count}: "
+                              "lower --calibration-samples (at least 50 recommended)")
+    rng = np.random.default_rng(seed)
+    labels = sorted({s.label for s in train})
+    chosen = []
+    for label in labels:
+        group = [s for s in train if s.label == label]
+        take = max(1, round(count * len(group) / len(train)))
+        chosen += [group[i] for i in rng.permutation(len(group))[:take]]
+    return chosen[:count]
+
+
+def tensor_entry(spec) -> dict:
+    return {"dtype": spec.dtype, "shape": list(spec.shape), "scale": spec.scale, "zero_point": spec.zero_point}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: never a half-written file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; models are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def verify(classifier: Classifier, pixels: np.ndarray, y_true: np.ndarray, keras_probs: np.ndarray,
+           labels: list[str]) -> dict:
+    probs = np.stack([classifier.invoke(classifier.to_input(p)) for p in pixels])
+    predicted = probs.argmax(axis=1)
+    metrics = classification_metrics(y_true, predicted, labels)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"],
+            "agreement": float((predicted == keras_probs.argmax(axis=1)).mean()),
+            "max_abs_prob_diff": float(np.abs(probs - keras_probs).max()), "n": int(len(y_true))}
+
+
+def convert(config: ConvertConfig, echo=print) -> dict:
+    """Run the conversion; returns the manifest. Raises ConversionError for unusable inputs."""
+    started = time.monotonic()
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown:
+        raise ConversionError(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
+    out_dir = Path(config.out_dir)
+    check_out_dir(out_dir, config.overwrite)
+    model_path, split_path, metrics_path = locate_source(config)
+    model = load_classifier(model_path)
+    size = int(model.input_shape[1])
+    labels_file = model_path.parent / "labels.txt"
+    labels = (labels_file.read_text().split("\n") if labels_file.is_file() else [])
+    labels = [label.strip() for label in labels if label.strip()]
+    if len(labels) != model.output_shape[-1]:
+        raise ConversionError(f"{labels_file} must list {model.output_shape[-1]} labels (one per line), "
+                              f"found {len(labels)}")
+    if split_path is None:
+        raise ConversionError(f"no split.csv beside {model_path}: pass --split-file (from edge-train)")
+    root = data_root(config, metrics_path)
+    samples = dataset.read_split(split_path, root)
+    unknown_labels = sorted({s.label for s in samples} - set(labels))
+    if unknown_labels:
+        raise ConversionError(f"{split_path} has labels {unknown_labels} that the model does not know")
+
+    needs_calibration = "int8" in config.variants
+    calibration = calibration_set(samples, config.calibration_samples, config.seed) if needs_calibration else []
+    bar = lambda desc: (lambda items: tqdm(items, desc=desc, unit="img", leave=False))  # noqa: E731
+    calibration_pixels = dataset.load_pixels(calibration, root, size, bar("load calibration images"))
+    test = [s for s in samples if s.split == "test"] if config.verify else []
+    test_pixels = dataset.load_pixels(test, root, size, bar("load test images"))
+    y_test = np.array([labels.index(s.label) for s in test], dtype=np.int64)
+
+    model_bytes = model_path.read_bytes()
+    source_sha = sha256_bytes(model_bytes)
+    manifest = {
+        "format_version": 1,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "leukedge_version": leukedge_version(),
+        "source_model": {"file": model_path.name, "sha256": source_sha, "bytes": len(model_bytes)},
+        "data_dir": str(root),
+        "split_file": "split.csv",
+        "labels": labels,
+        "image_size": size,
+        "input": {"color": "RGB", "layout": "NHWC", "range": [0, 255], "mean": [0.0], "std": [1.0]},
+        "calibration": {"samples": len(calibration), "source": "train split, stratified", "seed": config.seed}
+        if needs_calibration else None,
+        "reference": None,
+        "max_drop_points": config.max_drop,
+        "variants": {},
+    }
+    info = ModelMetadata(
+        name="LeukEdge ALL blood-smear classifier",
+        description=("MobileNetV2 classifier of peripheral blood smear images into "
+                     f"{', '.join(labels)} (acute lymphoblastic leukemia subtypes). Research and "
+                     "screening aid, not a diagnostic device: results need expert review."),
+        version=f"{leukedge_version()}+{source_sha[:12]}",
+        author="LeukEdge developers",
+        license="Apache-2.0. Trained on the ALL image dataset (Aria et al., 2021, doi:10.34740/KAGGLE/DSV/2175623).",
+        labels=labels,
+        input_description=(f"RGB image, {size}x{size}, raw pixel values 0..255 (uint8 models take the pixels "
+                           "as they are; float models take the same values as float32). The model "
+                           "scales them internally."),
+        output_description=f"Probabilities of the {len(labels)} classes, in labels.txt order.",
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Staged inside out_dir, so publishing is a rename within one file system.
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir))
+    try:
+        keras_probs = (model.predict(test_pixels.astype(np.float32), batch_size=32, verbose=0)
+                       if len(test) else np.zeros((0, len(labels))))
+        if len(test):
+            reference = classification_metrics(y_test, keras_probs.argmax(axis=1), labels)
+            manifest["reference"] = {"model": "keras", "accuracy": reference["accuracy"],
+                                     "macro_f1": reference["macro"]["f1"], "n": len(test)}
+        saved_model = staging / "saved_model"
+        model.export(str(saved_model), verbose=False)
+        for variant in config.variants:
+            echo(f"converting {variant}: {DESCRIPTIONS[variant]}")
+            t0 = time.monotonic()
+            calibrate = (representative_dataset(calibration_pixels, bar("calibrate int8"))
+                         if variant == "int8" else None)
+            try:
+                tflite = convert_variant(saved_model, variant, calibrate, config.int8_io)
+            except Exception as error:
+                raise ConversionError(f"TFLite conversion of {variant} failed: "
+                                      f"{str(error).splitlines()[0][:200]}") from None
+            tflite = with_metadata(tflite, info)
+            path = staging / file_name(variant)
+            write_atomic(path, tflite)
+            classifier = Classifier(path, allow_unverified=True)
+            entry = {"file": path.name, "sha256": sha256_bytes(tflite), "bytes": len(tflite),
+                     "description": DESCRIPTIONS[variant],
+                     "input": tensor_entry(classifier.input), "output": tensor_entry(classifier.output),
+                     "conversion_seconds": round(time.monotonic() - t0, 1)}
+            if len(test):
+                entry["verification"] = verify(classifier, test_pixels, y_test, keras_probs, labels)
+                drop = 100 * (manifest["reference"]["accuracy"] - entry["verification"]["accuracy"])
+                entry["status"] = "ok" if drop <= config.max_drop else "failed: accuracy drop"
+            else:
+                entry["status"] = "ok (not verified)"
+            manifest["variants"][variant] = entry
+        shutil.rmtree(saved_model)
+        manifest["conversion_seconds"] = round(time.monotonic() - started, 1)
+        (staging / "labels.txt").write_text("\n".join(labels) + "\n")
+        shutil.copyfile(split_path, staging / "split.csv")
+        (staging / "conversion_report.md").write_text(report.conversion_report(manifest))
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished files into out_dir, replacing earlier outputs; manifest last."""
+    for name in OUTPUT_FILES:
+        if not (staging / name).exists():
+            (out_dir / name).unlink(missing_ok=True)  # an old variant must not outlive its manifest
+    for name in sorted(OUTPUT_FILES, key=lambda n: n == "manifest.json"):
+        if (staging / name).exists():
+            shutil.move(str(staging / name), str(out_dir / name))

@@ -1,0 +1,58 @@
+"""The verification table and conversion_report.md."""
+
+from __future__ import annotations
+
+
+def verification_table(manifest: dict) -> str:
+    """Markdown table, one row per variant, Keras reference first."""
+    rows = ["| variant | file | size (KB) | input | accuracy | macro-F1 | agreement with Keras | max abs prob diff | status |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    reference = manifest.get("reference")
+    if reference:
+        rows.append(f"| keras | {manifest['source_model']['file']} | {manifest['source_model']['bytes'] / 1024:.0f} "
+                    f"| float32 | {reference['accuracy']:.2%} | {reference['macro_f1']:.4f} | - | - | reference |")
+    for name, entry in manifest["variants"].items():
+        check = entry.get("verification")
+        figures = (f"{check['accuracy']:.2%} | {check['macro_f1']:.4f} | {check['agreement']:.2%} | "
+                   f"{check['max_abs_prob_diff']:.4f}") if check else "- | - | - | -"
+        rows.append(f"| {name} | {entry['file']} | {entry['bytes'] / 1024:.0f} | {entry['input']['dtype']} "
+                    f"| {figures} | {entry['status']} |")
+    return "\n".join(rows)
+
+
+def conversion_report(manifest: dict) -> str:
+    variants = manifest["variants"]
+    sizes = ""
+    if "fp32" in variants:
+        fp32 = variants["fp32"]["bytes"]
+        sizes = ", ".join(f"{name} {entry['bytes'] / fp32:.0%}" for name, entry in variants.items())
+        sizes = f"\nSize against fp32: {sizes}.\n"
+    reference = manifest.get("reference")
+    n = reference["n"] if reference else 0
+    calibration = manifest.get("calibration")
+    quant = "\n".join(
+        f"- {name}: input {e['input']['dtype']} {e['input']['shape']} (scale {e['input']['scale']:g}, "
+        f"zero point {e['input']['zero_point']}), output {e['output']['dtype']} (scale {e['output']['scale']:g}, "
+        f"zero point {e['output']['zero_point']})"
+        for name, e in variants.items())
+    return f"""# Conversion report
+
+Source: `{manifest['source_model']['file']}` (sha256 `{manifest['source_model']['sha256'][:16]}...`),
+input {manifest['image_size']}x{manifest['image_size']} RGB pixels 0..255, labels {', '.join(manifest['labels'])}.
+Converted by LeukEdge {manifest['leukedge_version']} on {manifest['created_utc']} in
+{manifest.get('conversion_seconds', 0):.0f} s.
+{f"int8 calibration: {calibration['samples']} images from the {calibration['source']} (seed {calibration['seed']})." if calibration else ""}
+
+## Verification on the test split (n={n})
+Every variant runs in the LeukEdge runtime (the one the Pi uses) on the same test images as the
+Keras model. A variant fails if its accuracy is more than {manifest['max_drop_points']} points below Keras.
+
+{verification_table(manifest)}
+{sizes}
+## Tensors
+{quant}
+
+Each file carries TFLite Model Metadata (name, description, version, author, license, input
+image spec with normalization mean 0 / std 1 on raw 0..255 pixels, output description) and
+`labels.txt` as its associated label file. `manifest.json` holds the hashes.
+"""
