@@ -1,7 +1,235 @@
-"""`edge-app`: not implemented yet."""
+"""`edge-app`: classify blood-smear frames on a Raspberry Pi microscope, keep every result.
 
+Research and screening aid, not a diagnostic device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
 import sys
+from pathlib import Path
+
+import click
+
+from edge_app.settings import (
+    DISCLAIMER,
+    CameraSettings,
+    DecisionSettings,
+    QualitySettings,
+    RunSettings,
+)
+
+log = logging.getLogger("edge_app")
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+RELEASED_MODEL_NAMES = ("model_int8.tflite", "leukedge_int8.tflite")
+Q, D, C = QualitySettings(), DecisionSettings(), CameraSettings()
 
 
+def default_model() -> Path | None:
+    """$LEUKEDGE_MODEL, else the released int8 model in the repository's models/ folder."""
+    if os.environ.get("LEUKEDGE_MODEL"):
+        return Path(os.environ["LEUKEDGE_MODEL"])
+    for name in RELEASED_MODEL_NAMES:
+        for candidate in (REPO_MODELS / name, *sorted(REPO_MODELS.glob(f"*/{name}"))):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)  # stdout is kept for results (JSON lines)
+    handler.setFormatter(logging.Formatter("edge-app: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def parse_size(_ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+        if width <= 0 or height <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 1280x960", param=param) from None
+    return width, height
+
+
+def parse_gains(_ctx, param, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        red, blue = (float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected RED,BLUE gains, e.g. 1.8,1.5", param=param) from None
+    return red, blue
+
+
+HELP = f"""Classify blood-smear frames on device and keep every result.
+
+\b
+{DISCLAIMER}
+
+\b
+Examples:
+  edge-app run --source picamera2 --db results.sqlite --save-dir frames
+  edge-app run --source slides/ --headless > results.jsonl
+  edge-app run --source 0 --mode capture --sample-id S-0042
+  edge-app export --db results.sqlite --csv results.csv
+  edge-app bench --model models/model_int8.tflite --images slides/
+"""
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="leukedge", prog_name="edge-app")
 def main() -> None:
-    sys.exit("edge-app: not implemented yet")
+    pass
+
+
+@main.command(epilog=DISCLAIMER)
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The .tflite model. Default: $LEUKEDGE_MODEL, else the released int8 model in models/.")
+@click.option("--source", required=True,
+              help="picamera2[:N], a camera index (0) or /dev/videoN, a video file, a stream URL, "
+                   "an image file, a folder or a quoted glob ('slides/*.png').")
+@click.option("--headless", is_flag=True,
+              help="No window; stdout gets exactly one JSON object per processed frame (logs go to stderr).")
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=Path("results.sqlite"),
+              show_default=True, help="SQLite results database (WAL mode, created 0600).")
+@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save every processed frame here (atomically, owner-only) and record its path.")
+@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="Format of saved frames (jpg at quality 95, or lossless png).")
+@click.option("--mode", type=click.Choice(["live", "capture"]), default="live", show_default=True,
+              help="live: classify every frame. capture: on a trigger (sample ID + Enter on stdin, "
+                   "Enter again, SIGUSR1, or c in the preview).")
+@click.option("--sample-id", default=None, help="Sample ID stored with each result.")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=D.min_confidence,
+              show_default=True, help="Below this top probability the answer is "
+                                     "'uncertain: refer for expert review'.")
+@click.option("--smooth", type=click.IntRange(1, 100), default=D.smoothing, show_default=True,
+              help="Live mode: average probabilities over the last N classified frames.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="Interpreter threads (default: CPU cores, at most 4).")
+@click.option("--runtime", type=click.Choice(["ai-edge-litert", "tflite-runtime", "tensorflow"]),
+              default=None, help="Force one TFLite runtime (default: the first importable).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Run a model whose sha256 does not match manifest.json beside it.")
+@click.option("--crop", "crop_fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
+              help="Centre square crop as a fraction of the shorter frame side (the ROI classified).")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after N processed frames.")
+@click.option("--loop", is_flag=True, help="Replay an image file/folder/glob source forever.")
+@click.option("--preview/--no-preview", default=None,
+              help="Show a window (default: when a display and GUI OpenCV exist).")
+@click.option("--camera-size", callback=parse_size, default=None,
+              help=f"Camera frame size WIDTHxHEIGHT [default: {C.size[0]}x{C.size[1]}].")
+@click.option("--camera-stream", type=click.Choice(["main", "lores"]), default=C.stream, show_default=True,
+              help="picamera2: classify the main stream, or the lores one (main is saved).")
+@click.option("--lores-size", callback=parse_size, default=None,
+              help=f"picamera2 lores size [default: {C.lores_size[0]}x{C.lores_size[1]}].")
+@click.option("--lores-format", type=click.Choice(["YUV420", "RGB888"]), default=C.lores_format,
+              show_default=True, help="picamera2 lores format (Pi 4: YUV420 only; Pi 5: either).")
+@click.option("--exposure-us", type=click.IntRange(1), default=None,
+              help="picamera2: fixed exposure time in microseconds (turns auto exposure off).")
+@click.option("--gain", type=click.FloatRange(1.0, 64.0), default=None, help="picamera2: analogue gain.")
+@click.option("--colour-gains", callback=parse_gains, default=None,
+              help="picamera2: fixed white balance RED,BLUE gains (turns auto white balance off).")
+@click.option("--camera-retry-s", type=click.FloatRange(0.0), default=C.retry_for_s, show_default=True,
+              help="Keep retrying a failing camera this many seconds, then exit with status 1.")
+@click.option("--focus-min", type=float, default=Q.focus_min, show_default=True,
+              help="Quality gate: minimum focus (Laplacian variance after a light denoise).")
+@click.option("--dark-mean", type=float, default=Q.dark_mean, show_default=True,
+              help="Quality gate: mean grey below this is too dark.")
+@click.option("--bright-mean", type=float, default=Q.bright_mean, show_default=True,
+              help="Quality gate: mean grey above this is too bright.")
+@click.option("--clipped-max", type=click.FloatRange(0.0, 1.0), default=Q.clipped_max, show_default=True,
+              help="Quality gate: maximum fraction of saturated pixels.")
+@click.option("--empty-contrast", type=float, default=Q.empty_contrast, show_default=True,
+              help="Quality gate: contrast below this is an empty field.")
+@click.option("--db-sync", type=click.Choice(["normal", "full"]), default="normal", show_default=True,
+              help="SQLite synchronous level: normal survives app crashes; full also power cuts (slower).")
+@click.option("-v", "--verbose", is_flag=True, help="More log lines on stderr.")
+def run(model, source, headless, db_path, save_dir, image_format, mode, sample_id, min_confidence,
+        smooth, threads, runtime, allow_unverified, crop_fraction, max_frames, loop, preview,
+        camera_size, camera_stream, lores_size, lores_format, exposure_us, gain, colour_gains,
+        camera_retry_s, focus_min, dark_mean, bright_mean, clipped_max, empty_contrast, db_sync,
+        verbose) -> None:
+    """Classify frames from a camera, video or images and store every result.
+
+    \b
+    Examples:
+      edge-app run --source picamera2 --save-dir ~/leukedge/frames
+      edge-app run --source picamera2 --camera-stream lores --headless
+      edge-app run --source /dev/video0 --mode capture
+      edge-app run --model models/model_int8.tflite --source 'slides/*.jpg' --headless
+    """
+    setup_logging(verbose)
+    log.info(DISCLAIMER)
+    from edge_app.app import App, AppError, FrameProcessor
+    from edge_app.runtime import Classifier, ModelError
+    from edge_app.sources import SourceError, open_source
+    from edge_app.storage import FrameWriter, ResultStore, StorageError
+
+    settings = RunSettings(mode=mode, sample_id=sample_id, crop_fraction=crop_fraction, headless=headless,
+                           preview=False if headless else preview, max_frames=max_frames, loop=loop,
+                           image_format=image_format)
+    camera = CameraSettings(size=camera_size or C.size, stream=camera_stream,
+                            lores_size=lores_size or C.lores_size, lores_format=lores_format,
+                            exposure_us=exposure_us, analogue_gain=gain, colour_gains=colour_gains,
+                            retry_for_s=camera_retry_s)
+    quality = QualitySettings(focus_min=focus_min, dark_mean=dark_mean, bright_mean=bright_mean,
+                              clipped_max=clipped_max, empty_contrast=empty_contrast)
+    decisions = DecisionSettings(min_confidence=min_confidence, smoothing=smooth)
+    model = model or default_model()
+    if model is None:
+        raise click.ClickException(f"no --model given and no released model in {REPO_MODELS}: "
+                                   "pass --model path/to/model_int8.tflite (written by edge-convert)")
+    try:
+        classifier = Classifier(model, threads=threads, allow_unverified=allow_unverified, runtime=runtime)
+    except ModelError as error:
+        raise click.ClickException(str(error)) from None
+    log.info("model %s", classifier.describe())
+    if not classifier.verified:
+        log.warning("warning: %s is not verified against a manifest.json sha256", classifier.path.name)
+    store = None
+    try:
+        store = ResultStore(db_path, synchronous=db_sync.upper())
+        writer = FrameWriter(save_dir, image_format) if save_dir is not None else None
+        if crop_fraction * min(camera.lores_size if camera.stream == "lores" else camera.size) \
+                < classifier.image_size and source.startswith("picamera2"):
+            log.warning("warning: the camera crop is smaller than the model input (%d px): frames are upscaled",
+                        classifier.image_size)
+        processor = FrameProcessor(classifier, store, writer, settings, quality, decisions, source)
+        app = App(lambda: open_source(source, camera, loop), processor, settings, camera)
+        counts = app.run()
+    except (SourceError, StorageError, AppError) as error:
+        if store is not None and store.connection is not None:
+            log.info("%d result(s) stored in %s are intact", store.count(), db_path)
+        raise click.ClickException(str(error)) from None
+    finally:
+        if store is not None:
+            store.close()
+    log.info("%s; results in %s", counts.summary(), db_path)
+
+
+@main.command()
+@click.option("--db", "db_path", type=click.Path(path_type=Path), required=True,
+              help="The results database written by edge-app run.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV file to write (owner-only; one p_<label> column per class).")
+def export(db_path: Path, csv_path: Path) -> None:
+    """Export every stored result to CSV.
+
+    \b
+    Example:
+      edge-app export --db results.sqlite --csv results.csv
+    """
+    from edge_app.storage import StorageError, export_csv
+
+    try:
+        count = export_csv(db_path, csv_path)
+    except StorageError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"edge-app: exported {count} result(s) from {db_path} to {csv_path}", err=True)
