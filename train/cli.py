@@ -55,17 +55,25 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
       edge-train --data ~/leukemia --out runs/reuse --split-file runs/default/split.csv
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from train.dataset import DatasetError
-    from train.model import WeightsError
-    from train.training import RunDirError, check_out_dir
+    from tqdm import tqdm
+
+    from train import dataset
+    from train.config import WeightsError
+    from train.run_dir import RunDirError, check_out_dir
 
     config = TrainConfig(data_dir=data_dir, out_dir=out_dir, alpha=float(alpha), **options)
     try:
-        check_out_dir(out_dir, config.overwrite)  # fail before the slow imports and decoding
+        # Bad output folders, data and split files fail here, before TensorFlow is imported.
+        check_out_dir(out_dir, config.overwrite)
+        if config.split_file:
+            dataset.read_split(config.split_file, data_dir)
+        scan = dataset.scan(data_dir, config.subset, config.image_size, config.limit_per_class,
+                            progress=lambda items: tqdm(items, desc="decode images", unit="img"))
+        click.echo(dataset.summary(scan))
         from train.training import train
 
-        metrics = train(config, echo=click.echo)
-    except (DatasetError, WeightsError, RunDirError) as error:
+        metrics = train(config, echo=click.echo, scan=scan)
+    except (dataset.DatasetError, RunDirError, WeightsError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None

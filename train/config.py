@@ -9,6 +9,10 @@ ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # widths Keras publishes MobileNetV2 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
+class WeightsError(ValueError):
+    """The requested backbone weights cannot be found or do not fit the model."""
+
+
 @dataclass
 class TrainConfig:
     data_dir: Path  # dataset root (Kaggle layout) or a folder of class folders

@@ -178,6 +178,12 @@ def scan(data_dir: Path, subset: str = "original", image_size: int | None = None
                 {label: found[label] for label in labels})
 
 
+def summary(scan: Scan) -> str:
+    counts = ", ".join(f"{label} {n}" for label, n in scan.found_per_class.items())
+    skipped = f"{len(scan.skipped)} file(s) skipped" + (" (listed in skipped.txt)" if scan.skipped else "")
+    return f"found in {scan.image_dir}: {counts}; {scan.duplicates} duplicate(s) removed, {skipped}"
+
+
 def stratified_split(samples: Sequence[Sample], seed: int = 0,
                      fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[Sample]:
     """Assign train/val/test per class with a seeded shuffle; same inputs, same split."""

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import keras
 
+from train.config import WeightsError
+
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-
-
-class WeightsError(ValueError):
-    """The requested backbone weights cannot be found or do not fit the model."""
 
 
 def imagenet_weights_file(alpha: float) -> Path:

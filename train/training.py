@@ -15,40 +15,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from train import dataset, report
 from train.config import STRATEGIES, TrainConfig
 from train.metrics import classification_metrics
 from train.model import augmentation, build_backbone, build_classifier, build_head, unfreeze_top
+from train.run_dir import check_out_dir, publish, staging_dir
 
 PUBLISHED = {"accuracy": 0.9858, "precision": 0.986, "recall": 0.9858, "f1": 0.9857,
              "source": "MobileNetV2, 30 epochs, batch 32, 80:10:10 split (published study)"}
-
-
-class RunDirError(ValueError):
-    """The output folder cannot be used."""
-
-
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunDirError(f"--out {out_dir} is a file, not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"--out {out_dir} is not empty: choose another folder or pass --overwrite")
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """A sibling folder the run writes into; renamed to out_dir only when everything is there."""
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def publish(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -110,25 +85,21 @@ def history_rows(history: keras.callbacks.History, phase: str, first_epoch: int)
             for i in range(n)]
 
 
-def train(config: TrainConfig, echo=print) -> dict:
+def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> dict:
     """Run the whole training; returns metrics.json's content. Writes config.out_dir."""
     started = time.monotonic()
     out_dir = Path(config.out_dir)
     check_out_dir(out_dir, config.overwrite)
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config.strategy)
-
-    scan = dataset.scan(config.data_dir, config.subset, config.image_size, config.limit_per_class,
-                        progress=lambda items: tqdm(items, desc="decode images", unit="img"))
+    scan = scan or dataset.scan(config.data_dir, config.subset, config.image_size, config.limit_per_class)
     labels = scan.labels
-    echo(f"found in {scan.image_dir}: " + ", ".join(f"{k} {v}" for k, v in scan.found_per_class.items())
-         + f"; {scan.duplicates} duplicate(s) removed, {len(scan.skipped)} file(s) skipped")
     samples = assign_split(config, scan)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         arrays(samples, scan, labels, split) for split in dataset.SPLITS)
     echo(f"split: train {len(y_train)}, val {len(y_val)}, test {len(y_test)}")
     decoded = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.strategy)
 
     n_classes = len(labels)
     weights = class_weights(y_train, n_classes)

@@ -1,0 +1,194 @@
+"""edge-train: a real small run end to end, the split's properties, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import WEIGHTS_DIR, run_cli
+from edge_app.imaging import ImageDecodeError, load_rgb
+from train import dataset
+from train.metrics import classification_metrics
+
+ARTIFACTS = {"model.keras", "labels.txt", "split.csv", "history.csv", "metrics.json", "curves.png",
+             "confusion_matrix.png", "model_card.md", "skipped.txt"}
+QUICK = ("--alpha", "0.35", "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "0",
+         "--batch-size", "16")
+
+
+def test_run_writes_every_artifact(tiny_run):
+    assert {p.name for p in tiny_run.iterdir()} >= ARTIFACTS
+    assert (tiny_run / "labels.txt").read_text().splitlines() == list(dataset.CANONICAL_LABELS)
+    for plot in ("curves.png", "confusion_matrix.png"):
+        assert cv2.imread(str(tiny_run / plot)) is not None
+    history = list(csv.DictReader((tiny_run / "history.csv").read_text().splitlines()))
+    assert {row["phase"] for row in history} == {"frozen", "fine-tune"}
+    card = (tiny_run / "model_card.md").read_text()
+    assert "not a diagnostic device" in card and "edge-train" in card
+
+
+def test_metrics_match_the_models_predictions(tiny_run, data_dir):
+    import keras
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    labels = metrics["labels"]
+    model = keras.models.load_model(tiny_run / "model.keras")
+    samples = dataset.read_split(tiny_run / "split.csv", data_dir)
+    for split in ("val", "test"):
+        chosen = [s for s in samples if s.split == split]
+        pixels = dataset.load_pixels(chosen, data_dir, 96)
+        predicted = model.predict(pixels.astype("float32"), verbose=0).argmax(axis=1)
+        truth = [labels.index(s.label) for s in chosen]
+        expected = classification_metrics(truth, predicted, labels)
+        assert metrics[split]["confusion_matrix"] == expected["confusion_matrix"]
+        assert metrics[split]["accuracy"] == pytest.approx(expected["accuracy"])
+        assert metrics[split]["macro"]["f1"] == pytest.approx(expected["macro"]["f1"])
+        assert metrics[split]["n"] == len(chosen)
+    assert metrics["peak_rss_mb"] > 0 and metrics["timing_seconds"]["total"] > 0
+
+
+def test_split_is_stratified_deduplicated_and_deterministic(data_dir):
+    scan = dataset.scan(data_dir, limit_per_class=60)
+    # Pro holds byte-identical pairs; each content is kept once.
+    assert scan.duplicates > 0
+    assert len({s.sha256 for s in scan.samples}) == len(scan.samples)
+    split = dataset.stratified_split(scan.samples, seed=3)
+    assert split == dataset.stratified_split(scan.samples, seed=3)
+    assert split != dataset.stratified_split(scan.samples, seed=4)
+    by_hash = {}
+    for sample in split:
+        assert by_hash.setdefault(sample.sha256, sample.split) == sample.split
+    for label, n in scan.found_per_class.items():
+        counts = Counter(s.split for s in split if s.label == label)
+        assert counts["test"] == round(n * 0.1) and counts["val"] == round(n * 0.1)
+        assert counts["train"] == n - counts["test"] - counts["val"]
+
+
+def test_tiny_run_split_has_no_leak(tiny_run, data_dir):
+    rows = list(csv.DictReader((tiny_run / "split.csv").read_text().splitlines()))
+    assert set(rows[0]) == {"path", "sha256", "label", "split"}
+    hashes = [row["sha256"] for row in rows]
+    assert len(hashes) == len(set(hashes))
+    for row in rows[:20]:
+        assert hashlib.sha256((data_dir / row["path"]).read_bytes()).hexdigest() == row["sha256"]
+
+
+def test_folder_names_of_both_releases_map_to_canonical_labels():
+    for name, label in [("Benign", "Benign"), ("Early", "Early Pre-B"), ("[Malignant] early Pre-B", "Early Pre-B"),
+                        ("Pre", "Pre-B"), ("[Malignant] Pre-B", "Pre-B"), ("Pro", "Pro-B"),
+                        ("[Malignant] Pro-B", "Pro-B"), ("Lymphocyte", "Lymphocyte")]:
+        assert dataset.canonical_label(name) == label
+
+
+def real_image(data_dir: Path, label_folder: str, index: int = 0) -> Path:
+    return sorted((data_dir / "Original" / label_folder).glob("*.jpg"))[index]
+
+
+@pytest.fixture()
+def messy_dataset(tmp_path, data_dir) -> Path:
+    """Real images in the other release's folder names, plus every kind of awkward file."""
+    root = tmp_path / "messy"
+    names = {"Benign": "Benign", "Early": "[Malignant] early Pre-B", "Pre": "[Malignant] Pre-B",
+             "Pro": "[Malignant] Pro-B"}
+    for source, target in names.items():
+        (root / target).mkdir(parents=True)
+        for path in sorted((data_dir / "Original" / source).glob("*.jpg"))[20:32]:
+            os.symlink(path, root / target / path.name)
+    benign = root / "Benign"
+    jpeg = real_image(data_dir, "Benign").read_bytes()
+    (benign / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (benign / "empty.jpg").write_bytes(b"")
+    (benign / "notes.jpg").write_text("this is not an image")
+    bgr = cv2.imread(str(real_image(data_dir, "Pre", 40)))
+    cv2.imwrite(str(root / "[Malignant] Pre-B" / "grey.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "[Malignant] Pre-B" / "rgba.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(root / "[Malignant] Pro-B" / "deep16.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(root / "[Malignant] Pro-B" / "wide.jpg"), cv2.resize(bgr, (300, 200)))
+    return root
+
+
+def test_awkward_files_are_converted_or_skipped_and_listed(messy_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("edge-train", "--data", messy_dataset, "--out", out, *QUICK)
+    skipped = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())
+    assert set(skipped) == {"Benign/truncated.jpg", "Benign/empty.jpg", "Benign/notes.jpg"}
+    assert "3 file(s) skipped" in result.stdout
+    kept = {row["path"] for row in csv.DictReader((out / "split.csv").read_text().splitlines())}
+    assert {"[Malignant] Pre-B/grey.png", "[Malignant] Pre-B/rgba.png", "[Malignant] Pro-B/deep16.png",
+            "[Malignant] Pro-B/wide.jpg"} <= kept
+    assert (out / "labels.txt").read_text().splitlines() == list(dataset.CANONICAL_LABELS)
+
+
+def test_load_rgb_converts_every_layout(messy_dataset):
+    for name in ("[Malignant] Pre-B/grey.png", "[Malignant] Pre-B/rgba.png", "[Malignant] Pro-B/deep16.png"):
+        image = load_rgb(messy_dataset / name)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    for name in ("truncated.jpg", "empty.jpg", "notes.jpg"):
+        with pytest.raises(ImageDecodeError, match=name):
+            load_rgb(messy_dataset / "Benign" / name)
+
+
+def test_split_file_is_reused_exactly(tiny_run, data_dir, tmp_path):
+    out = tmp_path / "reuse"
+    run_cli("edge-train", "--data", data_dir, "--out", out, "--split-file", tiny_run / "split.csv",
+            "--limit-per-class", "40", *QUICK)
+    assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
+
+
+def assert_clean_error(result, *fragments):
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run):
+    out = tmp_path / "out"
+
+    def train(*args):
+        return run_cli("edge-train", "--out", out, *QUICK, *args, check=False)
+
+    assert_clean_error(train("--data", tmp_path / "missing"), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(train("--data", tmp_path / "empty"), "no class folders")
+    one = tmp_path / "one"
+    (one / "Benign").mkdir(parents=True)
+    os.symlink(real_image(data_dir, "Benign"), one / "Benign" / "a.jpg")
+    assert_clean_error(train("--data", one), "only one class folder")
+    (one / "Pro").mkdir()
+    assert_clean_error(train("--data", one), "no usable images", "Pro")
+    (one / "Pro" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    assert_clean_error(train("--data", one), "no usable images")
+    assert not out.exists(), "a failed run must not leave a run folder"
+
+    lost = tmp_path / "lost.csv"
+    lost.write_text((tiny_run / "split.csv").read_text().replace("WBC-", "GONE-"))
+    assert_clean_error(train("--data", data_dir, "--split-file", lost), "missing under")
+
+    alpha_one = run_cli("edge-train", "--out", out, "--data", data_dir, "--limit-per-class", "10",
+                        "--alpha", "1.0", "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "0",
+                        "--weights", WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+                        check=False)
+    assert_clean_error(alpha_one, "does not fit MobileNetV2 alpha 1.0")
+    assert not out.exists()
+
+    assert_clean_error(run_cli("edge-train", "--out", tiny_run, *QUICK, check=False), "--overwrite")
+    assert (tiny_run / "metrics.json").is_file(), "a refused run must leave the earlier one intact"
+    assert_clean_error(train("--weights", tmp_path / "nope.h5"), "--weights")
+
+
+def test_defaults_match_the_documented_interface():
+    result = run_cli("edge-train", "--help")
+    for option in ("--data", "--out", "--subset", "--alpha", "--image-size", "--epochs", "--fine-tune-epochs",
+                   "--batch-size", "--weights", "--seed", "--split-file", "--limit-per-class", "--strategy",
+                   "--overwrite"):
+        assert option in result.stdout
