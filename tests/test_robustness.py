@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 
 from benchmarks.shifts import SEVERITIES, SHIFTS, parse_severities, parse_shifts
+from conftest import run_cli
 from edge_app.imaging import load_rgb
 
 # One real image per class, at the dataset's size, and one larger non-square frame (a camera).
@@ -118,3 +122,115 @@ def test_parse_shifts_and_severities():
     for bad in ("0", "6", "1,x", "", "2.5"):
         with pytest.raises(ValueError):
             parse_severities(bad)
+
+
+# --- edge-bench robustness end to end -------------------------------------------------------
+
+def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir, tmp_path):
+    """All shifts, two severities, every variant of a real tiny model on 2 real test images per
+    class; the clean figures must equal classifying the same files directly."""
+
+    from edge_app.quality import assess
+    from edge_app.runtime import Classifier
+
+    out = {name: tmp_path / name for name in ("r.json", "r.csv", "r.md", "r.png", "m.png")}
+    result = run_cli("edge-bench", "robustness", converted_dir, "--data-root", data_dir, "--limit", "2",
+                     "--severities", "1,5", "--json", out["r.json"], "--csv", out["r.csv"],
+                     "--markdown", out["r.md"], "--plot", out["r.png"], "--montage", out["m.png"])
+    report = json.loads(out["r.json"].read_text())
+    variants = {m["variant"] for m in report["models"]}
+    assert variants == {"fp32", "fp16", "dynamic", "int8"}
+    assert all(m["status"] == "ok" for m in report["models"])
+
+    # The images: the first 2 test rows per class of the split.csv written by edge-convert.
+    with open(converted_dir / "split.csv", newline="") as handle:
+        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    expected = [r["path"] for label in sorted({r["label"] for r in test_rows})
+                for r in [r for r in test_rows if r["label"] == label][:2]]
+    assert sorted(i["path"] for i in report["images"]) == sorted(expected)
+    images = {i["path"]: load_rgb(data_dir / i["path"]) for i in report["images"]}
+
+    rows = {(r["variant"], r["shift"], r["severity"]): r for r in report["rows"]}
+    assert len(rows) == len(report["rows"]) == 4 * (1 + len(SHIFTS) * 2)
+    for model in report["models"]:
+        classifier = Classifier(model["model"])
+        correct = [classifier.labels[int(classifier.classify(images[i["path"]]).argmax())] == i["label"]
+                   for i in report["images"]]
+        clean = rows[(model["variant"], "clean", 0)]
+        assert clean["accuracy"] == pytest.approx(float(np.mean(correct)))
+        assert clean["n"] == len(expected)
+        # mild/break summary is consistent with the rows it summarises
+        for entry in (s for s in report["summary"] if s["variant"] == model["variant"]):
+            mild = rows[(model["variant"], entry["shift"], 1)]["accuracy"]
+            severe = rows[(model["variant"], entry["shift"], 5)]["accuracy"]
+            assert entry["mild_accuracy"] == mild and entry["mild_ok"] == (mild >= 0.95)
+            assert entry["first_severity_below_90"] == (1 if mild < 0.9 else 5 if severe < 0.9 else None)
+
+    # The quality gate figures are the app's own gate applied to the same pixels.
+    gate = report["quality_gate"]
+    assert gate["available"] and gate["function"] == "edge_app.quality.assess"
+    gate_rows = {(g["shift"], g["severity"]): g for g in gate["rows"]}
+    clean_rejects = np.mean([not assess(image).ok for image in images.values()])
+    assert gate_rows[("clean", 0)]["reject_fraction"] == pytest.approx(clean_rejects)
+    assert rows[("int8", "defocus", 5)]["gate_reject_fraction"] == gate_rows[("defocus", 5)]["reject_fraction"]
+
+    with open(out["r.csv"], newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert len(csv_rows) == len(report["rows"])
+    for row in csv_rows:
+        assert float(row["accuracy"]) == pytest.approx(rows[(row["variant"], row["shift"], int(row["severity"]))]["accuracy"])
+    markdown = out["r.md"].read_text()
+    for variant in variants:
+        clean = rows[(variant, "clean", 0)]["accuracy"]
+        assert f"| {variant} | " in markdown and f"| {100 * clean:.1f} |" in markdown
+    for name in SHIFTS:
+        assert f"| {name} | 5 |" in markdown
+    assert "| clean | 0 |" in result.stdout
+    for png in (out["r.png"], out["m.png"]):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_command_is_deterministic(converted_dir, data_dir, tmp_path):
+    outputs = []
+    for run in range(2):
+        path = tmp_path / f"run{run}.json"
+        run_cli("edge-bench", "robustness", converted_dir / "model_int8.tflite", "--data",
+                converted_dir / "split.csv", "--data-root", data_dir, "--limit", "1",
+                "--shifts", "gaussian-noise,motion-blur,hue", "--severities", "3", "--json", path, "--quiet")
+        outputs.append([(r["shift"], r["severity"], r["accuracy"]) for r in json.loads(path.read_text())["rows"]])
+    assert outputs[0] == outputs[1]
+    assert [o[:2] for o in outputs[0]] == [("clean", 0), ("gaussian-noise", 3), ("motion-blur", 3), ("hue", 3)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--shifts", "defocsu"), "did you mean 'defocus'"),
+    (("--shifts", "blur,jpeg"), "unknown shift 'blur'"),
+    (("--severities", "1,7"), "severity '7' is not one of 1, 2, 3, 4, 5"),
+    (("--severities", "low"), "severity 'low'"),
+    (("--limit", "0"), "--limit"),
+    (("--plot", "out.jpg"), "should end in .png"),
+    (("--json", "no/such/folder/r.json"), "does not exist"),
+])
+def test_bad_options_give_one_line_errors(converted_dir, data_dir, args, message):
+    result = run_cli("edge-bench", "robustness", converted_dir, "--data-root", data_dir, *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_models_and_data_give_one_line_errors(converted_dir, data_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    not_a_model = tmp_path / "model.tflite"
+    not_a_model.write_bytes(b"not a flatbuffer at all")
+    cases = [
+        ((tmp_path / "missing.tflite",), "does not exist"),
+        ((empty,), "no manifest.json"),
+        ((converted_dir, "--data", empty), "no class folders"),
+        ((not_a_model, "--data", data_dir / "Original", "--limit", "1"), "is not a TFLite model"),
+    ]
+    for args, message in cases:
+        result = run_cli("edge-bench", "robustness", *args, "--quiet", check=False)
+        assert result.returncode != 0, args
+        assert message in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
