@@ -1,7 +1,170 @@
-"""`edge-bench`: not implemented yet."""
+"""`edge-bench`: which model variant and thread count to ship on this board.
+
+`edge-bench MODEL_OR_DIR... [options]` runs the benchmark (the `run` command, the default);
+`edge-bench robustness ...` and `edge-bench fidelity ...` are subcommands.
+"""
+
+from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from benchmarks import report
+from benchmarks.evaluation import resolve_eval_set
+from benchmarks.models import ModelDiscoveryError, discover_models
+from benchmarks.options import ThreadCounts, default_threads
+from benchmarks.runner import BenchSettings, run_benchmark
+from edge_app.runtime import ModelError
+from train.dataset import DatasetError
+
+EXIT_ROWS_FAILED = 1
+EXIT_BELOW_MIN_ACCURACY = 3
+EXIT_INTERRUPTED = 130
 
 
+class DefaultCommandGroup(click.Group):
+    """A group that runs `default_command` when the first argument names no subcommand.
+
+    So `edge-bench model.tflite --runs 10` means `edge-bench run model.tflite --runs 10`, while
+    `edge-bench robustness ...` still reaches the subcommand.
+    """
+
+    default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().resolve_command(ctx, args)
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder: give a file name", param_hint=option)
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"folder {path.parent} does not exist: create it first", param_hint=option)
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    sys.exit("edge-bench: not implemented yet")
+    """Benchmark LeukEdge models on this machine: speed, memory and accuracy per variant.
+
+    \b
+    edge-bench runs/default_converted                        # every variant edge-convert wrote
+    edge-bench models/model_int8.tflite --threads 1,2,4 --runs 100
+    edge-bench runs/conv runs/default/model.keras --json bench.json --plot bench.png
+    edge-bench runs/conv --min-accuracy 0.99                 # a release gate (exit 3 below it)
+    edge-bench robustness --help                             # accuracy under field shifts
+    edge-bench fidelity runs/conv                            # latency vs LiteRT's own tool
+
+    `edge-bench run --help` lists the benchmark's options.
+    """
+
+
+@main.command("run")
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Labelled images: a dataset folder (class folders) or a split.csv. "
+                   "Default: the test split of the split.csv beside the models.")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Dataset root that split.csv paths are relative to. Default: manifest data_dir, "
+                   "else $LEUKEDGE_DATA / ../shared/data/all-leukemia.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which rows of a split.csv to score on.")
+@click.option("--limit-per-class", type=click.IntRange(min=1), help="Score on the first N images per class only.")
+@click.option("--threads", type=ThreadCounts(), default=default_threads(), show_default=True,
+              help="Interpreter thread counts, one row each.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed invocations per row (also the number of end-to-end images).")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed invocations before timing.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Stop a row's timed runs after this many seconds (fewer than --runs on a slow board).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1),
+              help="Exit 3 if any row's top-1 accuracy is below this fraction (e.g. 0.99), or a row failed.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write one CSV line per row.")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write accuracy vs latency as PNG.")
+@click.option("--allow-unverified", is_flag=True,
+              help="Benchmark .tflite files whose sha256 differs from their manifest.json.")
+def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None, split: str,
+                limit_per_class: int | None, threads: tuple[int, ...], runs: int, warmup: int,
+                max_seconds: float | None, min_accuracy: float | None, json_path: Path | None,
+                csv_path: Path | None, markdown_path: Path | None, plot_path: Path | None,
+                allow_unverified: bool) -> None:
+    """Benchmark MODEL_OR_DIR... (.tflite, .keras, or edge-convert folders).
+
+    Without a model, the released default (models/model_int8.tflite).
+
+    \b
+    edge-bench runs/default_converted --json bench.json --csv bench.csv --markdown bench.md --plot bench.png
+    edge-bench models/model_int8.tflite --data ../shared/data/all-leukemia --limit-per-class 20
+    """
+    for path, option in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"),
+                         (plot_path, "--plot")):
+        _check_writable(path, option)
+    try:
+        entries = discover_models(models)
+        eval_set = resolve_eval_set(data, entries, data_root, split, limit_per_class)
+    except (ModelDiscoveryError, DatasetError, ModelError) as error:
+        raise click.ClickException(str(error).splitlines()[0]) from None
+    click.echo(f"edge-bench: {len(entries)} model(s) x {len(threads)} thread count(s) on {eval_set.describe()}",
+               err=True)
+    settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, max_seconds=max_seconds,
+                             allow_unverified=allow_unverified)
+    result = run_benchmark(entries, eval_set, settings,
+                           progress=lambda plan: tqdm(plan, desc="edge-bench", unit="row", file=sys.stderr,
+                                                      disable=None))
+    click.echo(report.console_table(result))
+    writers = ((json_path, report.write_json), (csv_path, report.write_csv),
+               (markdown_path, report.write_markdown), (plot_path, report.write_plot))
+    for path, write in writers:
+        if path is not None:
+            write(result, path)
+            click.echo(f"wrote {path}", err=True)
+    sys.exit(exit_code(result, min_accuracy))
+
+
+def exit_code(result, min_accuracy: float | None) -> int:
+    """0 when every row is ok (and at or above --min-accuracy); the reason goes to stderr."""
+    if result.interrupted:
+        click.echo("edge-bench: interrupted; the rows above are what was measured", err=True)
+        return EXIT_INTERRUPTED
+    if min_accuracy is not None:
+        below = [r for r in result.rows if r["status"] == "ok" and (r["accuracy"] or 0.0) < min_accuracy]
+        if below or result.failed:
+            names = [f"{r['name']} ({r['threads']}t) {r['accuracy'] * 100:.2f}%" for r in below]
+            names += [f"{r['name']} ({r['threads']}t) failed" for r in result.failed]
+            click.echo(f"edge-bench: below --min-accuracy {min_accuracy:.4f}: " + "; ".join(names), err=True)
+            return EXIT_BELOW_MIN_ACCURACY
+    if result.failed:
+        click.echo(f"edge-bench: {len(result.failed)} of {len(result.rows)} row(s) failed: "
+                   f"{result.failed[0]['name']}: {result.failed[0]['error']}", err=True)
+        return EXIT_ROWS_FAILED
+    return 0
+
+
+def _register_subcommands() -> None:
+    from benchmarks.fidelity import fidelity_command
+
+    main.add_command(fidelity_command, "fidelity")
+    try:
+        from benchmarks.robustness import robustness_command
+    except ImportError as error:
+        if error.name != "benchmarks.robustness":  # it exists but is broken: say so loudly
+            raise
+        return
+    main.add_command(robustness_command, "robustness")
+
+
+_register_subcommands()

@@ -1,0 +1,139 @@
+"""The benchmark as a console table, JSON, CSV, Markdown and a PNG plot of accuracy vs latency."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from benchmarks.runner import BenchResult
+
+# (header, how to get the cell from a row); one definition for the console and Markdown tables.
+COLUMNS = (
+    ("model", lambda r: r["name"]),
+    ("variant", lambda r: r["variant"]),
+    ("threads", lambda r: str(r["threads"])),
+    ("status", lambda r: r["status"]),
+    ("size MB", lambda r: _num(r["size_bytes"], 1 / 1e6, 2)),
+    ("accuracy", lambda r: _num(r["accuracy"], 100, 2, "%")),
+    ("macro-F1", lambda r: _num(r["macro_f1"], 1, 4)),
+    ("agreement", lambda r: _num(r["agreement"], 100, 1, "%")),
+    ("p50 ms", lambda r: _num(r["latency_ms"]["p50"], 1, 2)),
+    ("p90 ms", lambda r: _num(r["latency_ms"]["p90"], 1, 2)),
+    ("FPS", lambda r: _num(r["fps"], 1, 1)),
+    ("e2e ms", lambda r: _num(r["end_to_end_ms"]["p50"], 1, 2)),
+    ("RSS MB", lambda r: _num(r["peak_rss_mb"], 1, 0)),
+)
+
+
+def _num(value, factor: float, digits: int, suffix: str = "") -> str:
+    return "-" if value is None else f"{value * factor:.{digits}f}{suffix}"
+
+
+def _cells(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    return [name for name, _ in COLUMNS], [[cell(row) for _, cell in COLUMNS] for row in result.rows]
+
+
+def environment_lines(result: BenchResult) -> list[str]:
+    env = result.environment
+    lines = [f"{env['cpu']} ({env['cores']} cores, {env['machine']}), {env['os']}, Python {env['python']}, "
+             f"{env['runtime']} {env['runtime_version']}"]
+    if env.get("board_model"):
+        lines.append(f"board: {env['board_model']}")
+    for when in ("before", "after"):
+        state = env.get(when) or {}
+        shown = {k: v for k, v in state.items() if v is not None}
+        if shown:
+            lines.append(f"{when}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if result.data:
+        lines.append(f"data: {result.data['n']} images, {result.data['source']}")
+    return lines
+
+
+def console_table(result: BenchResult) -> str:
+    headers, rows = _cells(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = environment_lines(result) + ["", line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for row in result.failed:
+        out.append(f"{row['name']} ({row['threads']} thread(s)) failed: {row['error']}")
+    out += [f"note: {note}" for note in result.notes]
+    settings = result.settings
+    out.append(f"latency: interpreter.invoke() over {settings['runs']} runs after {settings['warmup']} warm-up; "
+               f"e2e: decode + crop/resize + invoke per image; RSS: peak of each row's own process; "
+               f"{result.wall_s:.1f} s in all")
+    return "\n".join(out)
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    Path(path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def flat_row(row: dict, labels: list[str]) -> dict:
+    flat = {k: row[k] for k in ("model", "name", "variant", "threads", "status", "error", "size_bytes",
+                                "accuracy", "macro_f1", "agreement", "fps", "peak_rss_mb", "model_rss_mb",
+                                "runs", "n_images", "runtime")}
+    flat.update({f"latency_{k}_ms": v for k, v in row["latency_ms"].items()})
+    flat.update({f"end_to_end_{k}_ms": v for k, v in row["end_to_end_ms"].items()})
+    flat.update({f"recall_{label}": (row["per_class_recall"] or {}).get(label) for label in labels})
+    return flat
+
+
+def write_csv(result: BenchResult, path: Path) -> None:
+    labels = (result.data or {}).get("labels") or []
+    rows = [flat_row(row, labels) for row in result.to_json()["rows"]]
+    with open(path, "w", newline="") as handle:
+        fields = list(rows[0]) if rows else list(flat_row(_blank_row(), labels))
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _blank_row() -> dict:
+    from benchmarks.runner import EMPTY_END_TO_END, EMPTY_LATENCY
+
+    return {"model": None, "name": None, "variant": None, "threads": None, "status": None, "error": None,
+            "size_bytes": None, "accuracy": None, "macro_f1": None, "agreement": None, "fps": None,
+            "peak_rss_mb": None, "model_rss_mb": None, "runs": None, "n_images": None, "runtime": None,
+            "latency_ms": EMPTY_LATENCY, "end_to_end_ms": EMPTY_END_TO_END, "per_class_recall": {}}
+
+
+def markdown(result: BenchResult) -> str:
+    headers, rows = _cells(result)
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out.append("")
+    out += [f"- {line}" for line in environment_lines(result)]
+    out += [f"- {row['name']} ({row['threads']} thread(s)) failed: {row['error']}" for row in result.failed]
+    out += [f"- note: {note}" for note in result.notes]
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(result: BenchResult, path: Path) -> None:
+    Path(path).write_text(markdown(result))
+
+
+def write_plot(result: BenchResult, path: Path) -> None:
+    """Accuracy against median invoke latency, one point per ok row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in result.rows:
+        if row["status"] != "ok" or row["accuracy"] is None or row["latency_ms"]["p50"] is None:
+            continue
+        label = f"{row['name']} {row['threads']}t"
+        axes.scatter(row["latency_ms"]["p50"], row["accuracy"] * 100, s=40)
+        axes.annotate(label, (row["latency_ms"]["p50"], row["accuracy"] * 100), fontsize=7,
+                      xytext=(4, 3), textcoords="offset points")
+    axes.set_xlabel("median invoke latency (ms)")
+    axes.set_ylabel("top-1 accuracy (%)")
+    n = (result.data or {}).get("n")
+    axes.set_title(f"edge-bench: accuracy vs latency ({n} images)" if n else "edge-bench: accuracy vs latency")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
