@@ -19,7 +19,13 @@ from tqdm import tqdm
 
 from convert import report
 from convert.metadata import with_metadata
-from convert.variants import DESCRIPTIONS, VARIANTS, convert_variant, file_name, representative_dataset
+from convert.variants import (
+    DESCRIPTIONS,
+    VARIANTS,
+    convert_variant,
+    file_name,
+    representative_dataset,
+)
 from edge_app.metadata import ModelMetadata
 from edge_app.runtime import Classifier
 from train import dataset
