@@ -19,11 +19,11 @@ class QualitySettings:
     """Thresholds of the image quality gate, measured on a 224 px grey centre crop."""
 
     analysis_size: int = 224  # pixels; metrics are computed at this fixed scale, whatever the camera
-    focus_min: float = 4.0  # variance of the Laplacian after a sigma-1 denoise; real images >= 4.6
+    focus_min: float = 4.0  # variance of the Laplacian after a sigma-1 denoise; real images >= 5.5
     dark_mean: float = 40.0  # mean grey below this: too dark (real images >= 169)
     bright_mean: float = 250.0  # mean grey above this: too bright (real images <= 244)
     clipped_max: float = 0.5  # fraction of pixels saturated (all channels >= 254 or <= 1); real <= 0.21
-    empty_contrast: float = 5.0  # std of grey after a sigma-2 blur below this: empty field (real >= 12)
+    empty_contrast: float = 5.0  # std of 4x4-block mean grey below this: empty field (real >= 13)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ frame in flight. Files and folders are created 0o600 / 0o700: frames may be pati
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import sqlite3
@@ -58,8 +59,11 @@ def utc_now() -> str:
 
 def _explain(path: Path, error: BaseException) -> str:
     text = str(error)
-    if "disk" in text.lower() and "full" in text.lower() or getattr(error, "errno", None) == 28:
+    if "full" in text.lower() or getattr(error, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return f"{path}: disk full ({text}): free space; results stored so far are intact"
+    if "disk i/o error" in text.lower():  # SQLite's word for a write the OS refused (often a full disk)
+        return (f"{path}: disk I/O error (disk full or failing storage?): free space or check the "
+                "SD card; results stored so far are intact")
     return f"{path}: cannot write ({text}): check the path exists and is writable"
 
 
