@@ -1,0 +1,77 @@
+"""aarch64 wheels for the Pi: the project's core dependencies plus its `pi` extra, per runtime.
+
+pip runs on the host but resolves for the Pi (cp311, glibc 2.36, aarch64) and installs into a
+folder (--target); nothing is installed into any Python. Each runtime gets its own folder so
+the runtime selection in edge_app.runtime sees exactly one LiteRT runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import tomllib
+
+from pi_emulation.userland import SetupError, run_quiet
+
+# Debian 12 has glibc 2.36: every manylinux tag up to that one runs there.
+PLATFORMS = ["manylinux2014_aarch64", *(f"manylinux_2_{minor}_aarch64" for minor in range(17, 37))]
+# The last tflite-runtime release (2023, no wheels past Python 3.11).
+TFLITE_RUNTIME = "tflite-runtime==2.14.0"
+RUNTIME_NAMES = ("ai-edge-litert", "tflite-runtime")
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def pi_requirements(pyproject: Path, runtime: str) -> list[str]:
+    """Core dependencies + the `pi` extra, with the LiteRT runtime chosen by `runtime`.
+
+    `runtime` is a runtime name (ai-edge-litert: the `pi` extra's own pin; tflite-runtime:
+    2.14.0) or a full requirement such as `ai-edge-litert==2.2.0` to try another version.
+    """
+    project = tomllib.loads(pyproject.read_text())["project"]
+    extra = project["optional-dependencies"]["pi"]
+    name = requirement_name(runtime)
+    if name not in RUNTIME_NAMES:
+        raise SetupError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_NAMES)} (optionally with a version)")
+    if runtime == "tflite-runtime":
+        runtime = TFLITE_RUNTIME
+    keep = [r for r in project["dependencies"] + extra if requirement_name(r) not in RUNTIME_NAMES]
+    pinned = [r for r in extra if requirement_name(r) == name]
+    chosen = pinned if runtime == name and pinned else [runtime]
+    return sorted(set(keep)) + chosen
+
+
+def site_dir(cache: Path, requirements: list[str]) -> Path:
+    """Where these requirements live: one folder per distinct requirement set."""
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    return cache / "site" / key
+
+
+def install_wheels(cache: Path, host_python: str, requirements: list[str], platforms: list[str],
+                   python_version: str = "3.11") -> Path:
+    """pip --target install of `requirements` for `platforms` (cached per requirement set)."""
+    target = site_dir(cache, requirements)
+    stamp = target / ".requirements"
+    if stamp.is_file() and stamp.read_text() == "\n".join(requirements + platforms):
+        return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [host_python, "-m", "pip", "install", "--quiet", "--no-warn-conflicts",
+               "--disable-pip-version-check", "--no-compile", "--target", str(staging),
+               "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
+    for platform in platforms:
+        command += ["--platform", platform]
+    # pip's cache stays in our folder too, so a second cold tree reuses the downloads.
+    env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip-cache"), "PIP_NO_INPUT": "1"}
+    print(f"installing wheels ({', '.join(requirements)}) for {platforms[-1]}")
+    run_quiet(command + requirements, "pip install --target (wheels for the Pi)", env=env)
+    (staging / ".requirements").write_text("\n".join(requirements + platforms))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
