@@ -417,7 +417,8 @@ def montage(image: np.ndarray, shifts: Sequence[Shift], severities: Sequence[int
         axes[row, 0].set_ylabel(shift.name, fontsize=8)
     figure.suptitle(f"{sample_path}: each shift at each severity", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.99))
-    figure.savefig(path, dpi=110)
+    options = {"pil_kwargs": {"quality": 92}} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    figure.savefig(path, dpi=110, **options)
     plt.close(figure)
 
 
@@ -478,7 +479,7 @@ Shifts (severity 1 = mild .. 5 = severe):
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG grid: accuracy against severity, one panel per shift.")
 @click.option("--montage", "montage_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write a PNG of one test image under every shift and severity.")
+              help="Write a PNG (or .jpg) of the first test image under every shift and severity.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None,
                        shift_names: tuple[str, ...], severities: tuple[int, ...], limit: int | None,
@@ -495,9 +496,10 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (markdown_out, "--markdown"),
                          (plot_out, "--plot"), (montage_out, "--montage")):
         _writable(path, option)
-    for path, option in ((plot_out, "--plot"), (montage_out, "--montage")):
-        if path is not None and path.suffix.lower() != ".png":
-            raise click.BadParameter(f"{path} should end in .png", param_hint=option)
+    if plot_out is not None and plot_out.suffix.lower() != ".png":
+        raise click.BadParameter(f"{plot_out} should end in .png", param_hint="--plot")
+    if montage_out is not None and montage_out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise click.BadParameter(f"{montage_out} should end in .png (or .jpg, 10x smaller)", param_hint="--montage")
     settings = RobustnessSettings(shift_names, severities, seed, threads, limit)
     try:
         entries = discover_models(models)
