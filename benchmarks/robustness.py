@@ -134,6 +134,8 @@ class Results:
     rows: list[dict] = field(default_factory=list)
     gate: str | None = None
     gate_rows: list[dict] = field(default_factory=list)
+    completed: list[Condition] = field(default_factory=list)  # all of them unless interrupted
+    interrupted: bool = False  # Ctrl-C: only the completed conditions are scored
 
 
 def image_seed(base_seed: int, shift_name: str, sample_path: str) -> int:
@@ -168,7 +170,10 @@ def load_models(entries: Sequence[ModelEntry], eval_set: EvalSet, threads: int |
 def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.ndarray],
              settings: RobustnessSettings, gate: QualityGate | None = None,
              progress: bool = True) -> Results:
-    """Score every working model on every condition; one shifted image serves all models."""
+    """Score every working model on every condition; one shifted image serves all models.
+
+    Ctrl-C stops after the image in flight; the conditions finished by then are still scored.
+    """
     usable = [m for m in models if m.ok]
     todo = conditions(settings)
     predictions = {(id(m), c.name, c.severity): np.empty(len(images), np.int64) for m in usable for c in todo}
@@ -176,6 +181,8 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
     reasons: dict[tuple[str, int], Counter] = {(c.name, c.severity): Counter() for c in todo}
     bar = tqdm(total=len(todo) * len(images), desc="robustness", unit="image", disable=not progress,
                file=None, dynamic_ncols=True)
+    completed: list[Condition] = []
+    interrupted = False
     try:
         for condition in todo:
             bar.set_postfix_str(f"{condition.name} {condition.severity}")
@@ -191,10 +198,14 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
                     probabilities = model.classifier.classify(shifted)
                     predictions[(id(model), condition.name, condition.severity)][index] = int(probabilities.argmax())
                 bar.update(1)
+            completed.append(condition)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         bar.close()
-    results = Results(settings, eval_set, models, gate=gate.name if gate else None)
-    for condition in todo:
+    results = Results(settings, eval_set, models, gate=gate.name if gate else None,
+                      completed=completed, interrupted=interrupted)
+    for condition in completed:
         key = (condition.name, condition.severity)
         reject = rejected[key] if gate is not None else None
         if gate is not None:
@@ -228,9 +239,11 @@ def summarise(results: Results) -> list[dict]:
         if not model.ok:
             continue
         mine = [r for r in results.rows if r["model"] == str(model.entry.path)]
-        clean = next(r["accuracy"] for r in mine if r["shift"] == CLEAN)
+        clean = next((r["accuracy"] for r in mine if r["shift"] == CLEAN), None)
         for name in results.settings.shifts:
             by_severity = {r["severity"]: r["accuracy"] for r in mine if r["shift"] == name}
+            if not by_severity:  # interrupted before this shift
+                continue
             mild = by_severity.get(1)
             below = [s for s in sorted(by_severity) if by_severity[s] < BREAK_FLOOR]
             summary.append({
@@ -277,6 +290,7 @@ def to_json(results: Results) -> dict:
         "summary": summarise(results),
         "quality_gate": {"available": results.gate is not None, "function": results.gate,
                          "rows": results.gate_rows},
+        "interrupted": results.interrupted,
     }
 
 
@@ -323,27 +337,33 @@ def markdown(results: Results) -> str:
         mine = [s for s in summary if s["model"] == path]
         passing = sum(bool(s["mild_ok"]) for s in mine)
         mild_known = sum(s["mild_ok"] is not None for s in mine)
-        lines.append(f"| {title} | {path} | {_percent(accuracy[(path, CLEAN, 0)])} | "
+        lines.append(f"| {title} | {path} | {_percent(accuracy.get((path, CLEAN, 0)))} | "
                      f"{passing}/{mild_known} |")
     lines += ["", "| shift | " + " | ".join(f"{t} mild | {t} breaks at" for _, t in columns) + " |",
               "|---|" + "---|---|" * len(columns)]
     for name in results.settings.shifts:
         cells = []
         for path, _ in columns:
-            entry = next(s for s in summary if s["model"] == path and s["shift"] == name)
+            entry = next((s for s in summary if s["model"] == path and s["shift"] == name), None)
+            if entry is None:  # interrupted before this shift
+                cells.append("- | -")
+                continue
             flag = "" if entry["mild_ok"] is None else (" ok" if entry["mild_ok"] else " FAIL")
             cells.append(f"{_percent(entry['mild_accuracy'])}{flag} | {entry['first_severity_below_90'] or '-'}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     gate_title = " | gate rejects" if results.gate else ""
     lines += ["", "| shift | severity | parameter | " + " | ".join(t for _, t in columns) + gate_title + " |",
               "|---|---|---|" + "---|" * (len(columns) + bool(results.gate))]
-    for condition in conditions(results.settings):
+    for condition in results.completed:
         key = (condition.name, condition.severity)
         parameter = "" if condition.parameter is None else f"{condition.parameter:g} ({condition.shift.parameter})"
         cells = [_percent(accuracy[(path, *key)]) for path, _ in columns]
         if results.gate:
             cells.append(_percent(gate[key]))
         lines.append(f"| {condition.name} | {condition.severity} | {parameter} | " + " | ".join(cells) + " |")
+    if results.interrupted:
+        lines += ["", f"INTERRUPTED: only {len(results.completed)} of {len(conditions(results.settings))} "
+                      "conditions (clean, shift x severity) were finished and are reported."]
     if results.gate:
         lines += ["", f"Gate rejects: % of shifted images `{results.gate}` would not classify."]
     else:
@@ -368,11 +388,11 @@ def plot(results: Results, path: Path) -> None:
     for axis, name in zip(axes.flat, names, strict=False):
         for model_path, title in columns:
             by_key = {(r["shift"], r["severity"]): r["accuracy"] for r in results.rows if r["model"] == model_path}
-            values = [by_key[(CLEAN, 0)] if s == 0 else by_key[(name, s)] for s in severities]
+            values = [by_key.get((CLEAN, 0) if s == 0 else (name, s), math.nan) for s in severities]
             axis.plot(severities, values, marker="o", markersize=3, label=title)
         if results.gate_rows:
             gate = {(r["shift"], r["severity"]): r["reject_fraction"] for r in results.gate_rows}
-            axis.plot(severities, [gate[(CLEAN, 0)] if s == 0 else gate[(name, s)] for s in severities],
+            axis.plot(severities, [gate.get((CLEAN, 0) if s == 0 else (name, s), math.nan) for s in severities],
                       color="grey", linestyle=":", label="gate rejects")
         axis.axhline(MILD_FLOOR, color="green", linewidth=0.7, linestyle="--")
         axis.axhline(BREAK_FLOOR, color="red", linewidth=0.7, linestyle="--")
@@ -532,6 +552,10 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
         markdown_out.write_text(f"# Robustness: accuracy under field shifts\n\n{report}")
     if plot_out is not None:
         plot(results, plot_out)
+    if results.interrupted:
+        click.echo("edge-bench robustness: interrupted; the figures above cover the finished conditions only",
+                   err=True)
+        raise SystemExit(130)
     failed = [m for m in loaded if not m.ok]
     if failed:
         raise click.ClickException(f"{len(failed)} model(s) could not be evaluated: "

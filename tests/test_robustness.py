@@ -234,3 +234,35 @@ def test_bad_models_and_data_give_one_line_errors(converted_dir, data_dir, tmp_p
         assert result.returncode != 0, args
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_reports_the_finished_conditions(converted_dir, data_dir, tmp_path):
+    """SIGINT mid-run: exit 130, outputs written, and every reported condition fully scored."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN
+
+    out = tmp_path / "r.json"
+    process = subprocess.Popen(
+        [str(BIN / "edge-bench"), "robustness", str(converted_dir), "--data-root", str(data_dir),
+         "--limit", "4", "--json", str(out), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + 120
+    while "defocus 2" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen += process.stderr.read(64)
+    assert "defocus 2" in seen, seen[-2000:]
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True
+    done = {(r["shift"], r["severity"]) for r in report["rows"]}
+    assert ("clean", 0) in done and ("defocus", 1) in done and ("low-resolution", 5) not in done
+    for key in done:  # each reported condition was scored on every image by every variant
+        assert sorted(r["variant"] for r in report["rows"] if (r["shift"], r["severity"]) == key) == \
+            sorted(["fp32", "fp16", "dynamic", "int8"])
+        assert all(r["n"] == len(report["images"]) for r in report["rows"])
+    assert "INTERRUPTED" in stdout and (tmp_path / "r.png").stat().st_size > 0
