@@ -479,7 +479,7 @@ Shifts (severity 1 = mild .. 5 = severe):
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Dataset folder of class folders, or a split.csv (its test rows). "
-                   "Default: the split.csv beside the model(s).")
+                   "Default: the test rows of the split.csv beside the model(s).")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the shared dataset.")
 @click.option("--shifts", "shift_names", default="all", show_default=True, callback=_shifts_option,
@@ -512,6 +512,8 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     rotation, zoom, camera resolution) at each severity, then prepared and classified as a
     camera frame would be. Prints accuracy per shift x severity x variant, the mildest-severity
     accuracy of each shift and the severity where accuracy first falls under 90%.
+    MODELS are .tflite files or edge-convert folders (default: models/model_int8.tflite).
+    Ctrl-C stops early and still reports the conditions already finished.
     """
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (markdown_out, "--markdown"),
                          (plot_out, "--plot"), (montage_out, "--montage")):
