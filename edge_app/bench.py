@@ -168,7 +168,7 @@ def format_table(results: list[BenchResult]) -> str:
     header = ["model", "variant", *[f"{s} ms" for s in STAGES], "app ms", "invoke ms", "app/invoke", "FPS"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        cells = [Path(r.model).name, r.variant or "-", *[f"{r.stage_ms[s]:.3f}" for s in STAGES],
+        cells = [f"{Path(r.model).parent.name}/{Path(r.model).name}", r.variant or "-", *[f"{r.stage_ms[s]:.3f}" for s in STAGES],
                  f"{r.app_ms:.3f}", f"{r.invoke_ms:.3f}", f"{r.ratio:.2f}", f"{r.fps:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
