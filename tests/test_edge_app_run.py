@@ -324,3 +324,30 @@ def test_help_shows_examples_and_the_disclaimer():
     assert "edge-app export --db results.sqlite --csv" in edge_app("export", "--help").stdout
     bad = edge_app("export", "--db", "/nonexistent/r.sqlite", "--csv", "/tmp/x.csv")
     assert_clean_error(bad, "no such database")
+
+
+def test_capture_mode_triggered_by_sigusr1_as_a_service(model, slides, tmp_path):
+    db = tmp_path / "r.sqlite"
+    process = subprocess.Popen([str(BIN / "edge-app"), "run", "--model", str(model), "--source", str(slides),
+                                "--mode", "capture", "--sample-id", "S-9", "--headless", "--db", str(db)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # wait until the triggers are armed
+        if "capture mode" in line:
+            break
+    lines = []
+    for _ in range(2):
+        process.send_signal(signal.SIGUSR1)
+        lines.append(process.stdout.readline())
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert [line["sample_id"] for line in json_lines("".join(lines) + stdout)] == ["S-9", "S-9"]
+    assert [row["sample_id"] for row in rows(db)] == ["S-9", "S-9"]
+
+
+def test_preview_degrades_without_gui_opencv(model, slides, tmp_path):
+    result = edge_app("run", "--model", model, "--source", slides, "--db", tmp_path / "r.sqlite",
+                      "--preview", "--max-frames", "2", env={"DISPLAY": ":99"})
+    assert result.returncode == 0, result.stderr
+    assert "without a preview window" in result.stderr
+    assert len(result.stdout.splitlines()) == 2 and "%" in result.stdout  # one human line per frame
