@@ -246,14 +246,21 @@ def summarise(results: Results) -> list[dict]:
                 continue
             mild = by_severity.get(1)
             below = [s for s in sorted(by_severity) if by_severity[s] < BREAK_FLOOR]
+            worst = min(by_severity, key=lambda s: (by_severity[s], -s))
+            recall = next(r["per_class_recall"] for r in mine if r["shift"] == name and r["severity"] == worst)
+            # The class that loses most: with class-dependent acquisition, a shift can push
+            # every image of one class into another.
+            weakest = min(recall, key=recall.get) if recall else None
             summary.append({
                 "model": str(model.entry.path), "variant": model.entry.variant, "shift": name,
                 "clean_accuracy": clean,
                 "mild_accuracy": mild,
                 "mild_ok": None if mild is None else mild >= MILD_FLOOR,
                 "first_severity_below_90": below[0] if below else None,
-                "worst_accuracy": min(by_severity.values()),
-                "worst_severity": min(by_severity, key=lambda s: (by_severity[s], -s)),
+                "worst_accuracy": by_severity[worst],
+                "worst_severity": worst,
+                "weakest_class_at_worst": weakest,
+                "weakest_class_recall_at_worst": recall.get(weakest) if weakest else None,
             })
     return summary
 
