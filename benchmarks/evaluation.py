@@ -103,7 +103,8 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
     data = Path(data)
     if data.is_dir():
         samples = labelled_folder(data)
-        return EvalSet(_limit(samples, limit_per_class), data, f"every image in {data}")
+        limited = f"the first {limit_per_class} images per class" if limit_per_class else "every image"
+        return EvalSet(_limit(samples, limit_per_class), data, f"{limited} in {data}")
     if not data.exists():
         raise DatasetError(f"--data {data} does not exist: pass a dataset folder or a split.csv")
     root = data_root_for(manifest, data_root)
@@ -114,7 +115,8 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
     if missing:
         raise DatasetError(f"split file {data} names {len(missing)} file(s) missing under {root}, "
                            f"e.g. {missing[0]}: pass --data-root DATASET_DIR")
-    return EvalSet(_limit(wanted, limit_per_class), root, f"{split} split of {data}")
+    limited = f" (first {limit_per_class} per class)" if limit_per_class else ""
+    return EvalSet(_limit(wanted, limit_per_class), root, f"{split} split of {data}{limited}")
 
 
 def load_prepared(eval_set: EvalSet, image_size: int, progress: Progress = None) -> np.ndarray:
