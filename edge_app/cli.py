@@ -6,7 +6,6 @@ Research and screening aid, not a diagnostic device.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -21,20 +20,7 @@ from edge_app.settings import (
 )
 
 log = logging.getLogger("edge_app")
-REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
-RELEASED_MODEL_NAMES = ("model_int8.tflite", "leukedge_int8.tflite")
 Q, D, C = QualitySettings(), DecisionSettings(), CameraSettings()
-
-
-def default_model() -> Path | None:
-    """$LEUKEDGE_MODEL, else the released int8 model in the repository's models/ folder."""
-    if os.environ.get("LEUKEDGE_MODEL"):
-        return Path(os.environ["LEUKEDGE_MODEL"])
-    for name in RELEASED_MODEL_NAMES:
-        for candidate in (REPO_MODELS / name, *sorted(REPO_MODELS.glob(f"*/{name}"))):
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 def setup_logging(verbose: bool) -> None:
@@ -168,7 +154,7 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
     setup_logging(verbose)
     log.info(DISCLAIMER)
     from edge_app.app import App, AppError, FrameProcessor
-    from edge_app.runtime import Classifier, ModelError
+    from edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
     from edge_app.sources import SourceError, open_source
     from edge_app.storage import FrameWriter, ResultStore, StorageError
 
@@ -182,9 +168,9 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
     quality = QualitySettings(focus_min=focus_min, dark_mean=dark_mean, bright_mean=bright_mean,
                               clipped_max=clipped_max, empty_contrast=empty_contrast)
     decisions = DecisionSettings(min_confidence=min_confidence, smoothing=smooth)
-    model = model or default_model()
+    model = model or default_model_path()
     if model is None:
-        raise click.ClickException(f"no --model given and no released model in {REPO_MODELS}: "
+        raise click.ClickException(f"no --model given and no released model at {RELEASED_MODEL}: "
                                    "pass --model path/to/model_int8.tflite (written by edge-convert)")
     try:
         classifier = Classifier(model, threads=threads, allow_unverified=allow_unverified, runtime=runtime)
@@ -265,12 +251,12 @@ def bench(models, images, frames, soak_frames, threads, allow_unverified, json_p
     import json as json_module
 
     from edge_app.bench import bench_model, find_models, format_table, soak
-    from edge_app.runtime import ModelError
+    from edge_app.runtime import ModelError, default_model_path
     from edge_app.sources import SourceError
     from edge_app.sources.files import list_images
 
     setup_logging(False)
-    paths = find_models(models) if models else [m for m in [default_model()] if m is not None]
+    paths = find_models(models) if models else [m for m in [default_model_path()] if m is not None]
     if not paths:
         raise click.ClickException("no --model given and no released model in models/: pass --model")
     try:

@@ -27,6 +27,17 @@ RUNTIMES = (
 )
 
 
+# The released model, when LeukEdge runs from a checkout (see models/model_card.md).
+RELEASED_MODEL = Path(__file__).resolve().parents[1] / "models" / "model_int8.tflite"
+
+
+def default_model_path() -> Path | None:
+    """$LEUKEDGE_MODEL, else the released int8 model in models/, else None."""
+    if os.environ.get("LEUKEDGE_MODEL"):
+        return Path(os.environ["LEUKEDGE_MODEL"])
+    return RELEASED_MODEL if RELEASED_MODEL.is_file() else None
+
+
 class ModelError(ValueError):
     """The model file cannot be used; the message names the file and what to do."""
 
