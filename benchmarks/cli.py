@@ -118,6 +118,9 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
         eval_set = resolve_eval_set(data, entries, data_root, split, limit_per_class)
     except (ModelDiscoveryError, DatasetError, ModelError) as error:
         raise click.ClickException(str(error).splitlines()[0]) from None
+    except KeyboardInterrupt:
+        click.echo("edge-bench: interrupted before any row was measured", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(f"edge-bench: {len(entries)} model(s) x {len(threads)} thread count(s) on {eval_set.describe()}",
                err=True)
     settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, max_seconds=max_seconds,

@@ -214,6 +214,17 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
     assert "interrupted" in stdout and report["rows"][0]["name"] in stdout
 
 
+def test_no_model_means_the_released_default(converted_dir, tmp_path):
+    released = tmp_path / "models"
+    released.mkdir()
+    for name in ("model_int8.tflite", "manifest.json", "labels.txt", "split.csv"):
+        shutil.copy(converted_dir / name, released / name)
+    run_cli("edge-bench", "--threads", "1", *FAST, "--json", "b.json", cwd=tmp_path)
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(row["model"], row["variant"], row["status"]) for row in rows] == [
+        (str(Path("models") / "model_int8.tflite"), "int8", "ok")]
+
+
 def test_fidelity_reports_both_tools(converted_dir, tmp_path):
     run_cli("edge-bench", "fidelity", converted_dir, "--variants", "int8", "--threads", "1", "--runs", "20",
             "--repeats", "1", "--tolerance", "1", "--json", tmp_path / "f.json")
