@@ -5,7 +5,7 @@ Both run on the same model file and thread count in the same command, alternatin
 is the median over `--repeats` of the mean latency of `--runs` invocations. LiteRT's tool is
 `ai_edge_litert/tools/benchmark_litert_model.py` (its CompiledModel API, random input).
 
-    edge-bench fidelity runs/default_converted --threads 1,2 --runs 200 --repeats 3
+    edge-bench fidelity runs/default_converted --threads 1,2 --runs 200 --repeats 5
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
 @click.option("--runs", type=click.IntRange(min=2), default=200, show_default=True,
               help="Timed invocations per measurement, for both tools.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Alternating measurements per tool; the median of their means is reported.")
 @click.option("--tolerance", type=click.FloatRange(0, 1), default=0.10, show_default=True,
               help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.")

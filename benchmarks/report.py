@@ -115,25 +115,37 @@ def write_markdown(result: BenchResult, path: Path) -> None:
 
 
 def write_plot(result: BenchResult, path: Path) -> None:
-    """Accuracy against median invoke latency, one point per ok row."""
+    """Accuracy against median invoke latency (bar to p90), one point per ok row.
+
+    Colour is the model file, marker the thread count.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for row in result.rows:
-        if row["status"] != "ok" or row["accuracy"] is None or row["latency_ms"]["p50"] is None:
-            continue
-        label = f"{row['name']} {row['threads']}t"
-        axes.scatter(row["latency_ms"]["p50"], row["accuracy"] * 100, s=40)
-        axes.annotate(label, (row["latency_ms"]["p50"], row["accuracy"] * 100), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")
-    axes.set_xlabel("median invoke latency (ms)")
+    rows = [r for r in result.rows
+            if r["status"] == "ok" and r["accuracy"] is not None and r["latency_ms"]["p50"] is not None]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    threads = sorted({r["threads"] for r in rows})
+    colours = plt.get_cmap("tab10")
+    markers = "osD^v<>p*h"
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    for row in rows:
+        p50, p90 = row["latency_ms"]["p50"], row["latency_ms"]["p90"]
+        colour = colours(names.index(row["name"]) % 10)
+        marker = markers[threads.index(row["threads"]) % len(markers)]
+        axes.errorbar(p50, row["accuracy"] * 100, xerr=[[0], [max(0.0, p90 - p50)]], fmt=marker, color=colour,
+                      markersize=7, capsize=3, label=f"{row['name']} ({row['variant']}), {row['threads']} thread(s)")
+        axes.annotate(f"{row['variant']} {row['threads']}t", (p50, row["accuracy"] * 100), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    axes.set_xlabel("invoke latency (ms): point p50, bar to p90")
     axes.set_ylabel("top-1 accuracy (%)")
     n = (result.data or {}).get("n")
     axes.set_title(f"edge-bench: accuracy vs latency ({n} images)" if n else "edge-bench: accuracy vs latency")
     axes.grid(True, alpha=0.3)
+    if rows:
+        axes.legend(fontsize=6, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
