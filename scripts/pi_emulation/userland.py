@@ -111,7 +111,9 @@ def build_tree(cache: Path) -> Path:
     prepare_apt_dir(apt_dir)
     options = apt_options(apt_dir)
     print("downloading Debian 12 arm64 packages for Python 3.11")
-    run_quiet(["apt-get", *options, "update"], "apt-get update (Debian 12 arm64 lists)")
+    # Error-Mode=any: by default apt-get update exits 0 even when no list could be fetched.
+    run_quiet(["apt-get", *options, "-oAPT::Update::Error-Mode=any", "update"],
+              "apt-get update (Debian 12 arm64 package lists from deb.debian.org: network or proxy?)")
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
     run_quiet(["apt-get", *options, "download", *PACKAGES], "apt-get download (arm64 .debs)", cwd=debs)
