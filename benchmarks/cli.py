@@ -127,7 +127,8 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
                              allow_unverified=allow_unverified)
     result = run_benchmark(entries, eval_set, settings,
                            progress=lambda plan: tqdm(plan, desc="edge-bench", unit="row", file=sys.stderr,
-                                                      disable=None))
+                                                      disable=None),
+                           on_row=_log_row)
     click.echo(report.console_table(result))
     writers = ((json_path, report.write_json), (csv_path, report.write_csv),
                (markdown_path, report.write_markdown), (plot_path, report.write_plot))
@@ -136,6 +137,14 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
             write(result, path)
             click.echo(f"wrote {path}", err=True)
     sys.exit(exit_code(result, min_accuracy))
+
+
+def _log_row(row: dict) -> None:
+    """One line per finished row on stderr, so logs of long runs show progress without a TTY."""
+    figures = (f"p50 {row['latency_ms']['p50']:.2f} ms, accuracy {row['accuracy'] * 100:.2f}%"
+               if row["status"] == "ok" and row["accuracy"] is not None else row["error"])
+    tqdm.write(f"row done: {row['name']} ({row['variant']}), {row['threads']} thread(s): {row['status']}, {figures}",
+               file=sys.stderr)
 
 
 def exit_code(result, min_accuracy: float | None) -> int:

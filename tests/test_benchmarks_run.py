@@ -204,7 +204,12 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
                "--max-seconds", "2", "--json", str(tmp_path / "b.json")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    time.sleep(6)
+    seen = []
+    while not any(line.startswith("row done:") for line in seen):  # the first row is measured
+        line = process.stderr.readline()
+        assert line, f"edge-bench ended before a row was measured: {seen}"
+        seen.append(line)
+    time.sleep(0.5)  # inside the second row's worker
     os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stdout + stderr
