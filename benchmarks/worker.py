@@ -114,7 +114,7 @@ class KerasModel:
         return np.asarray(self.model.predict(pixels.astype(np.float32), batch_size=32, verbose=0))
 
 
-def measure_row(spec: dict, result_path: Path) -> dict:
+def measure_here(spec: dict, result_path: Path) -> dict:
     """Everything edge-bench reports for one row except the scores (the parent computes those)."""
     result: dict = {"status": "ok", "error": None}
     rss_before_model = measure.rss_mb()
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
     spec_path, result_path = Path(argv[0]), Path(argv[1])
     spec = json.loads(spec_path.read_text())
     try:
-        result = measure_row(spec, result_path)
+        result = measure_here(spec, result_path)
     except SkipRow as error:
         result = {"status": "skipped", "error": str(error)}
     except (ModelError, LabelMismatchError, DatasetError, ImageDecodeError, OSError) as error:
