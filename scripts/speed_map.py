@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Speed/accuracy map: train, convert (int8) and benchmark MobileNetV2 at several widths and input sizes.
+
+Every step is one of the project's own commands, so each point of the map can be reproduced:
+    edge-train --alpha A --image-size S --out runs/map/a{A}-s{S}        (default recipe, seed 0)
+    edge-convert runs/map/a{A}-s{S} --out runs/map/a{A}-s{S}/tflite --variants int8
+    edge-bench runs/map/*/tflite/model_int8.tflite --threads 2 --runs 100
+
+Run (about an hour on 2 CPU cores; finished runs are reused, so it can be resumed):
+    .venv/bin/python scripts/speed_map.py --out runs/map
+    .venv/bin/python scripts/speed_map.py --out runs/map --alphas 0.35 --sizes 128   # one point
+Writes OUT/map.json, OUT/map.md and OUT/map.png (accuracy against latency, Pareto front marked).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+BIN = Path(sys.executable).parent
+
+
+def run(*command: str) -> None:
+    click.echo("$ " + " ".join(command), err=True)
+    subprocess.run([str(BIN / command[0]), *command[1:]], check=True)
+
+
+def pareto(points: list[dict]) -> set[str]:
+    """Names of points no other point beats on both latency (lower) and accuracy (higher)."""
+    front = set()
+    for p in points:
+        dominated = any(q["p50_ms"] <= p["p50_ms"] and q["accuracy"] >= p["accuracy"]
+                        and (q["p50_ms"], q["accuracy"]) != (p["p50_ms"], p["accuracy"]) for q in points)
+        if not dominated:
+            front.add(p["name"])
+    return front
+
+
+def plot(points: list[dict], front: set[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        on_front = p["name"] in front
+        axis.scatter(p["p50_ms"], 100 * p["accuracy"], s=30 + p["bytes"] / 4e4,
+                     color="tab:red" if on_front else "tab:blue", alpha=0.8)
+        axis.annotate(p["name"], (p["p50_ms"], 100 * p["accuracy"]), fontsize=8,
+                      xytext=(4, 3), textcoords="offset points")
+    ordered = sorted((p for p in points if p["name"] in front), key=lambda p: p["p50_ms"])
+    axis.plot([p["p50_ms"] for p in ordered], [100 * p["accuracy"] for p in ordered], "--", color="tab:red",
+              linewidth=1, label="Pareto front")
+    axis.set_xlabel("int8 invoke latency p50, ms (this machine, 2 threads)")
+    axis.set_ylabel("test accuracy, %")
+    axis.set_title("MobileNetV2 width x input size: accuracy against latency (marker area ~ file size)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/map"), show_default=True)
+@click.option("--alphas", default="1.0,0.5,0.35", show_default=True)
+@click.option("--sizes", default="224,160,128", show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (default as edge-train).")
+@click.option("--runs", "bench_runs", type=int, default=100, show_default=True)
+def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int) -> None:
+    data_args = ("--data", str(data)) if data else ()
+    names = []
+    for alpha in alphas.split(","):
+        for size in sizes.split(","):
+            name = f"a{alpha}-s{size}"
+            run_dir = out / name
+            if not (run_dir / "metrics.json").is_file():
+                run("edge-train", "--alpha", alpha, "--image-size", size, "--out", str(run_dir), "--overwrite",
+                    *data_args)
+            if not (run_dir / "tflite" / "manifest.json").is_file():
+                run("edge-convert", str(run_dir), "--out", str(run_dir / "tflite"), "--variants", "int8",
+                    "--overwrite", *data_args)
+            names.append(name)
+    bench = out / "bench.json"
+    run("edge-bench", "run", *[str(out / n / "tflite" / "model_int8.tflite") for n in names],
+        "--threads", "2", "--runs", str(bench_runs), "--json", str(bench),
+        *(("--data-root", str(data)) if data else ()))  # scored on each run's own test split
+    rows = {Path(r["model"]).parents[1].name: r for r in json.loads(bench.read_text())["rows"]}
+    points = []
+    for name in names:
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        row = rows[name]
+        points.append({"name": name, "alpha": metrics["settings"]["alpha"],
+                       "image_size": metrics["settings"]["image_size"],
+                       "keras_accuracy": metrics["test"]["accuracy"], "accuracy": row["accuracy"],
+                       "macro_f1": row["macro_f1"], "p50_ms": row["latency_ms"]["p50"],
+                       "bytes": row["size_bytes"], "train_minutes": metrics["timing_seconds"]["total"] / 60})
+    front = pareto(points)
+    for p in points:
+        p["pareto"] = p["name"] in front
+    (out / "map.json").write_text(json.dumps(points, indent=2) + "\n")
+    lines = ["| model | Keras test acc | int8 test acc | int8 macro-F1 | int8 p50 ms | int8 size KB | train min | Pareto |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['name']} | {p['keras_accuracy']:.2%} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} | "
+              f"{p['p50_ms']:.2f} | {p['bytes'] / 1024:.0f} | {p['train_minutes']:.1f} | {'yes' if p['pareto'] else ''} |"
+              for p in sorted(points, key=lambda p: p["p50_ms"])]
+    (out / "map.md").write_text("\n".join(lines) + "\n")
+    plot(points, front, out / "map.png")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
