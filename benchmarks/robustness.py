@@ -221,6 +221,7 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
                 "shift": condition.name, "severity": condition.severity, "parameter": condition.parameter,
                 "n": scores["n"], "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
                 "per_class_recall": scores["per_class_recall"],
+                "confusion_matrix": scores["metrics"]["confusion_matrix"],  # rows true, columns predicted
                 "gate_reject_fraction": None, "accuracy_on_accepted": None,
             }
             if gate is not None:

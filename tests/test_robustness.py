@@ -159,6 +159,9 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
         clean = rows[(model["variant"], "clean", 0)]
         assert clean["accuracy"] == pytest.approx(float(np.mean(correct)))
         assert clean["n"] == len(expected)
+        for row in (r for r in report["rows"] if r["variant"] == model["variant"]):
+            matrix = np.array(row["confusion_matrix"])
+            assert matrix.sum() == row["n"] and np.trace(matrix) / row["n"] == pytest.approx(row["accuracy"])
         # mild/break summary is consistent with the rows it summarises
         for entry in (s for s in report["summary"] if s["variant"] == model["variant"]):
             mild = rows[(model["variant"], entry["shift"], 1)]["accuracy"]
