@@ -28,7 +28,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4  # fine-tuning phase (Adam, cosine decay)
     dropout: float = 0.2  # before the softmax layer
     label_smoothing: float = 0.1
-    patience: int = 6  # early stopping on validation loss, best weights restored
+    patience: int = 8  # early stopping on validation loss, best weights restored
     weights: str = "imagenet"  # imagenet | none | path to a no-top .h5 file
     seed: int = 0
     split_file: Path | None = None  # reuse this split.csv exactly instead of making one
@@ -38,9 +38,11 @@ class TrainConfig:
     augment: dict = field(default_factory=lambda: {
         "flip": "horizontal_and_vertical",
         "rotation": 0.5,  # fraction of a full turn, both ways: cells have no "up"
-        "zoom": 0.1,
+        "zoom": 0.2,
         "brightness": 0.15,
         "contrast": 0.15,
         "saturation": 0.15,
         "hue": 0.04,  # stain tint varies between labs and microscopes
+        "blur_sigma": 1.5,  # pixels: focus varies between microscopes and technicians
+        "noise_sigma": 10.0,  # on 0..255: small camera sensors are noisy
     })
