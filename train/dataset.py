@@ -204,7 +204,7 @@ def stratified_split(samples: Sequence[Sample], seed: int = 0,
 
 def write_split(samples: Sequence[Sample], path: Path) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")  # plain lines for awk and grep
         writer.writerow(SPLIT_COLUMNS)
         for sample in samples:
             writer.writerow([sample.path, sample.sha256, sample.label, sample.split])
