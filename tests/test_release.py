@@ -1,0 +1,67 @@
+"""The released models in models/: files match their manifest, carry their contract, and score
+on the shipped test split what the manifest says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_app.metadata import read_metadata
+from edge_app.runtime import RELEASED_MODEL, Classifier, default_model_path
+from train.dataset import CANONICAL_LABELS, load_pixels, read_split
+from train.metrics import classification_metrics
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+RELEASED = ("model_int8.tflite", "model_fp16.tflite", "labels.txt", "manifest.json", "model_card.md", "split.csv")
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((MODELS / "manifest.json").read_text())
+
+
+def test_release_folder_is_complete_and_small():
+    assert {name for name in RELEASED if (MODELS / name).is_file()} == set(RELEASED)
+    assert sum(p.stat().st_size for p in MODELS.iterdir() if p.is_file()) < 15 * 1024 * 1024
+    card = (MODELS / "model_card.md").read_text()
+    assert "not a diagnostic device" in card and "scripts/release" in card and "--seed 0" in card
+
+
+def test_files_match_the_manifest(manifest):
+    assert manifest["labels"] == list(CANONICAL_LABELS)
+    assert (MODELS / "labels.txt").read_text().splitlines() == manifest["labels"]
+    for variant, entry in manifest["variants"].items():
+        data = (MODELS / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], variant
+        assert len(data) == entry["bytes"]
+        info = read_metadata(data)
+        assert info.labels == manifest["labels"] and info.mean == [0.0] and info.std == [1.0]
+        classifier = Classifier(MODELS / entry["file"])
+        assert classifier.verified and classifier.variant == variant
+        assert list(classifier.input.shape) == entry["input"]["shape"]
+    int8 = manifest["variants"]["int8"]["input"]
+    assert (int8["dtype"], int8["scale"], int8["zero_point"]) == ("uint8", 1.0, 0)
+
+
+def test_app_and_bench_default_to_the_released_int8_model(monkeypatch):
+    monkeypatch.delenv("LEUKEDGE_MODEL", raising=False)
+    assert default_model_path() == RELEASED_MODEL == MODELS / "model_int8.tflite"
+
+
+def test_released_int8_scores_what_the_manifest_says_on_the_shipped_test_split(manifest, data_dir):
+    test = [s for s in read_split(MODELS / "split.csv", data_dir) if s.split == "test"]
+    classifier = Classifier(MODELS / "model_int8.tflite")
+    pixels = load_pixels(test, data_dir, classifier.image_size)
+    predicted = [int(classifier.invoke(classifier.to_input(p)).argmax()) for p in pixels]
+    truth = [manifest["labels"].index(s.label) for s in test]
+    metrics = classification_metrics(truth, predicted, manifest["labels"])
+    recorded = manifest["variants"]["int8"]["verification"]
+    assert metrics["n"] == recorded["n"] == len(test)
+    assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+    assert metrics["macro"]["f1"] == pytest.approx(recorded["macro_f1"])
+    # The release gate (edge-convert --max-drop 1.0) passed: int8 within 1 point of Keras.
+    assert manifest["variants"]["int8"]["status"] == "ok"
+    assert 100 * (manifest["reference"]["accuracy"] - metrics["accuracy"]) <= manifest["max_drop_points"]
