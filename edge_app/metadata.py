@@ -168,5 +168,6 @@ def append_files(model: bytes, files: dict[str, bytes]) -> bytes:
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a") as archive:
         for name, content in files.items():
-            archive.writestr(name, content)
+            # A fixed timestamp keeps conversions byte-for-byte reproducible (same sha256).
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
     return out.getvalue()

@@ -140,3 +140,13 @@ def test_rejects_a_model_that_is_not_an_image_classifier(tmp_path, tiny_run):
     shutil.copy(tiny_run / "labels.txt", run)
     result = run_cli("edge-convert", run, "--out", tmp_path / "o", check=False)
     assert_clean_error(result, "not an image classifier")
+
+
+def test_packed_label_file_is_reproducible():
+    import time
+
+    from edge_app.metadata import append_files
+
+    first = append_files(b"model bytes", {"labels.txt": b"a\nb\n"})
+    time.sleep(2.1)  # zip timestamps have 2-second resolution
+    assert append_files(b"model bytes", {"labels.txt": b"a\nb\n"}) == first

@@ -76,8 +76,8 @@ def model_card(metrics: dict) -> str:
     )
     return f"""# Model card: LeukEdge MobileNetV2 ALL blood-smear classifier
 
-**Intended use.** Research and screening aid that sorts single-cell peripheral blood smear images
-into {", ".join(metrics["labels"])}. It is **not a diagnostic device**: every result must be
+**Intended use.** Research and screening aid that sorts microscope images of peripheral blood
+smears (fields at 100x, as in the training data) into {", ".join(metrics["labels"])}. It is **not a diagnostic device**: every result must be
 reviewed by a qualified hematologist, and low-confidence results are routed to expert review.
 
 ## Model
@@ -87,7 +87,8 @@ raw pixels 0..255; the scaling to [-1, 1] is the model's first layer), ImageNet 
 Frozen-backbone phase (up to {settings["epochs"]} epochs on cached features), then fine-tuning from
 backbone layer {settings["fine_tune_from"]} with BatchNormalization frozen (up to
 {settings["fine_tune_epochs"]} epochs, Adam {settings["fine_tune_learning_rate"]} with cosine decay),
-label smoothing {settings["label_smoothing"]}, class weights, early stopping on validation loss.
+one warm-up epoch, label smoothing {settings["label_smoothing"]}, class weights, early stopping on
+validation loss. Augmentation: {", ".join(f"{k} {v}" for k, v in settings["augment"].items())}.
 
 Reproduce: `{command}`
 
