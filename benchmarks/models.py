@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_app.runtime import RELEASED_MODEL, default_model_path
+
 # Most precise first: agreement is measured against the first of these present in a group.
 PRECISION_ORDER = ("keras", "fp32", "fp16", "dynamic", "int8")
 MODEL_SUFFIXES = (".tflite", ".keras")
-DEFAULT_MODEL = Path("models") / "model_int8.tflite"
 
 
 class ModelDiscoveryError(ValueError):
@@ -42,13 +43,6 @@ class ModelEntry:
     def precision_rank(self) -> int:
         """0 for the most precise variant; unknown variants rank after int8."""
         return PRECISION_ORDER.index(self.variant) if self.variant in PRECISION_ORDER else len(PRECISION_ORDER)
-
-
-def default_model_path() -> Path:
-    """models/model_int8.tflite in the working directory, else in the LeukEdge checkout."""
-    if DEFAULT_MODEL.is_file():
-        return DEFAULT_MODEL
-    return Path(__file__).resolve().parents[1] / DEFAULT_MODEL
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -111,10 +105,10 @@ def discover_models(paths: Sequence[str | Path]) -> list[ModelEntry]:
     With no paths, the released default model (models/model_int8.tflite).
     """
     if not paths:
-        default = default_model_path()
-        if not default.is_file():
-            raise ModelDiscoveryError(f"no model given and the default {DEFAULT_MODEL} does not exist: "
-                                      "pass a .tflite file or an edge-convert folder")
+        default = default_model_path()  # $LEUKEDGE_MODEL, else the released int8 model
+        if default is None or not default.is_file():
+            raise ModelDiscoveryError(f"no model given and the default {default or RELEASED_MODEL} does not "
+                                      "exist: pass a .tflite file or an edge-convert folder")
         paths = [default]
     found: list[ModelEntry] = []
     seen: set[Path] = set()

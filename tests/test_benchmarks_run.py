@@ -222,14 +222,23 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
 
 
 def test_no_model_means_the_released_default(converted_dir, tmp_path):
+    from edge_app.runtime import RELEASED_MODEL
+
     released = tmp_path / "models"
     released.mkdir()
     for name in ("model_int8.tflite", "manifest.json", "labels.txt", "split.csv"):
         shutil.copy(converted_dir / name, released / name)
-    run_cli("edge-bench", "--threads", "1", *FAST, "--json", "b.json", cwd=tmp_path)
+    chosen = released / "model_int8.tflite"
+    run_cli("edge-bench", "--threads", "1", *FAST, "--json", tmp_path / "b.json",
+            env={"LEUKEDGE_MODEL": str(chosen)})
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [(row["model"], row["variant"], row["status"]) for row in rows] == [
-        (str(Path("models") / "model_int8.tflite"), "int8", "ok")]
+    assert [(row["model"], row["variant"], row["status"]) for row in rows] == [(str(chosen), "int8", "ok")]
+    environment = {k: v for k, v in os.environ.items() if k != "LEUKEDGE_MODEL"}
+    result = subprocess.run([str(BIN / "edge-bench"), "--threads", "1", *FAST, "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(row["model"], row["variant"]) for row in rows] == [(str(RELEASED_MODEL), "int8")]
 
 
 def test_fidelity_reports_both_tools(converted_dir, tmp_path):
