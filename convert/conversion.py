@@ -10,7 +10,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import keras
@@ -26,6 +25,7 @@ from convert.variants import (
     file_name,
     representative_dataset,
 )
+from edge_app import leukedge_version
 from edge_app.metadata import ModelMetadata
 from edge_app.runtime import Classifier
 from train import dataset
@@ -53,13 +53,6 @@ class ConvertConfig:
     overwrite: bool = False
     verify: bool = True
     notes: dict = field(default_factory=dict)
-
-
-def leukedge_version() -> str:
-    try:
-        return version("leukedge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def sha256_bytes(data: bytes) -> str:

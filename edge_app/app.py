@@ -16,10 +16,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from edge_app import leukedge_version
 from edge_app.decision import LABEL, UNCERTAIN, UNFIT, Decision, Smoother, decide, unfit
 from edge_app.imaging import prepare
 from edge_app.preview import Preview
@@ -31,13 +31,6 @@ from edge_app.storage import FrameWriter, ResultStore, utc_now
 from edge_app.triggers import CAPTURE, QUIT, Triggers
 
 log = logging.getLogger("edge_app")
-
-
-def app_version() -> str:
-    try:
-        return version("leukedge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class AppError(RuntimeError):
@@ -71,7 +64,7 @@ class FrameProcessor:
         self.settings, self.quality_settings, self.decisions = settings, quality, decisions
         self.source_name = source_name
         self.smoother = Smoother(decisions.smoothing if settings.mode == "live" else 1)
-        self.version = app_version()
+        self.version = leukedge_version()
         self.runtime = f"{classifier.runtime.name} {classifier.runtime.version}"
         self._saved = 0
 

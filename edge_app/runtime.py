@@ -80,14 +80,6 @@ def find_runtime(preferred: str | None = None) -> Runtime:
                      "pip install ai-edge-litert")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def find_manifest_entry(model_path: Path) -> tuple[str, dict] | None:
     """(variant, entry) for this file in manifest.json beside it, if listed there."""
     manifest_path = model_path.parent / "manifest.json"

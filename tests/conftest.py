@@ -29,6 +29,14 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: fl
     return result
 
 
+def assert_clean_error(result, *fragments):
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     assert DATA_DIR.is_dir(), f"the dataset is expected at {DATA_DIR} (set LEUKEDGE_DATA)"

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import assert_clean_error, run_cli
 from edge_app.metadata import read_metadata
 from edge_app.runtime import Classifier
 from train.dataset import load_pixels, read_split
@@ -100,12 +100,6 @@ def test_int8_io_option_and_accuracy_gate(tiny_run, data_dir, tmp_path):
     drop = manifest["reference"]["accuracy"] - entry["verification"]["accuracy"]
     assert (result.returncode != 0) == (drop > 0), result.stdout + result.stderr
 
-
-def assert_clean_error(result, *fragments):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_bad_inputs(tiny_run, converted_dir, data_dir, tmp_path):

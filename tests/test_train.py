@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import WEIGHTS_DIR, run_cli
+from conftest import WEIGHTS_DIR, assert_clean_error, run_cli
 from edge_app.imaging import ImageDecodeError, load_rgb
 from train import dataset
 from train.metrics import classification_metrics
@@ -142,13 +142,6 @@ def test_split_file_is_reused_exactly(tiny_run, data_dir, tmp_path):
             "--limit-per-class", "40", *QUICK)
     assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
 
-
-def assert_clean_error(result, *fragments):
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run):
