@@ -144,3 +144,38 @@ def test_packed_label_file_is_reproducible():
     first = append_files(b"model bytes", {"labels.txt": b"a\nb\n"})
     time.sleep(2.1)  # zip timestamps have 2-second resolution
     assert append_files(b"model bytes", {"labels.txt": b"a\nb\n"}) == first
+
+
+def _int8_kernel(interpreter, layer_name: str) -> np.ndarray | None:
+    """The int8 model's (BatchNorm-folded) depthwise kernel of `layer_name`, dequantized."""
+    for detail in interpreter.get_tensor_details():
+        if f"/{layer_name}_BN" in detail["name"] and len(detail["shape"]) == 4 and detail["dtype"] == np.int8:
+            scales = detail["quantization_parameters"]["scales"]
+            return interpreter.get_tensor(detail["index"])[0].astype(np.float64) * scales
+    return None
+
+
+def test_trained_kernels_reach_the_int8_model_unchanged(tiny_run, converted_dir):
+    """edge-train keeps every kernel on TFLite's per-channel int8 grid (frozen ones before
+    training, fine-tuned ones after, then refits the head): the int8 model then holds exactly the
+    kernels of the Keras model the metrics describe, BatchNormalization folded in."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    interpreter = Interpreter(str(converted_dir / "model_int8.tflite"))
+    interpreter.allocate_tensors()
+    errors = {}
+    for layer in backbone.layers:
+        if not isinstance(layer, keras.layers.DepthwiseConv2D):
+            continue
+        norm = backbone.get_layer(f"{layer.name}_BN")
+        gamma, _, _, variance = norm.get_weights()
+        folded = layer.get_weights()[0][..., 0] * gamma / np.sqrt(variance + norm.epsilon)
+        int8 = _int8_kernel(interpreter, layer.name)
+        assert int8 is not None, f"no int8 kernel for {layer.name}"
+        errors[layer.name] = np.abs(int8 - folded).max() / np.abs(folded).max()
+    assert len(errors) == 17  # MobileNetV2's depthwise layers
+    # Float rounding only; an unrounded kernel is off by up to half a step (~4e-3 of its max).
+    assert max(errors.values()) < 1e-5, errors

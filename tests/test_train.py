@@ -30,7 +30,7 @@ def test_run_writes_every_artifact(tiny_run):
     for plot in ("curves.png", "confusion_matrix.png"):
         assert cv2.imread(str(tiny_run / plot)) is not None
     history = list(csv.DictReader((tiny_run / "history.csv").read_text().splitlines()))
-    assert {row["phase"] for row in history} == {"frozen", "fine-tune"}
+    assert {row["phase"] for row in history} == {"frozen", "fine-tune", "int8-refit"}
     card = (tiny_run / "model_card.md").read_text()
     assert "not a diagnostic device" in card and "edge-train" in card
 

@@ -33,7 +33,13 @@ def _weights(ctx, param, value: str) -> str:
 @click.option("--fine-tune-epochs", type=click.IntRange(0), default=TrainConfig.fine_tune_epochs,
               help="Epochs with the top of the backbone unfrozen; 0 skips fine-tuning.")
 @click.option("--fine-tune-from", type=click.IntRange(0), default=TrainConfig.fine_tune_from,
-              help="First backbone layer index to unfreeze.")
+              help="First backbone layer index to unfreeze (MobileNetV2 has ~154; 54 is block_6).")
+@click.option("--int8-grid/--no-int8-grid", default=TrainConfig.int8_grid,
+              help="Keep the backbone kernels on TFLite's per-channel int8 grid (frozen ones before "
+                   "training, fine-tuned ones after it, then a short head refit), so the int8 model "
+                   "computes what the trained model does.")
+@click.option("--int8-refit-epochs", type=click.IntRange(0), default=TrainConfig.int8_refit_epochs,
+              help="Head epochs after the fine-tuned kernels are rounded (with --int8-grid).")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--weights", default="imagenet", callback=_weights,
               help="Backbone weights: imagenet (Keras cache, downloaded if missing), none, or a no-top .h5 path.")

@@ -22,12 +22,14 @@ class TrainConfig:
     image_size: int = 224  # square model input side, pixels
     epochs: int = 30  # frozen-backbone epochs (head only, on cached backbone features)
     fine_tune_epochs: int = 20  # epochs with the top of the backbone unfrozen, 0 to skip
-    fine_tune_from: int = 100  # first backbone layer index to unfreeze (of ~154)
+    fine_tune_from: int = 54  # first backbone layer index to unfreeze (of ~154): block_6, the 14x14 stage
     batch_size: int = 32
     learning_rate: float = 1e-3  # head phase (Adam)
     fine_tune_learning_rate: float = 1e-4  # fine-tuning phase (Adam, cosine decay)
     dropout: float = 0.2  # before the softmax layer
     label_smoothing: float = 0.1
+    int8_grid: bool = True  # kernels on TFLite's int8 grid: frozen ones before training, all after
+    int8_refit_epochs: int = 10  # head epochs on the all-int8-grid backbone after fine-tuning (Adam, fine-tune rate)
     patience: int = 8  # early stopping on validation loss, best weights restored
     weights: str = "imagenet"  # imagenet | none | path to a no-top .h5 file
     seed: int = 0

@@ -18,10 +18,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for axis, key in zip(axes, ("accuracy", "loss")):
         axis.plot(epochs, [row.get(key) for row in history], marker=".", label="train")
         axis.plot(epochs, [row.get(f"val_{key}") for row in history], marker=".", label="validation")
-        tuned = [row["epoch"] for row in history if row["phase"] == "fine-tune"]
-        if tuned:
-            axis.axvline(tuned[0] - 0.5, color="grey", linestyle="--", linewidth=1)
-            axis.text(tuned[0] - 0.4, axis.get_ylim()[1], " fine-tuning", va="top", fontsize=8)
+        for phase in ("fine-tune", "int8-refit"):
+            starts = [row["epoch"] for row in history if row["phase"] == phase]
+            if starts:
+                axis.axvline(starts[0] - 0.5, color="grey", linestyle="--", linewidth=1)
+                axis.text(starts[0] - 0.4, axis.get_ylim()[1], f" {phase}", va="top", fontsize=8)
         axis.set_xlabel("epoch")
         axis.set_title(key)
         axis.grid(alpha=0.3)
@@ -60,6 +61,10 @@ def model_card(metrics: dict) -> str:
         f"{test['per_class'][label]['support']} |"
         for label in metrics["labels"]
     )
+    int8_note = (" Kernels kept on TFLite's per-channel int8 grid (frozen ones before training, the "
+                 f"fine-tuned ones after it, then up to {settings.get('int8_refit_epochs', 0)} head epochs on "
+                 "the rounded backbone), so the int8 model computes what this model does."
+                 if settings.get("int8_grid") else "")
     counts = "\n".join(
         f"| {label} | {data['usable_per_class'][label]} | "
         + " | ".join(str(data["split_counts"][s][label]) for s in ("train", "val", "test")) + " |"
@@ -88,7 +93,7 @@ Frozen-backbone phase (up to {settings["epochs"]} epochs on cached features), th
 backbone layer {settings["fine_tune_from"]} with BatchNormalization frozen (up to
 {settings["fine_tune_epochs"]} epochs, Adam {settings["fine_tune_learning_rate"]} with cosine decay),
 one warm-up epoch, label smoothing {settings["label_smoothing"]}, class weights, early stopping on
-validation loss. Augmentation: {", ".join(f"{k} {v}" for k, v in settings["augment"].items())}.
+validation loss.{int8_note} Augmentation: {", ".join(f"{k} {v}" for k, v in settings["augment"].items())}.
 
 Reproduce: `{command}`
 

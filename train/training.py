@@ -19,7 +19,14 @@ import tensorflow as tf
 from train import dataset, report
 from train.config import STRATEGIES, TrainConfig
 from train.metrics import classification_metrics
-from train.model import augmentation, build_backbone, build_classifier, build_head, unfreeze_top
+from train.model import (
+    augmentation,
+    build_backbone,
+    build_classifier,
+    build_head,
+    snap_to_int8_grid,
+    unfreeze_top,
+)
 from train.run_dir import check_out_dir, publish, staging_dir
 
 PUBLISHED = {"accuracy": 0.9858, "precision": 0.986, "recall": 0.9858, "f1": 0.9857,
@@ -113,6 +120,9 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     one_hot = np.eye(n_classes, dtype=np.float32)
     with strategy.scope():
         base = build_backbone(config.alpha, config.image_size, config.weights)
+        if config.int8_grid:
+            frozen_until = config.fine_tune_from if config.fine_tune_epochs > 0 else None
+            echo(f"rounded {snap_to_int8_grid(base, frozen_until)} frozen backbone kernels to the int8 grid")
         model = build_classifier(base, n_classes, config.dropout)
         head = build_head(model.get_layer("pool").output.shape[-1], n_classes, config.dropout)
 
@@ -151,6 +161,22 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                           callbacks=[keras.callbacks.EarlyStopping(
                               patience=config.patience, restore_best_weights=True)])
         history += history_rows(tuned, "fine-tune", len(history) + 1)
+    if config.int8_grid and config.int8_refit_epochs > 0:
+        # The fine-tuned kernels go onto the int8 grid too (the converter would round them the
+        # same way), and the head refits on what the int8 model's backbone computes.
+        echo(f"int8 refit: rounded {snap_to_int8_grid(base)} kernels; "
+             f"head refits for up to {config.int8_refit_epochs} epochs")
+        f_train = predict(features, x_train, config.batch_size)
+        f_val = predict(features, x_val, config.batch_size)
+        head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
+        with strategy.scope():
+            head.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), smoothing, metrics=["accuracy"])
+        refit = head.fit(f_train, one_hot[y_train], sample_weight=weights[y_train],
+                         validation_data=(f_val, one_hot[y_val]), epochs=config.int8_refit_epochs,
+                         batch_size=config.batch_size, verbose=2, callbacks=[
+                             keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)])
+        model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
+        history += history_rows(refit, "int8-refit", len(history) + 1)
     tuned_done = time.monotonic()
 
     metrics = {"labels": labels}
