@@ -9,6 +9,7 @@ Every step is one of the project's own commands, so each point of the map can be
 Run (about an hour on 2 CPU cores; finished runs are reused, so it can be resumed):
     .venv/bin/python scripts/speed_map.py --out runs/map
     .venv/bin/python scripts/speed_map.py --out runs/map --alphas 0.35 --sizes 128   # one point
+    .venv/bin/python scripts/speed_map.py --out runs/map --include a0.5-s224-ft100   # + a run trained by hand
 Writes OUT/map.json, OUT/map.md and OUT/map.png (accuracy against latency, Pareto front marked).
 """
 
@@ -29,6 +30,21 @@ def run(*command: str) -> None:
     subprocess.run([str(BIN / command[0]), *command[1:]], check=True)
 
 
+def recipe(settings: dict) -> str:
+    """The training settings that changed between map runs, so older points are told apart."""
+    grid = ", int8 grid" if settings.get("int8_grid") else ""
+    return f"fine-tune from {settings['fine_tune_from']}{grid}"
+
+
+def fastest_close_to(points: list[dict], reference: str, max_drop: float = 0.005) -> dict | None:
+    """The fastest point whose int8 test accuracy is within `max_drop` of the reference point's."""
+    base = next((p for p in points if p["name"] == reference), None)
+    if base is None:
+        return None
+    close = [p for p in points if p["accuracy"] >= base["accuracy"] - max_drop - 1e-9]
+    return min(close, key=lambda p: p["p50_ms"])
+
+
 def pareto(points: list[dict]) -> set[str]:
     """Names of points no other point beats on both latency (lower) and accuracy (higher)."""
     front = set()
@@ -40,7 +56,7 @@ def pareto(points: list[dict]) -> set[str]:
     return front
 
 
-def plot(points: list[dict], front: set[str], path: Path) -> None:
+def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +69,9 @@ def plot(points: list[dict], front: set[str], path: Path) -> None:
                      color="tab:red" if on_front else "tab:blue", alpha=0.8)
         axis.annotate(p["name"], (p["p50_ms"], 100 * p["accuracy"]), fontsize=8,
                       xytext=(4, 3), textcoords="offset points")
+    if fast:
+        axis.scatter(fast["p50_ms"], 100 * fast["accuracy"], s=220, marker="*", color="gold",
+                     edgecolor="black", zorder=3, label=f"shipped fast model ({fast['name']})")
     ordered = sorted((p for p in points if p["name"] in front), key=lambda p: p["p50_ms"])
     axis.plot([p["p50_ms"] for p in ordered], [100 * p["accuracy"] for p in ordered], "--", color="tab:red",
               linewidth=1, label="Pareto front")
@@ -72,7 +91,12 @@ def plot(points: list[dict], front: set[str], path: Path) -> None:
 @click.option("--sizes", default="224,160,128", show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (default as edge-train).")
 @click.option("--runs", "bench_runs", type=int, default=100, show_default=True)
-def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int) -> None:
+@click.option("--reference", default="a1.0-s224", show_default=True,
+              help="The default model's point: the fast pick must be within 0.5 points of it.")
+@click.option("--include", multiple=True,
+              help="Also map this finished run folder of OUT (trained with other options; converted if needed).")
+def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int, reference: str,
+         include: tuple[str, ...]) -> None:
     data_args = ("--data", str(data)) if data else ()
     names = []
     for alpha in alphas.split(","):
@@ -86,6 +110,11 @@ def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int)
                 run("edge-convert", str(run_dir), "--out", str(run_dir / "tflite"), "--variants", "int8",
                     "--overwrite", *data_args)
             names.append(name)
+    for name in include:
+        if not (out / name / "tflite" / "manifest.json").is_file():
+            run("edge-convert", str(out / name), "--out", str(out / name / "tflite"), "--variants", "int8",
+                "--overwrite", *data_args)
+        names.append(name)
     bench = out / "bench.json"
     run("edge-bench", "run", *[str(out / n / "tflite" / "model_int8.tflite") for n in names],
         "--threads", "2", "--runs", str(bench_runs), "--json", str(bench),
@@ -99,18 +128,24 @@ def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int)
                        "image_size": metrics["settings"]["image_size"],
                        "keras_accuracy": metrics["test"]["accuracy"], "accuracy": row["accuracy"],
                        "macro_f1": row["macro_f1"], "p50_ms": row["latency_ms"]["p50"],
-                       "bytes": row["size_bytes"], "train_minutes": metrics["timing_seconds"]["total"] / 60})
+                       "bytes": row["size_bytes"], "train_minutes": metrics["timing_seconds"]["total"] / 60,
+                       "recipe": recipe(metrics["settings"])})
     front = pareto(points)
     for p in points:
         p["pareto"] = p["name"] in front
-    (out / "map.json").write_text(json.dumps(points, indent=2) + "\n")
-    lines = ["| model | Keras test acc | int8 test acc | int8 macro-F1 | int8 p50 ms | int8 size KB | train min | Pareto |",
-             "|---|---|---|---|---|---|---|---|"]
+    fast = fastest_close_to(points, reference)
+    (out / "map.json").write_text(json.dumps({"points": points, "fast": fast and fast["name"]}, indent=2) + "\n")
+    lines = ["| model | Keras test acc | int8 test acc | int8 macro-F1 | int8 p50 ms | int8 size KB | train min "
+             "| recipe | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {p['name']} | {p['keras_accuracy']:.2%} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} | "
-              f"{p['p50_ms']:.2f} | {p['bytes'] / 1024:.0f} | {p['train_minutes']:.1f} | {'yes' if p['pareto'] else ''} |"
+              f"{p['p50_ms']:.2f} | {p['bytes'] / 1024:.0f} | {p['train_minutes']:.1f} | {p['recipe']} "
+              f"| {'yes' if p['pareto'] else ''} |"
               for p in sorted(points, key=lambda p: p["p50_ms"])]
+    if fast:
+        lines += ["", f"Fastest within 0.5 points of {reference} (int8 test accuracy): {fast['name']}"]
     (out / "map.md").write_text("\n".join(lines) + "\n")
-    plot(points, front, out / "map.png")
+    plot(points, front, fast, out / "map.png")
     click.echo("\n".join(lines))
 
 
