@@ -19,10 +19,12 @@ from pathlib import Path
 FAST_FILE = "model_fast_int8.tflite"
 
 
-def differences(run: Path, default_run: Path) -> dict:
-    """Training settings of `run` that differ from the default run's (paths aside)."""
-    settings = json.loads((run / "metrics.json").read_text())["settings"]
-    default = json.loads((default_run / "metrics.json").read_text())["settings"]
+def training_settings(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())["settings"]
+
+
+def differences(settings: dict, default: dict) -> dict:
+    """Training settings that differ from the default run's (paths aside)."""
     return {k: v for k, v in settings.items() if k not in ("out_dir", "data_dir") and default.get(k) != v}
 
 
@@ -31,14 +33,14 @@ def add(converted: Path, models: Path, run: Path, default_run: Path) -> None:
     manifest = json.loads((models / "manifest.json").read_text())
     if source["labels"] != manifest["labels"]:
         sys.exit(f"add_fast_model: {converted} has labels {source['labels']}, models/ has {manifest['labels']}")
-    settings = json.loads((run / "metrics.json").read_text())["settings"]
+    settings = training_settings(run)
     entry = {**source["variants"]["int8"], "file": FAST_FILE,
              "description": f"MobileNetV2 alpha {settings['alpha']} at {source['image_size']} px, "
                             "int8 weights and activations: the faster, smaller model",
              "alpha": settings["alpha"], "image_size": source["image_size"],
              "source_model": source["source_model"], "reference": source["reference"],
              "calibration": source["calibration"], "run": str(run),
-             "settings_differing_from_default": differences(run, default_run)}
+             "settings_differing_from_default": differences(settings, training_settings(default_run))}
     shutil.copyfile(converted / "model_int8.tflite", models / (FAST_FILE + ".tmp"))
     (models / (FAST_FILE + ".tmp")).replace(models / FAST_FILE)
     manifest["variants"]["fast_int8"] = entry

@@ -84,8 +84,9 @@ def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None) -> int
         kernel = weights[0]
         others = tuple(i for i in range(kernel.ndim) if i != axis)
         step = np.abs(kernel).max(axis=others, keepdims=True) / 127.0
-        weights[0] = np.where(step > 0, np.round(kernel / np.where(step > 0, step, 1.0)) * step, kernel)
-        layer.set_weights([w.astype(kernel.dtype) for w in weights])
+        step[step == 0] = 1.0  # an all-zero channel stays zero
+        weights[0] = (np.round(kernel / step) * step).astype(kernel.dtype)
+        layer.set_weights(weights)
         rounded += 1
     return rounded
 

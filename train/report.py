@@ -76,7 +76,7 @@ def model_card(metrics: dict) -> str:
         f"--alpha {settings['alpha']} --image-size {settings['image_size']} --epochs {settings['epochs']} "
         f"--fine-tune-epochs {settings['fine_tune_epochs']} --fine-tune-from {settings['fine_tune_from']} "
         f"--batch-size {settings['batch_size']} --weights {weights} --seed {settings['seed']}"
-        + (f" --int8-grid --int8-refit-epochs {settings['int8_refit_epochs']}" if settings.get("int8_grid")
+        + (f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)}" if settings.get("int8_grid")
            else " --no-int8-grid")
         + (f" --split-file {settings['split_file']}" if settings["split_file"] else "")
         + (f" --limit-per-class {settings['limit_per_class']}" if settings["limit_per_class"] else "")

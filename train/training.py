@@ -126,19 +126,24 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         model = build_classifier(base, n_classes, config.dropout)
         head = build_head(model.get_layer("pool").output.shape[-1], n_classes, config.dropout)
 
-    # Frozen phase: the backbone never changes, so its features are computed once.
-    echo(f"frozen phase: caching backbone features, then up to {config.epochs} head epochs")
     features = keras.Model(model.input, model.get_layer("pool").output)
-    f_train = predict(features, x_train, config.batch_size)
-    f_val = predict(features, x_val, config.batch_size)
-    stop = keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)
-    with strategy.scope():
-        head.compile(keras.optimizers.Adam(config.learning_rate), smoothing, metrics=["accuracy"])
-    frozen = head.fit(f_train, one_hot[y_train], sample_weight=weights[y_train],
-                      validation_data=(f_val, one_hot[y_val]), epochs=config.epochs,
-                      batch_size=config.batch_size, callbacks=[stop], verbose=2)
-    model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
-    history = history_rows(frozen, "frozen", 1)
+
+    def fit_head(learning_rate: float, epochs: int) -> keras.callbacks.History:
+        """Train the head alone: the backbone does not change meanwhile, so its features are
+        computed once. The trained head then goes into the full model."""
+        f_train = predict(features, x_train, config.batch_size)
+        f_val = predict(features, x_val, config.batch_size)
+        with strategy.scope():
+            head.compile(keras.optimizers.Adam(learning_rate), smoothing, metrics=["accuracy"])
+        fitted = head.fit(f_train, one_hot[y_train], sample_weight=weights[y_train],
+                          validation_data=(f_val, one_hot[y_val]), epochs=epochs,
+                          batch_size=config.batch_size, verbose=2, callbacks=[
+                              keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)])
+        model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
+        return fitted
+
+    echo(f"frozen phase: caching backbone features, then up to {config.epochs} head epochs")
+    history = history_rows(fit_head(config.learning_rate, config.epochs), "frozen", 1)
     frozen_done = time.monotonic()
 
     if config.fine_tune_epochs > 0:
@@ -166,16 +171,9 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         # same way), and the head refits on what the int8 model's backbone computes.
         echo(f"int8 refit: rounded {snap_to_int8_grid(base)} kernels; "
              f"head refits for up to {config.int8_refit_epochs} epochs")
-        f_train = predict(features, x_train, config.batch_size)
-        f_val = predict(features, x_val, config.batch_size)
+        # The head starts from where fine-tuning left it.
         head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
-        with strategy.scope():
-            head.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), smoothing, metrics=["accuracy"])
-        refit = head.fit(f_train, one_hot[y_train], sample_weight=weights[y_train],
-                         validation_data=(f_val, one_hot[y_val]), epochs=config.int8_refit_epochs,
-                         batch_size=config.batch_size, verbose=2, callbacks=[
-                             keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)])
-        model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
+        refit = fit_head(config.fine_tune_learning_rate, config.int8_refit_epochs)
         history += history_rows(refit, "int8-refit", len(history) + 1)
     tuned_done = time.monotonic()
 
