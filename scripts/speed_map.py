@@ -27,7 +27,9 @@ BIN = Path(sys.executable).parent
 
 def run(*command: str) -> None:
     click.echo("$ " + " ".join(command), err=True)
-    subprocess.run([str(BIN / command[0]), *command[1:]], check=True)
+    code = subprocess.run([str(BIN / command[0]), *command[1:]]).returncode
+    if code != 0:
+        raise click.ClickException(f"{command[0]} {command[1]} failed with exit status {code} (its message is above)")
 
 
 def recipe(settings: dict) -> str:
@@ -108,15 +110,16 @@ def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int,
             if not (run_dir / "metrics.json").is_file():
                 run("edge-train", "--alpha", alpha, "--image-size", size, "--out", str(run_dir), "--overwrite",
                     *data_args)
-            if not (run_dir / "tflite" / "manifest.json").is_file():
-                run("edge-convert", str(run_dir), "--out", str(run_dir / "tflite"), "--variants", "int8",
-                    "--overwrite", *data_args)
             names.append(name)
     for name in include:
+        if not (out / name / "metrics.json").is_file():
+            raise click.BadParameter(f"{out / name} is not a finished edge-train run (no metrics.json)",
+                                     param_hint="--include")
+    names += include
+    for name in names:
         if not (out / name / "tflite" / "manifest.json").is_file():
             run("edge-convert", str(out / name), "--out", str(out / name / "tflite"), "--variants", "int8",
                 "--overwrite", *data_args)
-        names.append(name)
     bench = out / "bench.json"
     run("edge-bench", "run", *[str(out / n / "tflite" / "model_int8.tflite") for n in names],
         "--threads", "2", "--runs", str(bench_runs), "--json", str(bench),
