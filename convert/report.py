@@ -25,7 +25,7 @@ def conversion_report(manifest: dict) -> str:
     sizes = ""
     if "fp32" in variants:
         fp32 = variants["fp32"]["bytes"]
-        sizes = ", ".join(f"{name} {entry['bytes'] / fp32:.0%}" for name, entry in variants.items())
+        sizes = ", ".join(f"{name} {entry['bytes'] / fp32:.1%}" for name, entry in variants.items())
         sizes = f"\nSize against fp32: {sizes}.\n"
     reference = manifest.get("reference")
     n = reference["n"] if reference else 0
@@ -35,6 +35,11 @@ def conversion_report(manifest: dict) -> str:
         f"zero point {e['input']['zero_point']}), output {e['output']['dtype']} (scale {e['output']['scale']:g}, "
         f"zero point {e['output']['zero_point']})"
         for name, e in variants.items())
+    shared = variants.get("int8", {}).get("per_tensor_kernels")
+    if shared:
+        quant += (f"\n\nint8 kernels stored with one scale for the whole kernel instead of one per output "
+                  f"channel ({len(shared)}; trained on one int8 grid, see `convert/per_tensor.py`): "
+                  + ", ".join(f"`{name}`" for name in shared) + ".")
     return f"""# Conversion report
 
 Source: `{manifest['source_model']['file']}` (sha256 `{manifest['source_model']['sha256'][:16]}...`),

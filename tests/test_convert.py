@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -146,36 +147,73 @@ def test_packed_label_file_is_reproducible():
     assert append_files(b"model bytes", {"labels.txt": b"a\nb\n"}) == first
 
 
-def _int8_kernel(interpreter, layer_name: str) -> np.ndarray | None:
-    """The int8 model's (BatchNorm-folded) depthwise kernel of `layer_name`, dequantized."""
-    for detail in interpreter.get_tensor_details():
-        if f"/{layer_name}_BN" in detail["name"] and len(detail["shape"]) == 4 and detail["dtype"] == np.int8:
-            scales = detail["quantization_parameters"]["scales"]
-            return interpreter.get_tensor(detail["index"])[0].astype(np.float64) * scales
-    return None
+PER_TENSOR_LAYERS = ("block_14_expand", "block_15_expand", "block_16_expand", "Conv_1")  # edge-train's default
+
+
+def _int8_kernels(model_path) -> dict[str, tuple[object, np.ndarray]]:
+    """Each convolution's int8 kernel tensor and its values (BatchNorm folded, dequantized, in
+    Keras layout), by Keras layer name, read straight from the flatbuffer."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from convert.per_tensor import KERNEL_OPS
+
+    model = flatbuffer_utils.read_model(str(model_path))
+    graph = model.subgraphs[0]
+    kernels = {}
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) not in KERNEL_OPS:
+            continue
+        tensor = graph.tensors[op.inputs[1]]
+        match = re.search(r"/(\w+)_1/(convolution|depthwise)", tensor.name.decode())
+        if len(tensor.shape) != 4 or not match:
+            continue
+        quant = tensor.quantization
+        values = np.asarray(model.buffers[tensor.buffer].data).view(np.int8).reshape(tensor.shape).astype(np.float64)
+        scales = np.asarray(quant.scale).reshape([-1 if a == quant.quantizedDimension else 1 for a in range(4)])
+        values = values * scales
+        # TFLite: depthwise (1, h, w, channels), conv (out, h, w, in); Keras: (h, w, channels), (h, w, in, out)
+        kernels[match.group(1)] = (tensor, values[0] if match.group(2) == "depthwise" else values.transpose(1, 2, 3, 0))
+    return kernels
 
 
 def test_trained_kernels_reach_the_int8_model_unchanged(tiny_run, converted_dir):
-    """edge-train keeps every kernel on TFLite's per-channel int8 grid (frozen ones before
-    training, fine-tuned ones after, then refits the head): the int8 model then holds exactly the
-    kernels of the Keras model the metrics describe, BatchNormalization folded in."""
+    """edge-train keeps every kernel on TFLite's int8 grid (frozen ones before training,
+    fine-tuned ones after, then refits the head): the int8 model then holds exactly the kernels of
+    the Keras model the metrics describe, BatchNormalization folded in. That includes the layers
+    trained on one grid per kernel, which the converter stores with one scale."""
     import keras
-    from ai_edge_litert.interpreter import Interpreter
+
+    from train.model import batch_norm_fold
 
     model = keras.models.load_model(tiny_run / "model.keras", compile=False)
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    interpreter = Interpreter(str(converted_dir / "model_int8.tflite"))
-    interpreter.allocate_tensors()
+    int8 = _int8_kernels(converted_dir / "model_int8.tflite")
     errors = {}
-    for layer in backbone.layers:
-        if not isinstance(layer, keras.layers.DepthwiseConv2D):
+    for index, layer in enumerate(backbone.layers):
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        if not depthwise and layer.name not in PER_TENSOR_LAYERS:
             continue
-        norm = backbone.get_layer(f"{layer.name}_BN")
-        gamma, _, _, variance = norm.get_weights()
-        folded = layer.get_weights()[0][..., 0] * gamma / np.sqrt(variance + norm.epsilon)
-        int8 = _int8_kernel(interpreter, layer.name)
-        assert int8 is not None, f"no int8 kernel for {layer.name}"
-        errors[layer.name] = np.abs(int8 - folded).max() / np.abs(folded).max()
-    assert len(errors) == 17  # MobileNetV2's depthwise layers
+        kernel = layer.get_weights()[0]
+        folded = (kernel[..., 0] if depthwise else kernel) * batch_norm_fold(backbone, index)
+        assert layer.name in int8, f"no int8 kernel for {layer.name}"
+        errors[layer.name] = np.abs(int8[layer.name][1] - folded).max() / np.abs(folded).max()
+    assert len(errors) == 17 + len(PER_TENSOR_LAYERS)  # MobileNetV2's depthwise layers and the shared-grid ones
     # Float rounding only; an unrounded kernel is off by up to half a step (~4e-3 of its max).
     assert max(errors.values()) < 1e-5, errors
+
+
+def test_kernels_trained_on_one_grid_are_stored_with_one_scale(converted_dir):
+    """The per-tensor kernels and only they: every other kernel keeps one scale per channel
+    (a kernel not trained on one grid must fail the converter's exactness test)."""
+    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    listed = manifest["variants"]["int8"]["per_tensor_kernels"]
+    kernels = _int8_kernels(converted_dir / "model_int8.tflite")
+    assert len(kernels) == 52  # MobileNetV2's convolutions
+    one_scale = {name for name, (tensor, _) in kernels.items() if len(tensor.quantization.scale) == 1}
+    assert one_scale == set(PER_TENSOR_LAYERS)
+    assert {tensor.name.decode() for name, (tensor, _) in kernels.items() if name in one_scale} == set(listed)
+    for name, (tensor, _) in kernels.items():
+        if name not in one_scale:
+            assert len(tensor.quantization.scale) == tensor.shape[tensor.quantization.quantizedDimension], name
+    assert "one scale for the whole kernel" in (converted_dir / "conversion_report.md").read_text()

@@ -177,6 +177,9 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run)
     assert_clean_error(run_cli("edge-train", "--out", tiny_run, *QUICK, check=False), "--overwrite")
     assert (tiny_run / "metrics.json").is_file(), "a refused run must leave the earlier one intact"
     assert_clean_error(train("--weights", tmp_path / "nope.h5"), "--weights")
+    assert_clean_error(train("--data", data_dir, "--int8-per-tensor", "Conv_1,block_99_expand"),
+                       "--int8-per-tensor", "block_99_expand")
+    assert not out.exists()
 
 
 def test_defaults_match_the_documented_interface():

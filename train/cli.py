@@ -17,6 +17,10 @@ def _weights(ctx, param, value: str) -> str:
     raise click.BadParameter(f"{value!r} is neither imagenet, none, nor an existing .h5 file")
 
 
+def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
+    return () if value.strip().lower() in ("", "none") else tuple(n.strip() for n in value.split(",") if n.strip())
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=default_data_dir,
               help="Dataset root (Kaggle layout with Original/ and Segmented/) or a folder of class "
@@ -40,6 +44,11 @@ def _weights(ctx, param, value: str) -> str:
                    "computes what the trained model does.")
 @click.option("--int8-refit-epochs", type=click.IntRange(0), default=TrainConfig.int8_refit_epochs,
               help="Head epochs after the fine-tuned kernels are rounded (with --int8-grid).")
+@click.option("--int8-per-tensor", "int8_per_tensor_layers", callback=_layer_names,
+              default=",".join(TrainConfig.int8_per_tensor_layers),
+              help="Backbone layers (comma-separated Keras names, or 'none') whose kernels share one "
+                   "int8 scale instead of one per channel (with --int8-grid); edge-convert then stores "
+                   "one scale for them, which makes the int8 file smaller.")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--weights", default="imagenet", callback=_weights,
               help="Backbone weights: imagenet (Keras cache, downloaded if missing), none, or a no-top .h5 path.")
@@ -64,7 +73,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
     from tqdm import tqdm
 
     from train import dataset
-    from train.config import WeightsError
+    from train.config import SettingsError, WeightsError
     from train.run_dir import RunDirError, check_out_dir
 
     config = TrainConfig(data_dir=data_dir, out_dir=out_dir, alpha=float(alpha), **options)
@@ -79,7 +88,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
         from train.training import train
 
         metrics = train(config, echo=click.echo, scan=scan)
-    except (dataset.DatasetError, RunDirError, WeightsError) as error:
+    except (dataset.DatasetError, RunDirError, WeightsError, SettingsError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from train.config import WeightsError
+from train.config import SettingsError, WeightsError
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 
@@ -58,8 +58,9 @@ def build_backbone(alpha: float, image_size: int, weights: str) -> keras.Model:
     return base
 
 
-def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None) -> int:
-    """Round convolution kernels to the per-channel int8 grid full-int8 TFLite will use.
+def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None,
+                      per_tensor: Collection[str] = ()) -> int:
+    """Round convolution kernels to the int8 grid full-int8 TFLite will use.
 
     Post-training int8 rounds every kernel per output channel to 255 levels. Measured on our
     fine-tuned models, that rounding in the early, always-frozen depthwise layers alone flips
@@ -68,8 +69,17 @@ def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None) -> int
     training means the head learns on exactly what the int8 model computes there: the converter
     folds BatchNormalization (one factor per output channel) into the kernel and rounds again,
     which lands on the same grid. Layers from `before_layer` on are left as they are (they are
-    fine-tuned later). Returns how many layers were rounded.
+    fine-tuned later).
+
+    Layers named in `per_tensor` go onto one grid for the whole kernel instead, taken after the
+    BatchNormalization fold (a per-channel factor would break a shared grid). `edge-convert`
+    then stores them with one scale instead of one per channel (convert/per_tensor.py), which
+    saves 24 bytes per channel in the int8 file. Returns how many layers were rounded.
     """
+    unknown = sorted(set(per_tensor) - {layer.name for layer in base.layers})
+    if unknown:
+        raise SettingsError(f"--int8-per-tensor: the backbone has no layer named {', '.join(unknown)} "
+                            "(use Keras MobileNetV2 layer names such as Conv_1, block_16_expand, or 'none')")
     rounded = 0
     for index, layer in enumerate(base.layers):
         if before_layer is not None and index >= before_layer:
@@ -82,13 +92,30 @@ def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None) -> int
             continue
         weights = layer.get_weights()
         kernel = weights[0]
-        others = tuple(i for i in range(kernel.ndim) if i != axis)
-        step = np.abs(kernel).max(axis=others, keepdims=True) / 127.0
-        step[step == 0] = 1.0  # an all-zero channel stays zero
-        weights[0] = (np.round(kernel / step) * step).astype(kernel.dtype)
+        if layer.name in per_tensor:
+            fold = batch_norm_fold(base, index).reshape([-1 if i == axis else 1 for i in range(kernel.ndim)])
+            folded = kernel * fold
+            step = max(float(np.abs(folded).max()) / 127.0, np.finfo(np.float32).tiny)
+            weights[0] = (np.round(folded / step) * step / fold).astype(kernel.dtype)
+        else:
+            others = tuple(i for i in range(kernel.ndim) if i != axis)
+            step = np.abs(kernel).max(axis=others, keepdims=True) / 127.0
+            step[step == 0] = 1.0  # an all-zero channel stays zero
+            weights[0] = (np.round(kernel / step) * step).astype(kernel.dtype)
         layer.set_weights(weights)
         rounded += 1
     return rounded
+
+
+def batch_norm_fold(base: keras.Model, index: int) -> np.ndarray:
+    """Per-channel factor the converter multiplies into conv `index` (1 without a BN after it)."""
+    layer = base.layers[index]
+    following = base.layers[index + 1] if index + 1 < len(base.layers) else None
+    channels = layer.get_weights()[0].shape[2 if isinstance(layer, keras.layers.DepthwiseConv2D) else 3]
+    if not isinstance(following, keras.layers.BatchNormalization) or following.input is not layer.output:
+        return np.ones(channels, dtype=np.float32)
+    gamma = following.gamma.numpy() if following.scale else 1.0
+    return (gamma / np.sqrt(following.moving_variance.numpy() + following.epsilon)).astype(np.float32)
 
 
 def build_classifier(base: keras.Model, n_classes: int, dropout: float) -> keras.Model:

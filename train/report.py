@@ -64,6 +64,8 @@ def model_card(metrics: dict) -> str:
     int8_note = (" Kernels kept on TFLite's per-channel int8 grid (frozen ones before training, the "
                  f"fine-tuned ones after it, then up to {settings.get('int8_refit_epochs', 0)} head epochs on "
                  "the rounded backbone), so the int8 model computes what this model does."
+                 + (f" Layers sharing one int8 scale per kernel: {', '.join(settings['int8_per_tensor_layers'])}."
+                    if settings.get("int8_per_tensor_layers") else "")
                  if settings.get("int8_grid") else "")
     counts = "\n".join(
         f"| {label} | {data['usable_per_class'][label]} | "
@@ -76,7 +78,8 @@ def model_card(metrics: dict) -> str:
         f"--alpha {settings['alpha']} --image-size {settings['image_size']} --epochs {settings['epochs']} "
         f"--fine-tune-epochs {settings['fine_tune_epochs']} --fine-tune-from {settings['fine_tune_from']} "
         f"--batch-size {settings['batch_size']} --weights {weights} --seed {settings['seed']}"
-        + (f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)}" if settings.get("int8_grid")
+        + (f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)} --int8-per-tensor "
+           f"{','.join(settings.get('int8_per_tensor_layers') or ()) or 'none'}" if settings.get("int8_grid")
            else " --no-int8-grid")
         + (f" --split-file {settings['split_file']}" if settings["split_file"] else "")
         + (f" --limit-per-class {settings['limit_per_class']}" if settings["limit_per_class"] else "")

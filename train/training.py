@@ -122,7 +122,8 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         base = build_backbone(config.alpha, config.image_size, config.weights)
         if config.int8_grid:
             frozen_until = config.fine_tune_from if config.fine_tune_epochs > 0 else None
-            echo(f"rounded {snap_to_int8_grid(base, frozen_until)} frozen backbone kernels to the int8 grid")
+            rounded = snap_to_int8_grid(base, frozen_until, config.int8_per_tensor_layers)
+            echo(f"rounded {rounded} frozen backbone kernels to the int8 grid")
         model = build_classifier(base, n_classes, config.dropout)
         head = build_head(model.get_layer("pool").output.shape[-1], n_classes, config.dropout)
 
@@ -154,7 +155,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
             # would first undo what the head learned (seen here: 96% -> 79% train accuracy).
             warmup = int(np.ceil(len(y_train) / config.batch_size))
             schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, steps - warmup, warmup_target=config.fine_tune_learning_rate, warmup_steps=warmup)
+                0.0, max(steps - warmup, 1), warmup_target=config.fine_tune_learning_rate, warmup_steps=warmup)
             model.compile(keras.optimizers.Adam(schedule), smoothing, metrics=["accuracy"])
         echo(f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
              f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs")
@@ -169,7 +170,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     if config.int8_grid and config.int8_refit_epochs > 0:
         # The fine-tuned kernels go onto the int8 grid too (the converter would round them the
         # same way), and the head refits on what the int8 model's backbone computes.
-        echo(f"int8 refit: rounded {snap_to_int8_grid(base)} kernels; "
+        echo(f"int8 refit: rounded {snap_to_int8_grid(base, None, config.int8_per_tensor_layers)} kernels; "
              f"head refits for up to {config.int8_refit_epochs} epochs")
         # The head starts from where fine-tuning left it.
         head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
