@@ -28,6 +28,12 @@ KERNEL_OPS = (SCHEMA.BuiltinOperator.CONV_2D, SCHEMA.BuiltinOperator.DEPTHWISE_C
 FLOAT_SLACK = 1e-3
 
 
+def is_convolution(model_object, op) -> bool:
+    """Whether `op` is a CONV_2D or DEPTHWISE_CONV_2D (its input 1 is a kernel)."""
+    code = model_object.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode) in KERNEL_OPS
+
+
 def compact_kernels(model: bytes) -> tuple[bytes, list[str]]:
     """`model` with per-channel int8 kernels that sit on one grid stored per tensor.
 
@@ -38,8 +44,7 @@ def compact_kernels(model: bytes) -> tuple[bytes, list[str]]:
     for graph in model_object.subgraphs:
         buffer_users = np.bincount([t.buffer for t in graph.tensors], minlength=len(model_object.buffers))
         for op in graph.operators:
-            code = model_object.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) not in KERNEL_OPS:
+            if not is_convolution(model_object, op):
                 continue
             kernel = graph.tensors[op.inputs[1]]
             bias = graph.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None

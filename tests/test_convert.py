@@ -155,14 +155,13 @@ def _int8_kernels(model_path) -> dict[str, tuple[object, np.ndarray]]:
     Keras layout), by Keras layer name, read straight from the flatbuffer."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from convert.per_tensor import KERNEL_OPS
+    from convert.per_tensor import is_convolution
 
     model = flatbuffer_utils.read_model(str(model_path))
     graph = model.subgraphs[0]
     kernels = {}
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) not in KERNEL_OPS:
+        if not is_convolution(model, op):
             continue
         tensor = graph.tensors[op.inputs[1]]
         match = re.search(r"/(\w+)_1/(convolution|depthwise)", tensor.name.decode())

@@ -111,7 +111,7 @@ def batch_norm_fold(base: keras.Model, index: int) -> np.ndarray:
     """Per-channel factor the converter multiplies into conv `index` (1 without a BN after it)."""
     layer = base.layers[index]
     following = base.layers[index + 1] if index + 1 < len(base.layers) else None
-    channels = layer.get_weights()[0].shape[2 if isinstance(layer, keras.layers.DepthwiseConv2D) else 3]
+    channels = layer.kernel.shape[2 if isinstance(layer, keras.layers.DepthwiseConv2D) else 3]
     if not isinstance(following, keras.layers.BatchNormalization) or following.input is not layer.output:
         return np.ones(channels, dtype=np.float32)
     gamma = following.gamma.numpy() if following.scale else 1.0
