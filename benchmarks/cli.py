@@ -12,13 +12,13 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from benchmarks import report
-from benchmarks.evaluation import resolve_eval_set
-from benchmarks.models import ModelDiscoveryError, discover_models
-from benchmarks.options import ThreadCounts, default_threads
-from benchmarks.runner import BenchSettings, run_benchmark
-from edge_app.runtime import ModelError
-from train.dataset import DatasetError
+from leukedge.benchmarks import report
+from leukedge.benchmarks.evaluation import resolve_eval_set
+from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import ThreadCounts, default_threads
+from leukedge.benchmarks.runner import BenchSettings, run_benchmark
+from leukedge.edge_app.runtime import ModelError
+from leukedge.train.dataset import DatasetError
 
 EXIT_ROWS_FAILED = 1
 EXIT_BELOW_MIN_ACCURACY = 3
@@ -167,13 +167,13 @@ def exit_code(result, min_accuracy: float | None) -> int:
 
 
 def _register_subcommands() -> None:
-    from benchmarks.fidelity import fidelity_command
+    from leukedge.benchmarks.fidelity import fidelity_command
 
     main.add_command(fidelity_command, "fidelity")
     try:
-        from benchmarks.robustness import robustness_command
+        from leukedge.benchmarks.robustness import robustness_command
     except ImportError as error:
-        if error.name != "benchmarks.robustness":  # it exists but is broken: say so loudly
+        if error.name != "leukedge.benchmarks.robustness":  # it exists but is broken: say so loudly
             raise
         return
     main.add_command(robustness_command, "robustness")

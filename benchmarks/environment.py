@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime import ModelError, find_runtime
+from leukedge.edge_app.runtime import ModelError, find_runtime
 
 
 def _read(path: str) -> str | None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.models import ModelEntry, split_file_of
-from edge_app.imaging import ImageDecodeError, load_rgb
-from edge_app.runtime import Classifier
-from train.dataset import (
+from leukedge.benchmarks.models import ModelEntry, split_file_of
+from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
+from leukedge.edge_app.runtime import Classifier
+from leukedge.train.dataset import (
     SPLITS,
     DatasetError,
     Sample,
@@ -32,7 +32,7 @@ from train.dataset import (
     ordered_labels,
     read_split,
 )
-from train.metrics import classification_metrics
+from leukedge.train.metrics import classification_metrics
 
 Progress = Callable[[Iterable], Iterable] | None
 

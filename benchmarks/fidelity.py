@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from benchmarks.models import ModelDiscoveryError, discover_models
-from benchmarks.options import ThreadCounts, default_threads
-from benchmarks.runner import BenchSettings, run_worker
+from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import ThreadCounts, default_threads
+from leukedge.benchmarks.runner import BenchSettings, run_worker
 
 LITERT_TOOL = "ai_edge_litert.tools.benchmark_litert_model"
 

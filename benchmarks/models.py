@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.runtime import RELEASED_MODEL, default_model_path
+from leukedge.edge_app.runtime import RELEASED_MODEL, default_model_path
 
 # Most precise first: agreement is measured against the first of these present in a group.
 PRECISION_ORDER = ("keras", "fp32", "fp16", "dynamic", "int8")

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from benchmarks.runner import BenchResult
+from leukedge.benchmarks.runner import BenchResult
 
 # (header, how to get the cell from a row); one definition for the console and Markdown tables.
 COLUMNS = (
@@ -91,7 +91,7 @@ def write_csv(result: BenchResult, path: Path) -> None:
 
 
 def _blank_row() -> dict:
-    from benchmarks.runner import EMPTY_END_TO_END, EMPTY_LATENCY
+    from leukedge.benchmarks.runner import EMPTY_END_TO_END, EMPTY_LATENCY
 
     return {"model": None, "name": None, "variant": None, "threads": None, "status": None, "error": None,
             "size_bytes": None, "accuracy": None, "macro_f1": None, "agreement": None, "fps": None,

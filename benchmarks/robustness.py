@@ -25,7 +25,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.evaluation import (
+from leukedge.benchmarks.evaluation import (
     EvalSet,
     LabelMismatchError,
     label_indices,
@@ -33,10 +33,10 @@ from benchmarks.evaluation import (
     resolve_eval_set,
     score,
 )
-from benchmarks.models import ModelDiscoveryError, ModelEntry, discover_models
-from benchmarks.shifts import SEVERITIES, SHIFTS, Shift, parse_severities, parse_shifts
-from edge_app.runtime import Classifier, ModelError
-from train.dataset import DatasetError
+from leukedge.benchmarks.models import ModelDiscoveryError, ModelEntry, discover_models
+from leukedge.benchmarks.shifts import SEVERITIES, SHIFTS, Shift, parse_severities, parse_shifts
+from leukedge.edge_app.runtime import Classifier, ModelError
+from leukedge.train.dataset import DatasetError
 
 MILD_FLOOR = 0.95  # issue 6: at severity 1 of every shift, accuracy stays at least this
 BREAK_FLOOR = 0.90  # issue 6: report the first severity that brings accuracy under this
@@ -72,13 +72,13 @@ class QualityGate:
     @classmethod
     def find(cls) -> QualityGate | None:
         try:
-            module = importlib.import_module("edge_app.quality")
+            module = importlib.import_module("leukedge.edge_app.quality")
         except ImportError:
             return None
         for name in GATE_FUNCTIONS:
             function = getattr(module, name, None)
             if callable(function):
-                return cls(function, f"edge_app.quality.{name}")
+                return cls(function, f"leukedge.edge_app.quality.{name}")
         return None
 
     def check(self, rgb: np.ndarray) -> str | None:

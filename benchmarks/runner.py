@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.environment import board_state, describe_environment
-from benchmarks.evaluation import EvalSet, agreement, label_indices, score
-from benchmarks.models import ModelEntry
+from leukedge.benchmarks.environment import board_state, describe_environment
+from leukedge.benchmarks.evaluation import EvalSet, agreement, label_indices, score
+from leukedge.benchmarks.models import ModelEntry
 
 EMPTY_LATENCY = {key: None for key in ("init", "first", "mean", "std", "min", "p50", "p90", "p99")}
 EMPTY_END_TO_END = {"mean": None, "p50": None, "p90": None}
@@ -88,7 +88,7 @@ def run_worker(spec: dict, workdir: Path, timeout_s: float) -> tuple[dict, np.nd
     result_path = spec_path.with_name(spec_path.stem + "_result.json")
     spec_path.write_text(json.dumps(spec))
     try:
-        process = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)],
+        process = subprocess.run([sys.executable, "-P", "-m", "leukedge.benchmarks.worker", str(spec_path), str(result_path)],
                                  capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "error": f"did not finish within {timeout_s:.0f} s"}, None

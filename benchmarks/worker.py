@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import measure
-from benchmarks.evaluation import LabelMismatchError, label_indices
-from edge_app.imaging import ImageDecodeError, load_rgb, prepare
-from edge_app.runtime import Classifier, ModelError
-from train.dataset import DatasetError, Sample, load_pixels
+from leukedge.benchmarks import measure
+from leukedge.benchmarks.evaluation import LabelMismatchError, label_indices
+from leukedge.edge_app.imaging import ImageDecodeError, load_rgb, prepare
+from leukedge.edge_app.runtime import Classifier, ModelError
+from leukedge.train.dataset import DatasetError, Sample, load_pixels
 
 
 class SkipRow(Exception):

@@ -59,15 +59,15 @@ def main(source: Path, out_dir: Path, **options) -> None:
       edge-convert runs/default --out out --int8-io float32 --calibration-samples 500
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from convert.conversion import ConversionError, ConvertConfig, check_out_dir
-    from convert.report import verification_table
-    from edge_app.runtime import ModelError
-    from train.dataset import DatasetError
+    from leukedge.convert.conversion import ConversionError, ConvertConfig, check_out_dir
+    from leukedge.convert.report import verification_table
+    from leukedge.edge_app.runtime import ModelError
+    from leukedge.train.dataset import DatasetError
 
     config = ConvertConfig(source=source, out_dir=out_dir, **options)
     try:
         check_out_dir(out_dir, config.overwrite)  # before the slow TensorFlow import
-        from convert.conversion import convert
+        from leukedge.convert.conversion import convert
 
         manifest = convert(config, echo=lambda m: click.echo(m, err=True))
     except (ConversionError, DatasetError, ModelError) as error:

@@ -9,28 +9,28 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 import numpy as np
 from tqdm import tqdm
 
-from convert import report
-from convert.metadata import with_metadata
-from convert.per_tensor import compact_kernels
-from convert.variants import (
+from leukedge.convert import report
+from leukedge.convert.metadata import with_metadata
+from leukedge.convert.per_tensor import compact_kernels
+from leukedge.convert.variants import (
     DESCRIPTIONS,
     VARIANTS,
     convert_variant,
     file_name,
     representative_dataset,
 )
-from edge_app import leukedge_version
-from edge_app.metadata import ModelMetadata
-from edge_app.runtime import Classifier
-from train import dataset
-from train.metrics import classification_metrics
+from leukedge.edge_app import leukedge_version
+from leukedge.edge_app.metadata import ModelMetadata
+from leukedge.edge_app.runtime import Classifier
+from leukedge.train import dataset
+from leukedge.train.metrics import classification_metrics
 
 OUTPUT_FILES = tuple(file_name(v) for v in VARIANTS) + (
     "labels.txt", "split.csv", "manifest.json", "conversion_report.md")
@@ -187,7 +187,7 @@ def convert(config: ConvertConfig, echo=print) -> dict:
     source_sha = sha256_bytes(model_bytes)
     manifest = {
         "format_version": 1,
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "leukedge_version": leukedge_version(),
         "source_model": {"file": model_path.name, "sha256": source_sha, "bytes": len(model_bytes)},
         "data_dir": str(root),

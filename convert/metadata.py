@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from tensorflow.lite.tools import flatbuffer_utils
 
-from edge_app.metadata import METADATA_NAME, ModelMetadata, append_files, metadata_flatbuffer
+from leukedge.edge_app.metadata import (
+    METADATA_NAME,
+    ModelMetadata,
+    append_files,
+    metadata_flatbuffer,
+)
 
 
 def with_metadata(model: bytes, info: ModelMetadata) -> bytes:

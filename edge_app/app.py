@@ -19,18 +19,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_app import leukedge_version
-from edge_app.decision import LABEL, UNCERTAIN, UNFIT, Decision, Smoother, decide, unfit
-from edge_app.imaging import prepare
-from edge_app.preview import Preview
-from edge_app.quality import Quality, assess
-from edge_app.runtime import Classifier
-from edge_app.settings import CameraSettings, DecisionSettings, QualitySettings, RunSettings
-from edge_app.sources import CameraError, Frame, FrameSource, SkippedFrame
-from edge_app.storage import FrameWriter, ResultStore, utc_now
-from edge_app.triggers import CAPTURE, QUIT, Triggers
+from leukedge.edge_app import leukedge_version
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNFIT, Decision, Smoother, decide, unfit
+from leukedge.edge_app.imaging import prepare
+from leukedge.edge_app.preview import Preview
+from leukedge.edge_app.quality import Quality, assess
+from leukedge.edge_app.runtime import Classifier
+from leukedge.edge_app.settings import (
+    CameraSettings,
+    DecisionSettings,
+    QualitySettings,
+    RunSettings,
+)
+from leukedge.edge_app.sources import CameraError, Frame, FrameSource, SkippedFrame
+from leukedge.edge_app.storage import FrameWriter, ResultStore, utc_now
+from leukedge.edge_app.triggers import CAPTURE, QUIT, Triggers
 
-log = logging.getLogger("edge_app")
+log = logging.getLogger("leukedge.edge_app")
 
 
 class AppError(RuntimeError):

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.app import App, FrameProcessor
-from edge_app.imaging import load_rgb
-from edge_app.runtime import Classifier
-from edge_app.settings import DecisionSettings, QualitySettings, RunSettings
-from edge_app.sources import Frame, open_source
-from edge_app.sources.files import list_images
-from edge_app.storage import ResultStore, utc_now
+from leukedge.edge_app.app import App, FrameProcessor
+from leukedge.edge_app.imaging import load_rgb
+from leukedge.edge_app.runtime import Classifier
+from leukedge.edge_app.settings import DecisionSettings, QualitySettings, RunSettings
+from leukedge.edge_app.sources import Frame, open_source
+from leukedge.edge_app.sources.files import list_images
+from leukedge.edge_app.storage import ResultStore, utc_now
 
 STAGES = ("decode", "quality", "preprocess", "inference", "storage")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edge_app.settings import (
+from leukedge.edge_app.settings import (
     DISCLAIMER,
     CameraSettings,
     DecisionSettings,
@@ -19,7 +19,7 @@ from edge_app.settings import (
     RunSettings,
 )
 
-log = logging.getLogger("edge_app")
+log = logging.getLogger("leukedge.edge_app")
 Q, D, C = QualitySettings(), DecisionSettings(), CameraSettings()
 
 
@@ -153,10 +153,10 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
     """
     setup_logging(verbose)
     log.info(DISCLAIMER)
-    from edge_app.app import App, AppError, FrameProcessor
-    from edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
-    from edge_app.sources import SourceError, open_source
-    from edge_app.storage import FrameWriter, ResultStore, StorageError
+    from leukedge.edge_app.app import App, AppError, FrameProcessor
+    from leukedge.edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
+    from leukedge.edge_app.sources import SourceError, open_source
+    from leukedge.edge_app.storage import FrameWriter, ResultStore, StorageError
 
     settings = RunSettings(mode=mode, sample_id=sample_id, crop_fraction=crop_fraction, headless=headless,
                            preview=False if headless else preview, max_frames=max_frames, loop=loop,
@@ -212,7 +212,7 @@ def export(db_path: Path, csv_path: Path) -> None:
     Example:
       edge-app export --db results.sqlite --csv results.csv
     """
-    from edge_app.storage import StorageError, export_csv
+    from leukedge.edge_app.storage import StorageError, export_csv
 
     try:
         count = export_csv(db_path, csv_path)
@@ -250,10 +250,10 @@ def bench(models, images, frames, soak_frames, threads, allow_unverified, json_p
     """
     import json as json_module
 
-    from edge_app.bench import bench_model, find_models, format_table, soak
-    from edge_app.runtime import ModelError, default_model_path
-    from edge_app.sources import SourceError
-    from edge_app.sources.files import list_images
+    from leukedge.edge_app.bench import bench_model, find_models, format_table, soak
+    from leukedge.edge_app.runtime import ModelError, default_model_path
+    from leukedge.edge_app.sources import SourceError
+    from leukedge.edge_app.sources.files import list_images
 
     setup_logging(False)
     paths = find_models(models) if models else [m for m in [default_model_path()] if m is not None]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_app.settings import UNCERTAIN_MESSAGE
+from leukedge.edge_app.settings import UNCERTAIN_MESSAGE
 
 LABEL, UNCERTAIN, UNFIT = "label", "uncertain", "unfit"
 

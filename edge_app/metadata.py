@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import flatbuffers
 
-from edge_app._vendor import metadata_schema_py_generated as meta_fb
-from edge_app._vendor import schema_py_generated as model_fb
+from leukedge.edge_app._vendor import metadata_schema_py_generated as meta_fb
+from leukedge.edge_app._vendor import schema_py_generated as model_fb
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"

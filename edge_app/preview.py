@@ -12,10 +12,10 @@ import os
 import cv2
 import numpy as np
 
-from edge_app.decision import LABEL, UNCERTAIN, Decision
-from edge_app.quality import Quality
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, Decision
+from leukedge.edge_app.quality import Quality
 
-log = logging.getLogger("edge_app")
+log = logging.getLogger("leukedge.edge_app")
 WINDOW = "LeukEdge (research aid, not a diagnosis)"
 COLOURS = {LABEL: (0, 160, 0), UNCERTAIN: (0, 140, 255)}  # BGR; unfit is red
 

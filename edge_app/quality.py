@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from edge_app.imaging import center_crop, resize_square
-from edge_app.settings import QualitySettings
+from leukedge.edge_app.imaging import center_crop, resize_square
+from leukedge.edge_app.settings import QualitySettings
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import metadata as tflite_metadata
-from edge_app.imaging import prepare
+from leukedge.edge_app import metadata as tflite_metadata
+from leukedge.edge_app.imaging import prepare
+from leukedge.models import release_dir
 
 # Most maintained first. tensorflow.lite comes last and is imported only if nothing else is.
 RUNTIMES = (
@@ -27,12 +28,12 @@ RUNTIMES = (
 )
 
 
-# The released model, when LeukEdge runs from a checkout (see models/model_card.md).
-RELEASED_MODEL = Path(__file__).resolve().parents[1] / "models" / "model_int8.tflite"
+# The released model ships inside the package (leukedge.models; see models/model_card.md).
+RELEASED_MODEL = release_dir() / "model_int8.tflite"
 
 
 def default_model_path() -> Path | None:
-    """$LEUKEDGE_MODEL, else the released int8 model in models/, else None."""
+    """$LEUKEDGE_MODEL, else the released int8 model shipped in the package, else None."""
     if os.environ.get("LEUKEDGE_MODEL"):
         return Path(os.environ["LEUKEDGE_MODEL"])
     return RELEASED_MODEL if RELEASED_MODEL.is_file() else None

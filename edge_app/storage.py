@@ -13,7 +13,7 @@ import os
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -54,7 +54,7 @@ class StorageError(OSError):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _explain(path: Path, error: BaseException) -> str:
@@ -151,7 +151,7 @@ class FrameWriter:
             raise StorageError(_explain(self.directory, error)) from None
 
     def save(self, rgb: np.ndarray, name: str) -> Path:
-        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
         folder = self.directory / day
         target = folder / f"{name}.{self.image_format}"
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if self.image_format == "jpg" else []

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run_cli
-from edge_app.runtime import Classifier
-from train.dataset import load_pixels, read_split
-from train.metrics import classification_metrics
+from leukedge.edge_app.runtime import Classifier
+from leukedge.train.dataset import load_pixels, read_split
+from leukedge.train.metrics import classification_metrics
 
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 LATENCY_KEYS = ("init", "first", "mean", "std", "min", "p50", "p90", "p99")
@@ -222,7 +222,7 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
 
 
 def test_no_model_means_the_released_default(converted_dir, tmp_path):
-    from edge_app.runtime import RELEASED_MODEL
+    from leukedge.edge_app.runtime import RELEASED_MODEL
 
     released = tmp_path / "models"
     released.mkdir()

@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.cli import main
-from benchmarks.evaluation import LabelMismatchError, agreement, label_indices, resolve_eval_set
-from benchmarks.measure import summarize
-from benchmarks.models import ModelDiscoveryError, discover_models
-from benchmarks.options import ThreadCounts
 from conftest import run_cli
-from train.dataset import DatasetError
+from leukedge.benchmarks.cli import main
+from leukedge.benchmarks.evaluation import (
+    LabelMismatchError,
+    agreement,
+    label_indices,
+    resolve_eval_set,
+)
+from leukedge.benchmarks.measure import summarize
+from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import ThreadCounts
+from leukedge.train.dataset import DatasetError
 
 
 def test_thread_counts_parse_and_reject():
@@ -127,7 +132,7 @@ def test_bad_inputs_without_a_model_give_one_line_errors(tmp_path):
 
 
 def test_benchmarks_never_import_tensorflow_at_module_level():
-    code = ("import sys, benchmarks.cli, benchmarks.runner, benchmarks.worker, benchmarks.report, "
-            "benchmarks.fidelity, benchmarks.evaluation; "
+    code = ("import sys, leukedge.benchmarks.cli, leukedge.benchmarks.runner, leukedge.benchmarks.worker, "
+            "leukedge.benchmarks.report, leukedge.benchmarks.fidelity, leukedge.benchmarks.evaluation; "
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'TF imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, run_cli
-from edge_app.metadata import read_metadata
-from edge_app.runtime import Classifier
-from train.dataset import load_pixels, read_split
-from train.metrics import classification_metrics
+from leukedge.edge_app.metadata import read_metadata
+from leukedge.edge_app.runtime import Classifier
+from leukedge.train.dataset import load_pixels, read_split
+from leukedge.train.metrics import classification_metrics
 
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -140,7 +140,7 @@ def test_rejects_a_model_that_is_not_an_image_classifier(tmp_path, tiny_run):
 def test_packed_label_file_is_reproducible():
     import time
 
-    from edge_app.metadata import append_files
+    from leukedge.edge_app.metadata import append_files
 
     first = append_files(b"model bytes", {"labels.txt": b"a\nb\n"})
     time.sleep(2.1)  # zip timestamps have 2-second resolution
@@ -155,7 +155,7 @@ def _int8_kernels(model_path) -> dict[str, tuple[object, np.ndarray]]:
     Keras layout), by Keras layer name, read straight from the flatbuffer."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from convert.per_tensor import is_convolution
+    from leukedge.convert.per_tensor import is_convolution
 
     model = flatbuffer_utils.read_model(str(model_path))
     graph = model.subgraphs[0]
@@ -183,7 +183,7 @@ def test_trained_kernels_reach_the_int8_model_unchanged(tiny_run, converted_dir)
     trained on one grid per kernel, which the converter stores with one scale."""
     import keras
 
-    from train.model import batch_norm_fold
+    from leukedge.train.model import batch_norm_fold
 
     model = keras.models.load_model(tiny_run / "model.keras", compile=False)
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))

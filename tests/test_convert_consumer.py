@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge_app.imaging import load_rgb, prepare
-from edge_app.runtime import Classifier
-from train.dataset import read_split
+from leukedge.edge_app.imaging import load_rgb, prepare
+from leukedge.edge_app.runtime import Classifier
+from leukedge.train.dataset import read_split
 
 MEDIAPIPE_VERSION = "1.2.3"
 MEDIAPIPE_ENV = Path(__file__).resolve().parents[1] / ".ci-cache" / "mediapipe-venv"

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run_cli
-from edge_app.imaging import load_rgb
-from edge_app.runtime import Classifier
+from leukedge.edge_app.imaging import load_rgb
+from leukedge.edge_app.runtime import Classifier
 
 FAKES = Path(__file__).parent / "fakes"
 CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -305,8 +305,8 @@ def test_edge_app_runs_where_tensorflow_cannot_be_imported(model, slides, tmp_pa
                            env={**os.environ, **env})
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
     modules = subprocess.run([str(BIN / "python"), "-c",
-                              "import sys, edge_app.cli, edge_app.app, edge_app.sources.picamera, "
-                              "edge_app.sources.opencv, edge_app.bench; "
+                              "import sys, leukedge.edge_app.cli, leukedge.edge_app.app, leukedge.edge_app.sources.picamera, "
+                              "leukedge.edge_app.sources.opencv, leukedge.edge_app.bench; "
                               "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"],
                              capture_output=True, text=True, env={**os.environ, **env})
     assert modules.returncode == 0 and modules.stdout.strip() == "[]", modules.stderr

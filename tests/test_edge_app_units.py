@@ -13,13 +13,19 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.decision import LABEL, UNCERTAIN, Smoother, decide
-from edge_app.imaging import load_rgb
-from edge_app.quality import assess
-from edge_app.settings import QualitySettings
-from edge_app.sources import SkippedFrame, SourceError, open_source
-from edge_app.sources.picamera import picamera2_to_rgb
-from edge_app.storage import COLUMN_NAMES, FrameWriter, ResultStore, StorageError, export_csv
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, Smoother, decide
+from leukedge.edge_app.imaging import load_rgb
+from leukedge.edge_app.quality import assess
+from leukedge.edge_app.settings import QualitySettings
+from leukedge.edge_app.sources import SkippedFrame, SourceError, open_source
+from leukedge.edge_app.sources.picamera import picamera2_to_rgb
+from leukedge.edge_app.storage import (
+    COLUMN_NAMES,
+    FrameWriter,
+    ResultStore,
+    StorageError,
+    export_csv,
+)
 
 FAKES = Path(__file__).parent / "fakes"
 

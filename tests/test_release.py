@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.metadata import read_metadata
-from edge_app.runtime import RELEASED_MODEL, Classifier, default_model_path
-from train.dataset import CANONICAL_LABELS, load_pixels, read_split
-from train.metrics import classification_metrics
+from leukedge.edge_app.metadata import read_metadata
+from leukedge.edge_app.runtime import RELEASED_MODEL, Classifier, default_model_path
+from leukedge.train.dataset import CANONICAL_LABELS, load_pixels, read_split
+from leukedge.train.metrics import classification_metrics
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 RELEASED = ("model_int8.tflite", "model_fp16.tflite", "model_fast_int8.tflite", "labels.txt", "manifest.json",

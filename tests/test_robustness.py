@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.shifts import SEVERITIES, SHIFTS, parse_severities, parse_shifts
 from conftest import run_cli
-from edge_app.imaging import load_rgb
+from leukedge.benchmarks.shifts import SEVERITIES, SHIFTS, parse_severities, parse_shifts
+from leukedge.edge_app.imaging import load_rgb
 
 # One real image per class, at the dataset's size, and one larger non-square frame (a camera).
 CLASS_IMAGES = ("Original/Benign/WBC-Benign-001.jpg", "Original/Early/WBC-Malignant-Early-001.jpg",
@@ -130,8 +130,8 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
     """All shifts, two severities, every variant of a real tiny model on 2 real test images per
     class; the clean figures must equal classifying the same files directly."""
 
-    from edge_app.quality import assess
-    from edge_app.runtime import Classifier
+    from leukedge.edge_app.quality import assess
+    from leukedge.edge_app.runtime import Classifier
 
     out = {name: tmp_path / name for name in ("r.json", "r.csv", "r.md", "r.png", "m.png")}
     result = run_cli("edge-bench", "robustness", converted_dir, "--data-root", data_dir, "--limit", "2",
@@ -171,7 +171,7 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
 
     # The quality gate figures are the app's own gate applied to the same pixels.
     gate = report["quality_gate"]
-    assert gate["available"] and gate["function"] == "edge_app.quality.assess"
+    assert gate["available"] and gate["function"] == "leukedge.edge_app.quality.assess"
     gate_rows = {(g["shift"], g["severity"]): g for g in gate["rows"]}
     clean_rejects = np.mean([not assess(image).ok for image in images.values()])
     assert gate_rows[("clean", 0)]["reject_fraction"] == pytest.approx(clean_rejects)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import WEIGHTS_DIR, assert_clean_error, run_cli
-from edge_app.imaging import ImageDecodeError, load_rgb
-from train import dataset
-from train.metrics import classification_metrics
+from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
+from leukedge.train import dataset
+from leukedge.train.metrics import classification_metrics
 
 ARTIFACTS = {"model.keras", "labels.txt", "split.csv", "history.csv", "metrics.json", "curves.png",
              "confusion_matrix.png", "model_card.md", "skipped.txt"}

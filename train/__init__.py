@@ -4,12 +4,12 @@ Public surface: `TrainConfig` and `train` (TensorFlow is imported only when `tra
 so `train.dataset` and `train.metrics` stay usable on machines without TensorFlow).
 """
 
-from train.config import TrainConfig
+from leukedge.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "train"]
 
 
 def train(config: TrainConfig, echo=print) -> dict:
-    from train.training import train as run
+    from leukedge.train.training import train as run
 
     return run(config, echo)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from train.config import ALPHAS, STRATEGIES, TrainConfig
-from train.dataset import SUBSETS, default_data_dir
+from leukedge.train.config import ALPHAS, STRATEGIES, TrainConfig
+from leukedge.train.dataset import SUBSETS, default_data_dir
 
 
 def _weights(ctx, param, value: str) -> str:
@@ -72,9 +72,9 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tqdm import tqdm
 
-    from train import dataset
-    from train.config import SettingsError, WeightsError
-    from train.run_dir import RunDirError, check_out_dir
+    from leukedge.train import dataset
+    from leukedge.train.config import SettingsError, WeightsError
+    from leukedge.train.run_dir import RunDirError, check_out_dir
 
     config = TrainConfig(data_dir=data_dir, out_dir=out_dir, alpha=float(alpha), **options)
     try:
@@ -85,7 +85,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
         scan = dataset.scan(data_dir, config.subset, config.image_size, config.limit_per_class,
                             progress=lambda items: tqdm(items, desc="decode images", unit="img"))
         click.echo(dataset.summary(scan))
-        from train.training import train
+        from leukedge.train.training import train
 
         metrics = train(config, echo=click.echo, scan=scan)
     except (dataset.DatasetError, RunDirError, WeightsError, SettingsError) as error:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.imaging import ImageDecodeError, is_image_file, load_rgb, prepare
+from leukedge.edge_app.imaging import ImageDecodeError, is_image_file, load_rgb, prepare
 
 CANONICAL_LABELS = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 SUBSETS = ("original", "segmented")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train.config import SettingsError, WeightsError
+from leukedge.train.config import SettingsError, WeightsError
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 

@@ -16,10 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import dataset, report
-from train.config import STRATEGIES, TrainConfig
-from train.metrics import classification_metrics
-from train.model import (
+from leukedge.train import dataset, report
+from leukedge.train.config import STRATEGIES, TrainConfig
+from leukedge.train.metrics import classification_metrics
+from leukedge.train.model import (
     augmentation,
     build_backbone,
     build_classifier,
@@ -27,7 +27,7 @@ from train.model import (
     snap_to_int8_grid,
     unfreeze_top,
 )
-from train.run_dir import check_out_dir, publish, staging_dir
+from leukedge.train.run_dir import check_out_dir, publish, staging_dir
 
 PUBLISHED = {"accuracy": 0.9858, "precision": 0.986, "recall": 0.9858, "f1": 0.9857,
              "source": "MobileNetV2, 30 epochs, batch 32, 80:10:10 split (published study)"}

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_app.settings import CameraSettings
-from edge_app.sources.base import CameraError, Frame, FrameSource, SkippedFrame, SourceError
+from leukedge.edge_app.settings import CameraSettings
+from leukedge.edge_app.sources.base import (
+    CameraError,
+    Frame,
+    FrameSource,
+    SkippedFrame,
+    SourceError,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".mjpg", ".h264", ".webm")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "rtmp://")
@@ -26,24 +32,24 @@ def open_source(spec: str, camera: CameraSettings = CameraSettings(), loop: bool
     """A ready (opened) source for the `--source` text, or SourceError saying what is wrong."""
     text = spec.strip()
     if text == "picamera2" or text.startswith("picamera2:"):
-        from edge_app.sources.picamera import PiCameraSource
+        from leukedge.edge_app.sources.picamera import PiCameraSource
 
         number = text.partition(":")[2] or "0"
         if not number.isdigit():
             raise SourceError(f"--source {spec}: expected picamera2 or picamera2:N (camera number)")
         source: FrameSource = PiCameraSource(int(number), camera)
     elif text.isdigit() or text.startswith("/dev/video") or text.lower().startswith(STREAM_SCHEMES):
-        from edge_app.sources.opencv import OpenCVSource
+        from leukedge.edge_app.sources.opencv import OpenCVSource
 
         source = OpenCVSource(int(text) if text.isdigit() else text, live=True, camera=camera)
     elif Path(text).suffix.lower() in VIDEO_EXTENSIONS:
-        from edge_app.sources.opencv import OpenCVSource
+        from leukedge.edge_app.sources.opencv import OpenCVSource
 
         if not Path(text).is_file():
             raise SourceError(f"--source {spec}: no such video file")
         source = OpenCVSource(text, live=False, camera=camera)
     else:
-        from edge_app.sources.files import ImageFileSource
+        from leukedge.edge_app.sources.files import ImageFileSource
 
         source = ImageFileSource(text, loop=loop)
     source.open()

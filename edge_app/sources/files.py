@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from edge_app.imaging import ImageDecodeError, is_image_file, load_rgb
-from edge_app.sources.base import Frame, FrameSource, SkippedFrame, SourceError
+from leukedge.edge_app.imaging import ImageDecodeError, is_image_file, load_rgb
+from leukedge.edge_app.sources.base import Frame, FrameSource, SkippedFrame, SourceError
 
 GLOB_CHARACTERS = set("*?[")
 

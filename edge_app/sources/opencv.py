@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import cv2
 
-from edge_app.imaging import to_rgb8
-from edge_app.settings import CameraSettings
-from edge_app.sources.base import CameraError, Frame, FrameSource, SourceError
+from leukedge.edge_app.imaging import to_rgb8
+from leukedge.edge_app.settings import CameraSettings
+from leukedge.edge_app.sources.base import CameraError, Frame, FrameSource, SourceError
 
 STALE_FRAMES = 4  # frames an OpenCV camera may buffer; dropped before a capture trigger
 

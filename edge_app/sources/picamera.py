@@ -22,8 +22,8 @@ import importlib
 import cv2
 import numpy as np
 
-from edge_app.settings import CameraSettings
-from edge_app.sources.base import CameraError, Frame, FrameSource, SourceError
+from leukedge.edge_app.settings import CameraSettings
+from leukedge.edge_app.sources.base import CameraError, Frame, FrameSource, SourceError
 
 # Byte order in memory of each picamera2 format, as the picamera2 manual documents it.
 MEMORY_ORDER = {"RGB888": "BGR", "BGR888": "RGB", "XRGB8888": "BGRX", "XBGR8888": "RGBX"}

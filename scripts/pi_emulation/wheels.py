@@ -11,9 +11,8 @@ import hashlib
 import os
 import re
 import shutil
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from pi_emulation.userland import SetupError, run_quiet
 
@@ -72,6 +71,23 @@ def install_wheels(cache: Path, host_python: str, requirements: list[str], platf
     print(f"installing wheels ({', '.join(requirements)}) for {platforms[-1]}")
     run_quiet(command + requirements, "pip install --target (wheels for the Pi)", env=env)
     (staging / ".requirements").write_text("\n".join(requirements + platforms))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def install_project(cache: Path, host_python: str, repo: Path) -> Path:
+    """The project itself, built as a wheel and installed (no dependencies) into its own folder,
+    as it would be on a Pi: the `leukedge` namespace and the released models, nothing from the
+    checkout on the path. Pure Python, so the host's pip builds it for any platform."""
+    target = cache / "project"
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [host_python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
+               "--disable-pip-version-check", "--target", str(staging), str(repo)]
+    env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip-cache"), "PIP_NO_INPUT": "1"}
+    print("installing the project (wheel built from the checkout)")
+    run_quiet(command, "pip install --target (the project)", env=env)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
