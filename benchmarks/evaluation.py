@@ -21,6 +21,7 @@ import numpy as np
 
 from leukedge.benchmarks.models import ModelEntry, split_file_of
 from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
+from leukedge.edge_app.manifest import Manifest
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train.dataset import (
     SPLITS,
@@ -61,11 +62,11 @@ class EvalSet:
         return f"{len(self.samples)} images ({self.source}): " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def data_root_for(manifest: dict | None, data_root: str | Path | None = None) -> Path:
+def data_root_for(manifest: Manifest | None, data_root: str | Path | None = None) -> Path:
     """Where split.csv paths are resolved: --data-root, else the manifest's data_dir, else the default."""
     if data_root is not None:
         return Path(data_root)
-    recorded = (manifest or {}).get("data_dir")
+    recorded = manifest.data_dir if manifest is not None else None
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     return default_data_dir()

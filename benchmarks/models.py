@@ -7,15 +7,17 @@ keyed by name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.manifest import Manifest, ManifestError
 from leukedge.edge_app.runtime import RELEASED_MODEL, default_model_path
 
+KERAS = "keras"
 # Most precise first: agreement is measured against the first of these present in a group.
-PRECISION_ORDER = ("keras", "fp32", "fp16", "dynamic", "int8")
+PRECISION_ORDER = (KERAS, *manifests.PRECISION_ORDER)
 MODEL_SUFFIXES = (".tflite", ".keras")
 
 
@@ -28,7 +30,7 @@ class ModelEntry:
     path: Path  # the model file
     variant: str  # fp32 | fp16 | dynamic | int8 | keras, else the file's stem
     kind: str  # "tflite" or "keras"
-    manifest: dict | None = None  # manifest.json of the folder the model sits in, if any
+    manifest: Manifest | None = None  # manifest.json of the folder the model sits in, if any
 
     @property
     def name(self) -> str:
@@ -45,26 +47,20 @@ class ModelEntry:
         return PRECISION_ORDER.index(self.variant) if self.variant in PRECISION_ORDER else len(PRECISION_ORDER)
 
 
-def read_manifest(folder: Path) -> dict | None:
-    """manifest.json of `folder`, None when there is none; raises on unreadable JSON."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        return None
+def read_manifest(folder: Path) -> Manifest | None:
+    """manifest.json of `folder`, None when there is none; raises on an unreadable or invalid one."""
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelDiscoveryError(f"{path} is not readable JSON ({error}): restore it or remove it") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("variants", {}), dict):
-        raise ModelDiscoveryError(f"{path} has no 'variants' mapping: was it written by edge-convert?")
-    return manifest
+        return manifests.find(folder)
+    except ManifestError as error:
+        raise ModelDiscoveryError(str(error)) from None
 
 
-def _variant_of(path: Path, manifest: dict | None) -> str:
+def _variant_of(path: Path, manifest: Manifest | None) -> str:
     if path.suffix == ".keras":
-        return "keras"
-    for variant, entry in (manifest or {}).get("variants", {}).items():
-        if isinstance(entry, dict) and entry.get("file") == path.name:
-            return variant
+        return KERAS
+    found = manifest.entry_for_file(path.name) if manifest is not None else None
+    if found is not None:
+        return found[0]
     stem = path.stem
     return stem[len("model_"):] if stem.startswith("model_") else stem
 
@@ -78,7 +74,7 @@ def entry_for_file(path: Path) -> ModelEntry:
             manifest = read_manifest(path.parent)
         except ModelDiscoveryError:
             manifest = None  # the runtime reports the broken manifest on the row itself
-    kind = "keras" if path.suffix == ".keras" else "tflite"
+    kind = KERAS if path.suffix == ".keras" else "tflite"
     return ModelEntry(path, _variant_of(path, manifest), kind, manifest)
 
 
@@ -86,10 +82,9 @@ def entries_in_folder(folder: Path) -> list[ModelEntry]:
     """The variants listed in an edge-convert folder's manifest, else every model file in it."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest is not None and manifest.get("variants"):
-        entries = [ModelEntry(folder / entry["file"], variant, "tflite", manifest)
-                   for variant, entry in manifest["variants"].items()
-                   if isinstance(entry, dict) and entry.get("file")]
+    if manifest is not None and manifest.variants:
+        entries = [ModelEntry(folder / entry.file, variant, "tflite", manifest)
+                   for variant, entry in manifest.variants.items()]
     else:
         entries = [entry_for_file(path) for path in sorted(folder.iterdir())
                    if path.is_file() and path.suffix in MODEL_SUFFIXES]
@@ -125,14 +120,14 @@ def discover_models(paths: Sequence[str | Path]) -> list[ModelEntry]:
     return found
 
 
-def split_file_of(entries: Sequence[ModelEntry]) -> tuple[Path, dict | None] | None:
+def split_file_of(entries: Sequence[ModelEntry]) -> tuple[Path, Manifest | None] | None:
     """The first split.csv beside the given models (an edge-convert or edge-train folder).
 
     Returns (split.csv path, manifest of that folder or None), preferring manifest folders.
     """
     ordered = sorted(entries, key=lambda e: e.manifest is None)
     for entry in ordered:
-        name = (entry.manifest or {}).get("split_file") or "split.csv"
+        name = entry.manifest.split_file if entry.manifest is not None else "split.csv"
         candidate = entry.path.parent / name
         if candidate.is_file():
             return candidate, entry.manifest

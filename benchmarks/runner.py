@@ -60,8 +60,10 @@ class BenchResult:
 def group_key(entry: ModelEntry) -> str:
     """Models of one training run share a group: agreement is measured inside a group."""
     if entry.manifest is not None:
-        source = entry.manifest.get("source_model") or {}
-        return source.get("sha256") or str(entry.path.parent.resolve())
+        listed = entry.manifest.variants.get(entry.variant)
+        # a variant from another training run (the release's fast model) names its own source
+        source = (listed.source_model if listed is not None else None) or entry.manifest.source_model
+        return source.sha256
     if entry.kind == "keras" and entry.path.is_file():
         return hashlib.sha256(entry.path.read_bytes()).hexdigest()
     return str(entry.path.parent.resolve())

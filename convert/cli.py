@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-VARIANT_NAMES = ("fp32", "fp16", "dynamic", "int8")
+from leukedge.edge_app.manifest import CONVERTED_VARIANTS as VARIANT_NAMES
 
 
 def _variants(ctx, param, value: str) -> tuple[str, ...]:
@@ -75,9 +75,9 @@ def main(source: Path, out_dir: Path, **options) -> None:
     except KeyboardInterrupt:
         raise click.Abort() from None
     click.echo(verification_table(manifest))
-    click.echo(f"wrote {out_dir}/ in {manifest['conversion_seconds']:.0f} s "
+    click.echo(f"wrote {out_dir}/ in {manifest.conversion_seconds:.0f} s "
                "(model_*.tflite, labels.txt, manifest.json, conversion_report.md)")
-    failed = [name for name, e in manifest["variants"].items() if e["status"].startswith("failed")]
+    failed = [name for name, entry in manifest.variants.items() if entry.failed]
     if failed:
         click.echo(f"error: {', '.join(failed)} lost more than {config.max_drop} accuracy points "
                    "against Keras (see conversion_report.md)", err=True)

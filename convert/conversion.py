@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -23,17 +22,29 @@ from leukedge.convert.variants import (
     DESCRIPTIONS,
     VARIANTS,
     convert_variant,
-    file_name,
     representative_dataset,
 )
 from leukedge.edge_app import leukedge_version
+from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.manifest import (
+    INT8,
+    MANIFEST_FILE,
+    Calibration,
+    Manifest,
+    Reference,
+    SourceModel,
+    TensorInfo,
+    VariantEntry,
+    Verification,
+    file_name,
+)
 from leukedge.edge_app.metadata import ModelMetadata
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train import dataset
 from leukedge.train.metrics import classification_metrics
 
 OUTPUT_FILES = tuple(file_name(v) for v in VARIANTS) + (
-    "labels.txt", "split.csv", "manifest.json", "conversion_report.md")
+    "labels.txt", "split.csv", MANIFEST_FILE, "conversion_report.md")
 
 
 class ConversionError(ValueError):
@@ -121,36 +132,21 @@ def calibration_set(samples: list[dataset.Sample], count: int, seed: int) -> lis
     return chosen[:count]
 
 
-def tensor_entry(spec) -> dict:
-    return {"dtype": spec.dtype, "shape": list(spec.shape), "scale": spec.scale, "zero_point": spec.zero_point}
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; models are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def tensor_entry(spec) -> TensorInfo:
+    return TensorInfo(spec.dtype, list(spec.shape), spec.scale, spec.zero_point)
 
 
 def verify(classifier: Classifier, pixels: np.ndarray, y_true: np.ndarray, keras_probs: np.ndarray,
-           labels: list[str]) -> dict:
+           labels: list[str]) -> Verification:
     probs = np.stack([classifier.invoke(classifier.to_input(p)) for p in pixels])
     predicted = probs.argmax(axis=1)
     metrics = classification_metrics(y_true, predicted, labels)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"],
-            "agreement": float((predicted == keras_probs.argmax(axis=1)).mean()),
-            "max_abs_prob_diff": float(np.abs(probs - keras_probs).max()), "n": int(len(y_true))}
+    return Verification(accuracy=metrics["accuracy"], macro_f1=metrics["macro"]["f1"],
+                        agreement=float((predicted == keras_probs.argmax(axis=1)).mean()),
+                        max_abs_prob_diff=float(np.abs(probs - keras_probs).max()), n=int(len(y_true)))
 
 
-def convert(config: ConvertConfig, echo=print) -> dict:
+def convert(config: ConvertConfig, echo=print) -> Manifest:
     """Run the conversion; returns the manifest. Raises ConversionError for unusable inputs."""
     started = time.monotonic()
     unknown = [v for v in config.variants if v not in VARIANTS]
@@ -175,7 +171,7 @@ def convert(config: ConvertConfig, echo=print) -> dict:
     if unknown_labels:
         raise ConversionError(f"{split_path} has labels {unknown_labels} that the model does not know")
 
-    needs_calibration = "int8" in config.variants
+    needs_calibration = INT8 in config.variants
     calibration = calibration_set(samples, config.calibration_samples, config.seed) if needs_calibration else []
     bar = lambda desc: (lambda items: tqdm(items, desc=desc, unit="img", leave=False))  # noqa: E731
     calibration_pixels = dataset.load_pixels(calibration, root, size, bar("load calibration images"))
@@ -185,22 +181,19 @@ def convert(config: ConvertConfig, echo=print) -> dict:
 
     model_bytes = model_path.read_bytes()
     source_sha = sha256_bytes(model_bytes)
-    manifest = {
-        "format_version": 1,
-        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "leukedge_version": leukedge_version(),
-        "source_model": {"file": model_path.name, "sha256": source_sha, "bytes": len(model_bytes)},
-        "data_dir": str(root),
-        "split_file": "split.csv",
-        "labels": labels,
-        "image_size": size,
-        "input": {"color": "RGB", "layout": "NHWC", "range": [0, 255], "mean": [0.0], "std": [1.0]},
-        "calibration": {"samples": len(calibration), "source": "train split, stratified", "seed": config.seed}
+    manifest = Manifest(
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        leukedge_version=leukedge_version(),
+        source_model=SourceModel(model_path.name, source_sha, len(model_bytes)),
+        data_dir=str(root),
+        split_file="split.csv",
+        labels=labels,
+        image_size=size,
+        input={"color": "RGB", "layout": "NHWC", "range": [0, 255], "mean": [0.0], "std": [1.0]},
+        calibration=Calibration(len(calibration), "train split, stratified", config.seed)
         if needs_calibration else None,
-        "reference": None,
-        "max_drop_points": config.max_drop,
-        "variants": {},
-    }
+        max_drop_points=config.max_drop,
+    )
     info = ModelMetadata(
         name="LeukEdge ALL blood-smear classifier",
         description=("MobileNetV2 classifier of peripheral blood smear images into "
@@ -224,22 +217,22 @@ def convert(config: ConvertConfig, echo=print) -> dict:
                        if len(test) else np.zeros((0, len(labels))))
         if len(test):
             reference = classification_metrics(y_test, keras_probs.argmax(axis=1), labels)
-            manifest["reference"] = {"model": "keras", "accuracy": reference["accuracy"],
-                                     "macro_f1": reference["macro"]["f1"], "n": len(test)}
+            manifest.reference = Reference("keras", reference["accuracy"], reference["macro"]["f1"],
+                                           len(test))
         saved_model = staging / "saved_model"
         model.export(str(saved_model), verbose=False)
         for variant in config.variants:
             echo(f"converting {variant}: {DESCRIPTIONS[variant]}")
             t0 = time.monotonic()
             calibrate = (representative_dataset(calibration_pixels, bar("calibrate int8"))
-                         if variant == "int8" else None)
+                         if variant == INT8 else None)
             try:
                 tflite = convert_variant(saved_model, variant, calibrate, config.int8_io)
             except Exception as error:
                 raise ConversionError(f"TFLite conversion of {variant} failed: "
                                       f"{str(error).splitlines()[0][:200]}") from None
             shared_scale = []
-            if variant == "int8":
+            if variant == INT8:
                 unpacked = len(tflite)
                 tflite, shared_scale = compact_kernels(tflite)
                 if shared_scale:
@@ -247,27 +240,26 @@ def convert(config: ConvertConfig, echo=print) -> dict:
                          f"({(unpacked - len(tflite)) / 1024:.0f} KB smaller)")
             tflite = with_metadata(tflite, info)
             path = staging / file_name(variant)
-            write_atomic(path, tflite)
+            manifests.write_bytes_atomic(path, tflite)
             classifier = Classifier(path, allow_unverified=True)
-            entry = {"file": path.name, "sha256": sha256_bytes(tflite), "bytes": len(tflite),
-                     "description": DESCRIPTIONS[variant],
-                     "input": tensor_entry(classifier.input), "output": tensor_entry(classifier.output),
-                     "conversion_seconds": round(time.monotonic() - t0, 1)}
-            if variant == "int8":
-                entry["per_tensor_kernels"] = shared_scale
+            entry = VariantEntry(file=path.name, sha256=sha256_bytes(tflite), bytes=len(tflite),
+                                 description=DESCRIPTIONS[variant], input=tensor_entry(classifier.input),
+                                 output=tensor_entry(classifier.output), status=manifests.STATUS_NOT_VERIFIED,
+                                 conversion_seconds=round(time.monotonic() - t0, 1))
+            if variant == INT8:
+                entry.per_tensor_kernels = shared_scale
             if len(test):
-                entry["verification"] = verify(classifier, test_pixels, y_test, keras_probs, labels)
-                drop = 100 * (manifest["reference"]["accuracy"] - entry["verification"]["accuracy"])
-                entry["status"] = "ok" if drop <= config.max_drop else "failed: accuracy drop"
-            else:
-                entry["status"] = "ok (not verified)"
-            manifest["variants"][variant] = entry
+                entry.verification = verify(classifier, test_pixels, y_test, keras_probs, labels)
+                drop = 100 * (manifest.reference.accuracy - entry.verification.accuracy)
+                entry.status = (manifests.STATUS_OK if drop <= config.max_drop
+                                else f"{manifests.STATUS_FAILED_PREFIX}: accuracy drop")
+            manifest.variants[variant] = entry
         shutil.rmtree(saved_model)
-        manifest["conversion_seconds"] = round(time.monotonic() - started, 1)
+        manifest.conversion_seconds = round(time.monotonic() - started, 1)
         (staging / "labels.txt").write_text("\n".join(labels) + "\n")
         shutil.copyfile(split_path, staging / "split.csv")
         (staging / "conversion_report.md").write_text(report.conversion_report(manifest))
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifests.write(manifest, staging / MANIFEST_FILE)
         publish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -279,6 +271,6 @@ def publish(staging: Path, out_dir: Path) -> None:
     for name in OUTPUT_FILES:
         if not (staging / name).exists():
             (out_dir / name).unlink(missing_ok=True)  # an old variant must not outlive its manifest
-    for name in sorted(OUTPUT_FILES, key=lambda n: n == "manifest.json"):
+    for name in sorted(OUTPUT_FILES, key=lambda n: n == MANIFEST_FILE):
         if (staging / name).exists():
             shutil.move(str(staging / name), str(out_dir / name))

@@ -2,55 +2,58 @@
 
 from __future__ import annotations
 
+from leukedge.edge_app.manifest import FP32, INT8, Manifest
 
-def verification_table(manifest: dict) -> str:
+
+def verification_table(manifest: Manifest) -> str:
     """Markdown table, one row per variant, Keras reference first."""
     rows = ["| variant | file | size (KB) | input | accuracy | macro-F1 | agreement with Keras | max abs prob diff | status |",
             "|---|---|---|---|---|---|---|---|---|"]
-    reference = manifest.get("reference")
+    reference = manifest.reference
     if reference:
-        rows.append(f"| keras | {manifest['source_model']['file']} | {manifest['source_model']['bytes'] / 1024:.0f} "
-                    f"| float32 | {reference['accuracy']:.2%} | {reference['macro_f1']:.4f} | - | - | reference |")
-    for name, entry in manifest["variants"].items():
-        check = entry.get("verification")
-        figures = (f"{check['accuracy']:.2%} | {check['macro_f1']:.4f} | {check['agreement']:.2%} | "
-                   f"{check['max_abs_prob_diff']:.4f}") if check else "- | - | - | -"
-        rows.append(f"| {name} | {entry['file']} | {entry['bytes'] / 1024:.0f} | {entry['input']['dtype']} "
-                    f"| {figures} | {entry['status']} |")
+        rows.append(f"| keras | {manifest.source_model.file} | {manifest.source_model.bytes / 1024:.0f} "
+                    f"| float32 | {reference.accuracy:.2%} | {reference.macro_f1:.4f} | - | - | reference |")
+    for name, entry in manifest.variants.items():
+        check = entry.verification
+        figures = (f"{check.accuracy:.2%} | {check.macro_f1:.4f} | {check.agreement:.2%} | "
+                   f"{check.max_abs_prob_diff:.4f}") if check else "- | - | - | -"
+        rows.append(f"| {name} | {entry.file} | {entry.bytes / 1024:.0f} | {entry.input.dtype} "
+                    f"| {figures} | {entry.status} |")
     return "\n".join(rows)
 
 
-def conversion_report(manifest: dict) -> str:
-    variants = manifest["variants"]
+def conversion_report(manifest: Manifest) -> str:
+    variants = manifest.variants
     sizes = ""
-    if "fp32" in variants:
-        fp32 = variants["fp32"]["bytes"]
-        sizes = ", ".join(f"{name} {entry['bytes'] / fp32:.1%}" for name, entry in variants.items())
+    if FP32 in variants:
+        fp32 = variants[FP32].bytes
+        sizes = ", ".join(f"{name} {entry.bytes / fp32:.1%}" for name, entry in variants.items())
         sizes = f"\nSize against fp32: {sizes}.\n"
-    reference = manifest.get("reference")
-    n = reference["n"] if reference else 0
-    calibration = manifest.get("calibration")
+    reference = manifest.reference
+    n = reference.n if reference else 0
+    calibration = manifest.calibration
     quant = "\n".join(
-        f"- {name}: input {e['input']['dtype']} {e['input']['shape']} (scale {e['input']['scale']:g}, "
-        f"zero point {e['input']['zero_point']}), output {e['output']['dtype']} (scale {e['output']['scale']:g}, "
-        f"zero point {e['output']['zero_point']})"
+        f"- {name}: input {e.input.dtype} {e.input.shape} (scale {e.input.scale:g}, "
+        f"zero point {e.input.zero_point}), output {e.output.dtype} (scale {e.output.scale:g}, "
+        f"zero point {e.output.zero_point})"
         for name, e in variants.items())
-    shared = variants.get("int8", {}).get("per_tensor_kernels")
+    shared = variants[INT8].per_tensor_kernels if INT8 in variants else None
     if shared:
         quant += (f"\n\nint8 kernels stored with one scale for the whole kernel instead of one per output "
                   f"channel ({len(shared)}; trained on one int8 grid, see `convert/per_tensor.py`): "
                   + ", ".join(f"`{name}`" for name in shared) + ".")
+    source = manifest.source_model
     return f"""# Conversion report
 
-Source: `{manifest['source_model']['file']}` (sha256 `{manifest['source_model']['sha256'][:16]}...`),
-input {manifest['image_size']}x{manifest['image_size']} RGB pixels 0..255, labels {', '.join(manifest['labels'])}.
-Converted by LeukEdge {manifest['leukedge_version']} on {manifest['created_utc']} in
-{manifest.get('conversion_seconds', 0):.0f} s.
-{f"int8 calibration: {calibration['samples']} images from the {calibration['source']} (seed {calibration['seed']})." if calibration else ""}
+Source: `{source.file}` (sha256 `{source.sha256[:16]}...`),
+input {manifest.image_size}x{manifest.image_size} RGB pixels 0..255, labels {', '.join(manifest.labels)}.
+Converted by LeukEdge {manifest.leukedge_version} on {manifest.created_utc} in
+{manifest.conversion_seconds or 0:.0f} s.
+{f"int8 calibration: {calibration.samples} images from the {calibration.source} (seed {calibration.seed})." if calibration else ""}
 
 ## Verification on the test split (n={n})
 Every variant runs in the LeukEdge runtime (the one the Pi uses) on the same test images as the
-Keras model. A variant fails if its accuracy is more than {manifest['max_drop_points']} points below Keras.
+Keras model. A variant fails if its accuracy is more than {manifest.max_drop_points} points below Keras.
 
 {verification_table(manifest)}
 {sizes}

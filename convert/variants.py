@@ -8,19 +8,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+from leukedge.edge_app.manifest import CONVERTED_VARIANTS, DYNAMIC, FP16, FP32, INT8
+
+VARIANTS = CONVERTED_VARIANTS  # the names are defined once, in leukedge.edge_app.manifest
 INT8_IO = ("uint8", "int8", "float32")
 DESCRIPTIONS = {
-    "fp32": "float32 weights and activations (the reference)",
-    "fp16": "float16 weights, float32 compute",
-    "dynamic": "int8 weights, float activations (dynamic-range quantization)",
-    "int8": "int8 weights and activations, calibrated on training images",
+    FP32: "float32 weights and activations (the reference)",
+    FP16: "float16 weights, float32 compute",
+    DYNAMIC: "int8 weights, float activations (dynamic-range quantization)",
+    INT8: "int8 weights and activations, calibrated on training images",
 }
-
-
-def file_name(variant: str) -> str:
-    """The name other tools and docs rely on: model_<variant>.tflite."""
-    return f"model_{variant}.tflite"
 
 
 def representative_dataset(pixels: np.ndarray, progress: Callable | None = None) -> Callable[[], Iterator]:
@@ -43,18 +40,18 @@ def representative_dataset(pixels: np.ndarray, progress: Callable | None = None)
 def convert_variant(saved_model: Path, variant: str, calibration: Callable | None = None,
                     int8_io: str = "uint8") -> bytes:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if variant == "fp16":
+    if variant == FP16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif variant == "dynamic":
+    elif variant == DYNAMIC:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif variant == "int8":
+    elif variant == INT8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[int8_io]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
-    elif variant != "fp32":
+    elif variant != FP32:
         raise ValueError(f"unknown variant {variant!r}")
     return converter.convert()

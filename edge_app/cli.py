@@ -102,7 +102,8 @@ def main() -> None:
 @click.option("--runtime", type=click.Choice(["ai-edge-litert", "tflite-runtime", "tensorflow"]),
               default=None, help="Force one TFLite runtime (default: the first importable).")
 @click.option("--allow-unverified", is_flag=True,
-              help="Run a model whose sha256 does not match manifest.json beside it.")
+              help="Run a model no manifest vouches for (changed, failed its conversion check, unlisted "
+                   "or renamed); every result is then stored with model_verified = 0.")
 @click.option("--crop", "crop_fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
               help="Centre square crop as a fraction of the shorter frame side (the ROI classified).")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after N processed frames.")
@@ -178,7 +179,8 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
         raise click.ClickException(str(error)) from None
     log.info("model %s", classifier.describe())
     if not classifier.verified:
-        log.warning("warning: %s is not verified against a manifest.json sha256", classifier.path.name)
+        log.warning("warning: %s is not verified (--allow-unverified): every result is stored with "
+                    "model_verified = 0", classifier.path.name)
     store = None
     try:
         store = ResultStore(db_path, synchronous=db_sync.upper())

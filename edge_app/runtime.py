@@ -1,15 +1,14 @@
 """Load a LeukEdge .tflite classifier once and turn RGB frames into class probabilities.
 
 The model's contract travels with it: labels and input normalization come from its TFLite
-metadata (else manifest.json / labels.txt beside it), quantization from its tensors, and the
-file's sha256 is checked against manifest.json when one is present.
+metadata (else manifest.json / labels.txt beside it), quantization from its tensors. It runs as
+verified only when a manifest vouches for it (see `edge_app/verification.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.edge_app import metadata as tflite_metadata
+from leukedge.edge_app import verification
 from leukedge.edge_app.imaging import prepare
+from leukedge.edge_app.manifest import INT8, ManifestError, file_name
 from leukedge.models import release_dir
 
 # Most maintained first. tensorflow.lite comes last and is imported only if nothing else is.
@@ -29,7 +30,7 @@ RUNTIMES = (
 
 
 # The released model ships inside the package (leukedge.models; see models/model_card.md).
-RELEASED_MODEL = release_dir() / "model_int8.tflite"
+RELEASED_MODEL = release_dir() / file_name(INT8)
 
 
 def default_model_path() -> Path | None:
@@ -81,21 +82,6 @@ def find_runtime(preferred: str | None = None) -> Runtime:
                      "pip install ai-edge-litert")
 
 
-def find_manifest_entry(model_path: Path) -> tuple[str, dict] | None:
-    """(variant, entry) for this file in manifest.json beside it, if listed there."""
-    manifest_path = model_path.parent / "manifest.json"
-    if not manifest_path.is_file():
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{manifest_path} is not readable JSON ({error}): restore it or remove it") from None
-    for variant, entry in manifest.get("variants", {}).items():
-        if entry.get("file") == model_path.name:
-            return variant, {**entry, "labels": manifest.get("labels", [])}
-    return None
-
-
 def _tensor_spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorSpec(np.dtype(detail["dtype"]).name, tuple(int(d) for d in detail["shape"]),
@@ -115,7 +101,15 @@ class Classifier:
             raise ModelError(f"{self.path} is not a TFLite model (no TFL3 identifier): "
                              "pass a .tflite file written by edge-convert")
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.variant, self.verified = self._verify(allow_unverified)
+        try:
+            verdict = verification.judge(self.path, self.sha256)
+        except (ManifestError, verification.VerificationError) as error:
+            raise ModelError(str(error)) from None
+        self.variant, self.verified, self.vouched_by = verdict.variant, verdict.verified, verdict.vouched_by
+        self._manifest = verdict.manifest
+        # A changed copy of a listed file is refused before loading: we know what it should be.
+        if verdict.changed and not allow_unverified:
+            raise ModelError(verdict.problem)
         self.metadata = self._read_metadata(data)
         self.labels = self._labels()
         self.threads = threads or min(4, os.cpu_count() or 1)
@@ -134,25 +128,15 @@ class Classifier:
             raise ModelError(f"{self.path} input shape {self.input.shape} is not a square RGB image batch")
         if self.output.shape[-1] != len(self.labels):
             raise ModelError(f"{self.path} has {self.output.shape[-1]} outputs but {len(self.labels)} labels")
+        # Unlisted or failed models are refused after loading, so a corrupt file is named as such.
+        if verdict.problem and not allow_unverified:
+            raise ModelError(verdict.problem)
         self.image_size = self.input.shape[1]
         self._mean = np.asarray(self.metadata.mean, dtype=np.float32)
         self._std = np.asarray(self.metadata.std, dtype=np.float32)
         # uint8 pixels map 1:1 onto a uint8 input quantized with scale 1, zero point 0.
         self._raw_uint8 = (self.input.dtype == "uint8" and self.input.scale == 1.0
                            and self.input.zero_point == 0 and not self._mean.any() and (self._std == 1).all())
-
-    def _verify(self, allow_unverified: bool) -> tuple[str | None, bool]:
-        found = find_manifest_entry(self.path)
-        if found is None:
-            return None, False
-        variant, entry = found
-        self._manifest_entry = entry
-        if entry.get("sha256") != self.sha256:
-            if not allow_unverified:
-                raise ModelError(f"{self.path} does not match the sha256 in {self.path.parent / 'manifest.json'}: "
-                                 "the file was changed or damaged; restore it, or pass --allow-unverified")
-            return variant, False
-        return variant, True
 
     def _read_metadata(self, data: bytes) -> tflite_metadata.ModelMetadata:
         try:
@@ -164,9 +148,8 @@ class Classifier:
     def _labels(self) -> list[str]:
         if self.metadata.labels:
             return self.metadata.labels
-        entry = getattr(self, "_manifest_entry", None)
-        if entry and entry.get("labels"):
-            return list(entry["labels"])
+        if self._manifest is not None and self._manifest.labels:
+            return list(self._manifest.labels)
         labels_file = self.path.parent / "labels.txt"
         if labels_file.is_file():
             return [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
@@ -174,8 +157,8 @@ class Classifier:
                          "convert it with edge-convert")
 
     def describe(self) -> str:
-        return (f"{self.path.name} ({self.variant or 'unlisted variant'}, "
-                f"{'verified' if self.verified else 'not verified against a manifest'}), "
+        vouched = f"verified by {self.vouched_by}" if self.verified else "NOT verified"
+        return (f"{self.path.name} ({self.variant or 'unlisted variant'}, {vouched}), "
                 f"{self.runtime.name} {self.runtime.version}, {self.threads} thread(s), "
                 f"input {self.input.dtype} {self.image_size}x{self.image_size}")
 

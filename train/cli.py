@@ -22,7 +22,7 @@ def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=default_data_dir,
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Dataset root (Kaggle layout with Original/ and Segmented/) or a folder of class "
                    "folders. Default: $LEUKEDGE_DATA, else ../shared/data/all-leukemia.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
@@ -76,6 +76,10 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
     from leukedge.train.config import SettingsError, WeightsError
     from leukedge.train.run_dir import RunDirError, check_out_dir
 
+    try:
+        data_dir = data_dir if data_dir is not None else default_data_dir()
+    except dataset.DatasetError as error:
+        raise click.ClickException(str(error)) from None
     config = TrainConfig(data_dir=data_dir, out_dir=out_dir, alpha=float(alpha), **options)
     try:
         # Bad output folders, data and split files fail here, before TensorFlow is imported.

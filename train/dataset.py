@@ -70,14 +70,20 @@ class Scan:
 
 
 def default_data_dir() -> Path:
-    """$LEUKEDGE_DATA, else ../shared/data/all-leukemia beside the checkout, else ./data."""
+    """$LEUKEDGE_DATA, else ../shared/data/all-leukemia beside a source checkout; else DatasetError
+    saying how to get the data (an installed wheel has no checkout to look beside)."""
+    from leukedge.edge_app.checkout import beside_checkout
+
     env = os.environ.get("LEUKEDGE_DATA")
     if env:
         return Path(env)
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "all-leukemia"
-    if beside_repo.is_dir():
+    beside_repo = beside_checkout("shared", "data", "all-leukemia")
+    if beside_repo is not None and beside_repo.is_dir():
         return beside_repo
-    return Path("data") / "all-leukemia"
+    looked = f", nor at {beside_repo}" if beside_repo is not None else ""
+    raise DatasetError(f"no dataset given: --data is not set, $LEUKEDGE_DATA is not set{looked}. Download "
+                       "the Kaggle dataset mehradaria/leukemia (https://www.kaggle.com/datasets/mehradaria/"
+                       "leukemia), unzip it and pass --data PATH or set LEUKEDGE_DATA=PATH")
 
 
 def canonical_label(folder_name: str) -> str:
