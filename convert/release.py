@@ -82,13 +82,13 @@ def check_publishable(models: Path) -> None:
     try:
         if models.is_dir():
             manifests.check_writable(models / MANIFEST_FILE)
-        elif not models.parent.is_dir() or not os.access(models.parent, os.W_OK | os.X_OK):
+        elif not models.parent.is_dir() or not manifests.writable(models.parent):
             raise ManifestError(f"{models.parent} is not a writable folder, so --models {models} cannot be made")
     except ManifestError as error:
         raise ReleaseError(f"release refused, nothing was replaced: {error}") from None
     for name in RELEASE_FILES:
         path = models / name
-        if path.exists() and not os.access(path, os.W_OK):
+        if path.exists() and not manifests.writable(path):
             raise ReleaseError(f"release refused, nothing was replaced: {path} is read-only")
 
 

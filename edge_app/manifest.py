@@ -370,6 +370,12 @@ def find(folder: str | Path) -> Manifest | None:
     return read(path) if path.is_file() else None
 
 
+def writable(path: Path) -> bool:
+    """Writable by us, and not marked read-only: root may write anything, but a file or folder
+    without any write bit says "keep" all the same."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
 def check_writable(path: str | Path) -> None:
     """Raise ManifestError unless `path` (a manifest.json) can be replaced: its folder must take a
     new file and an existing manifest must itself be writable (read-only means "keep")."""
@@ -377,9 +383,9 @@ def check_writable(path: str | Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise ManifestError(f"{folder} (for {path.name}) is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not writable(folder):
         raise ManifestError(f"{folder} is not writable, so {path} cannot be replaced: fix its permissions")
-    if path.exists() and not os.access(path, os.W_OK):
+    if path.exists() and not writable(path):
         raise ManifestError(f"{path} is read-only: make it writable (chmod u+w) to replace it")
 
 

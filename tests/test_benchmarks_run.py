@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run_cli
+from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train.dataset import load_pixels, read_split
 from leukedge.train.metrics import classification_metrics
@@ -62,18 +63,18 @@ def test_json_has_every_contract_field(bench, converted_dir, tiny_run):
     for state in (environment["before"], environment["after"]):
         assert set(state) >= {"cpu_governor", "temperature_c", "throttled"}
     assert environment["runtime"] == "ai-edge-litert"
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    manifest = manifests.read(converted_dir)
     n_test = sum(s.split == "test" for s in read_split(converted_dir / "split.csv", check_files=False))
     for (variant, threads), row in rows.items():
         assert row["status"] == "ok" and row["error"] is None
         assert row["threads"] == threads and isinstance(row["threads"], int)
         expected_file = (tiny_run / "model.keras" if variant == "keras"
-                         else converted_dir / manifest["variants"][variant]["file"])
+                         else converted_dir / manifest.variants[variant].file)
         assert Path(row["model"]).resolve() == expected_file.resolve()
         assert row["size_bytes"] == expected_file.stat().st_size
         for key in ("accuracy", "macro_f1", "agreement"):
             assert 0.0 <= row[key] <= 1.0
-        assert set(row["per_class_recall"]) == set(manifest["labels"])
+        assert set(row["per_class_recall"]) == set(manifest.labels)
         assert all(0.0 <= value <= 1.0 for value in row["per_class_recall"].values())
         latency = row["latency_ms"]
         assert set(latency) >= set(LATENCY_KEYS) and all(latency[k] > 0 for k in LATENCY_KEYS if k != "std")

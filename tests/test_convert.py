@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 
@@ -11,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, run_cli
+from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.manifest import CONVERTED_VARIANTS as VARIANTS
 from leukedge.edge_app.metadata import read_metadata
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train.dataset import load_pixels, read_split
 from leukedge.train.metrics import classification_metrics
-
-VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def test_writes_every_file(converted_dir):
@@ -26,21 +25,21 @@ def test_writes_every_file(converted_dir):
 
 
 def test_manifest_matches_the_files(converted_dir, tiny_run):
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    manifest = manifests.read(converted_dir)
     labels = (tiny_run / "labels.txt").read_text().split()
-    assert manifest["labels"] == (converted_dir / "labels.txt").read_text().splitlines()
-    assert len(manifest["labels"]) == 4 and manifest["image_size"] == 96
+    assert manifest.labels == (converted_dir / "labels.txt").read_text().splitlines()
+    assert len(manifest.labels) == 4 and manifest.image_size == 96
     source = (tiny_run / "model.keras").read_bytes()
-    assert manifest["source_model"]["sha256"] == hashlib.sha256(source).hexdigest()
-    assert manifest["calibration"]["samples"] == 64
-    assert set(manifest["variants"]) == set(VARIANTS)
-    for variant, entry in manifest["variants"].items():
-        data = (converted_dir / entry["file"]).read_bytes()
-        assert entry["file"] == f"model_{variant}.tflite"
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-        assert entry["bytes"] == len(data)
-        assert entry["input"]["shape"] == [1, 96, 96, 3] and entry["output"]["shape"] == [1, 4]
-        assert set(entry["verification"]) == {"accuracy", "macro_f1", "agreement", "max_abs_prob_diff", "n"}
+    assert manifest.source_model.sha256 == hashlib.sha256(source).hexdigest()
+    assert manifest.calibration.samples == 64
+    assert set(manifest.variants) == set(VARIANTS)
+    for variant, entry in manifest.variants.items():
+        data = (converted_dir / entry.file).read_bytes()
+        assert entry.file == f"model_{variant}.tflite"
+        assert entry.sha256 == hashlib.sha256(data).hexdigest()
+        assert entry.bytes == len(data)
+        assert entry.input.shape == [1, 96, 96, 3] and entry.output.shape == [1, 4]
+        assert entry.verification.n > 0 and entry.ok
     assert labels[0] == "Benign"
 
 
@@ -56,36 +55,36 @@ def test_metadata_carries_labels_and_normalization(converted_dir):
 
 
 def test_int8_takes_camera_pixels_as_they_are(converted_dir):
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
-    int8 = manifest["variants"]["int8"]
-    assert int8["input"] == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": 1.0, "zero_point": 0}
-    assert int8["output"]["dtype"] == "uint8" and int8["output"]["scale"] > 0
+    manifest = manifests.read(converted_dir)
+    int8 = manifest.variants["int8"]
+    assert int8.input.to_dict() == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": 1.0, "zero_point": 0}
+    assert int8.output.dtype == "uint8" and int8.output.scale > 0
     for variant in ("fp32", "fp16", "dynamic"):
-        assert manifest["variants"][variant]["input"]["dtype"] == "float32"
-    sizes = {v: e["bytes"] for v, e in manifest["variants"].items()}
+        assert manifest.variants[variant].input.dtype == "float32"
+    sizes = {v: e.bytes for v, e in manifest.variants.items()}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
 
 
 def test_verification_figures_match_a_direct_computation(converted_dir, tiny_run, data_dir):
     import keras
 
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
-    labels = manifest["labels"]
+    manifest = manifests.read(converted_dir)
+    labels = manifest.labels
     test = [s for s in read_split(converted_dir / "split.csv", data_dir) if s.split == "test"]
     pixels = load_pixels(test, data_dir, 96)
     y = np.array([labels.index(s.label) for s in test])
     keras_probs = keras.models.load_model(tiny_run / "model.keras").predict(pixels.astype("float32"), verbose=0)
     reference = classification_metrics(y, keras_probs.argmax(1), labels)
-    assert manifest["reference"]["accuracy"] == pytest.approx(reference["accuracy"])
+    assert manifest.reference.accuracy == pytest.approx(reference["accuracy"])
     for variant in VARIANTS:
         classifier = Classifier(converted_dir / f"model_{variant}.tflite")
         assert classifier.verified and classifier.variant == variant
         probs = np.stack([classifier.invoke(classifier.to_input(p)) for p in pixels])
-        figures = manifest["variants"][variant]["verification"]
-        assert figures["n"] == len(test)
-        assert figures["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()))
-        assert figures["agreement"] == pytest.approx(float((probs.argmax(1) == keras_probs.argmax(1)).mean()))
-        assert figures["max_abs_prob_diff"] == pytest.approx(float(np.abs(probs - keras_probs).max()), abs=1e-6)
+        figures = manifest.variants[variant].verification
+        assert figures.n == len(test)
+        assert figures.accuracy == pytest.approx(float((probs.argmax(1) == y).mean()))
+        assert figures.agreement == pytest.approx(float((probs.argmax(1) == keras_probs.argmax(1)).mean()))
+        assert figures.max_abs_prob_diff == pytest.approx(float(np.abs(probs - keras_probs).max()), abs=1e-6)
     assert "| int8 | model_int8.tflite |" in (converted_dir / "conversion_report.md").read_text()
 
 
@@ -93,12 +92,12 @@ def test_int8_io_option_and_accuracy_gate(tiny_run, data_dir, tmp_path):
     out = tmp_path / "int8io"
     result = run_cli("edge-convert", tiny_run, "--out", out, "--variants", "int8", "--int8-io", "int8",
                      "--calibration-samples", "32", "--data", data_dir, "--max-drop", "0", check=False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    entry = manifest["variants"]["int8"]
-    assert entry["input"]["dtype"] == "int8" and entry["input"]["zero_point"] == -128
-    assert entry["input"]["scale"] == 1.0
+    manifest = manifests.read(out)
+    entry = manifest.variants["int8"]
+    assert entry.input.dtype == "int8" and entry.input.zero_point == -128
+    assert entry.input.scale == 1.0
     assert {p.name for p in out.glob("*.tflite")} == {"model_int8.tflite"}
-    drop = manifest["reference"]["accuracy"] - entry["verification"]["accuracy"]
+    drop = manifest.reference.accuracy - entry.verification.accuracy
     assert (result.returncode != 0) == (drop > 0), result.stdout + result.stderr
 
 
@@ -120,9 +119,9 @@ def test_bad_inputs(tiny_run, converted_dir, data_dir, tmp_path):
                        "--calibration-samples")
     assert not (tmp_path / "o4" / "model_int8.tflite").exists()
     # the refused overwrite left the earlier models untouched
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    manifest = manifests.read(converted_dir)
     data = (converted_dir / "model_int8.tflite").read_bytes()
-    assert hashlib.sha256(data).hexdigest() == manifest["variants"]["int8"]["sha256"]
+    assert hashlib.sha256(data).hexdigest() == manifest.variants["int8"].sha256
 
 
 def test_rejects_a_model_that_is_not_an_image_classifier(tmp_path, tiny_run):
@@ -205,8 +204,8 @@ def test_trained_kernels_reach_the_int8_model_unchanged(tiny_run, converted_dir)
 def test_kernels_trained_on_one_grid_are_stored_with_one_scale(converted_dir):
     """The per-tensor kernels and only they: every other kernel keeps one scale per channel
     (a kernel not trained on one grid must fail the converter's exactness test)."""
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
-    listed = manifest["variants"]["int8"]["per_tensor_kernels"]
+    manifest = manifests.read(converted_dir)
+    listed = manifest.variants["int8"].per_tensor_kernels
     kernels = _int8_kernels(converted_dir / "model_int8.tflite")
     assert len(kernels) == 52  # MobileNetV2's convolutions
     one_scale = {name for name, (tensor, _) in kernels.items() if len(tensor.quantization.scale) == 1}

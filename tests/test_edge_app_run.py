@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run_cli
+from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.imaging import load_rgb
 from leukedge.edge_app.runtime import Classifier
 
@@ -95,12 +96,12 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
     assert len(emitted) == len(stored) == 8
     assert "skipped 2 unreadable" in result.stderr
     assert "not a diagnostic device" in result.stderr
-    manifest = json.loads((model.parent / "manifest.json").read_text())
+    manifest = manifests.read(model.parent)
     classifier = Classifier(model)
     for line, row in zip(emitted, stored):
         assert line["id"] == row["id"] and line["decision"] == row["decision"]
         assert row["sample_id"] == "S-001" and row["mode"] == "live"
-        assert row["model_sha256"] == manifest["variants"]["int8"]["sha256"]
+        assert row["model_sha256"] == manifest.variants["int8"].sha256
         assert row["model_variant"] == "int8" and row["model_verified"] == 1
         assert row["app_version"] and row["runtime"].startswith(("ai-edge-litert", "tflite-runtime"))
         assert row["quality_ok"] == 1 and row["focus"] > 0
