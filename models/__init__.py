@@ -7,6 +7,8 @@ from an installed wheel.
 from importlib.resources import files
 from pathlib import Path
 
+__all__ = ["release_dir"]
+
 
 def release_dir() -> Path:
     """The folder holding the released `.tflite` files and their `manifest.json`."""
