@@ -96,7 +96,8 @@ def main() -> None:
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write accuracy vs latency as PNG.")
 @click.option("--allow-unverified", is_flag=True,
-              help="Benchmark .tflite files whose sha256 differs from their manifest.json.")
+              help="Also benchmark .tflite files no manifest vouches for (changed, failed their "
+                   "conversion check, unlisted or renamed).")
 def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None, split: str,
                 limit_per_class: int | None, threads: tuple[int, ...], runs: int, warmup: int,
                 max_seconds: float | None, min_accuracy: float | None, json_path: Path | None,

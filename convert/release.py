@@ -35,6 +35,7 @@ from leukedge.edge_app.manifest import (
 )
 
 CALIBRATION_SAMPLES = 300
+MAX_DROP = 1.0  # accuracy points a variant may lose against its Keras model
 DEFAULT_VARIANTS = (INT8, FP16)
 CARD = "model_card.md"
 REPORT = "conversion_report.md"
@@ -150,7 +151,8 @@ def publish(staging: Path, models: Path) -> None:
             (models / name).unlink(missing_ok=True)  # an old variant must not outlive its manifest
 
 
-def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = None, echo=print) -> Manifest:
+def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = None,
+          calibration_samples: int = CALIBRATION_SAMPLES, max_drop: float = MAX_DROP, echo=print) -> Manifest:
     """Convert, verify and publish; returns the published manifest. Raises ReleaseError."""
     run, models = Path(run), Path(models)
     fast = Path(fast) if fast else None
@@ -160,24 +162,26 @@ def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = No
     from leukedge.edge_app.runtime import ModelError
     from leukedge.train.dataset import DatasetError
 
+    settings = f"--calibration-samples {calibration_samples}" + (f" --max-drop {max_drop:g}" if max_drop != MAX_DROP
+                                                                   else "")
     commands = [f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
-                f"--calibration-samples {CALIBRATION_SAMPLES} --overwrite"]
+                f"{settings} --overwrite"]
     if fast is not None:
-        commands.append(f"edge-convert {shown(fast)} --out TMP --variants {INT8} "
-                        f"--calibration-samples {CALIBRATION_SAMPLES}")
+        commands.append(f"edge-convert {shown(fast)} --out TMP --variants {INT8} {settings}")
     parent = models.parent if models.parent.is_dir() else Path.cwd()
     staging = Path(tempfile.mkdtemp(prefix=".release-", dir=parent))
     try:
         echo(f"release: converting {shown(run)} ({', '.join(DEFAULT_VARIANTS)})")
         default_out = staging / "release"
         manifest = convert(ConvertConfig(source=run, out_dir=default_out, variants=DEFAULT_VARIANTS,
-                                         calibration_samples=CALIBRATION_SAMPLES, data_dir=data_dir), echo)
+                                         calibration_samples=calibration_samples, max_drop=max_drop,
+                                         data_dir=data_dir), echo)
         if fast is not None:
             echo(f"release: converting the fast model {shown(fast)} ({INT8})")
             fast_out = staging / "fast"
             fast_manifest = convert(ConvertConfig(source=fast, out_dir=fast_out, variants=(INT8,),
-                                                  calibration_samples=CALIBRATION_SAMPLES, data_dir=data_dir),
-                                    echo)
+                                                  calibration_samples=calibration_samples, max_drop=max_drop,
+                                                  data_dir=data_dir), echo)
             manifest.variants[FAST_INT8] = fast_entry(manifest, fast_manifest, fast, run)
             shutil.copyfile(fast_out / file_name(INT8), default_out / file_name(FAST_INT8))
         failed = [f"{name} ({entry.status})" for name, entry in manifest.variants.items() if not entry.ok]
@@ -203,7 +207,12 @@ def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = No
               help="The release folder to (re)build.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Dataset root the runs' split paths are relative to. Default: the runs' own.")
-def main(run: Path, fast_run: Path | None, models: Path, data_dir: Path | None) -> None:
+@click.option("--calibration-samples", type=click.IntRange(1), default=CALIBRATION_SAMPLES, show_default=True,
+              help="Training images that calibrate int8 (as edge-convert).")
+@click.option("--max-drop", type=click.FloatRange(0), default=MAX_DROP, show_default=True,
+              help="Refuse the release if a variant loses more accuracy points than this against Keras.")
+def main(run: Path, fast_run: Path | None, models: Path, data_dir: Path | None, calibration_samples: int,
+         max_drop: float) -> None:
     """Build the release folder from finished edge-train runs (int8 + fp16, and the fast model).
 
     FAST_RUN, if given, ships as model_fast_int8.tflite; it must share RUN's split.csv.
@@ -217,7 +226,8 @@ def main(run: Path, fast_run: Path | None, models: Path, data_dir: Path | None) 
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        manifest = build(run, fast_run, models, data_dir, echo=lambda m: click.echo(m, err=True))
+        manifest = build(run, fast_run, models, data_dir, calibration_samples, max_drop,
+                         echo=lambda m: click.echo(m, err=True))
     except ReleaseError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

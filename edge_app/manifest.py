@@ -359,7 +359,7 @@ def read(path: str | Path) -> Manifest:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ManifestError(f"{path} is not valid JSON ({error}): restore it or rewrite it with "
+        raise ManifestError(f"{path} is not readable JSON ({error}): restore it or rewrite it with "
                             "edge-convert") from None
     return Manifest.from_dict(data, str(path))
 

@@ -80,3 +80,16 @@ def converted_dir(tmp_path_factory, tiny_run, data_dir) -> Path:
     run_cli("edge-convert", tiny_run, "--out", out, "--calibration-samples", "64", "--data", data_dir,
             "--max-drop", "100")
     return out
+
+
+# Tests that need a trained or converted model are slow (the session trains one the first time).
+# `models` is test_edge_app_run.py's: converted_dir, resolved at run time (or $LEUKEDGE_TEST_CONVERTED).
+SLOW_FIXTURES = {"tiny_run", "tiny_run_copy", "converted_dir", "models"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test that uses a trained/converted model `slow`, so `-m "not slow"` (the fast
+    lane) never trains; tests that build wheels or run long jobs carry the marker themselves."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -117,6 +117,7 @@ def _one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
     assert len(errors) == 1 and expected in errors[0], result.stderr
 
 
+@pytest.mark.slow
 def test_bad_inputs_without_a_model_give_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     _one_line_error(run_cli("edge-bench", tmp_path / "empty", check=False), "no manifest.json and no .tflite")

@@ -35,6 +35,7 @@ def real_images(data_dir) -> list[Path]:
     return sorted((data_dir / "Original").rglob("*.jpg"))
 
 
+@pytest.mark.slow
 def test_every_real_image_passes_the_quality_gate(real_images):
     assert len(real_images) > 2000
     failures = []

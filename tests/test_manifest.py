@@ -87,7 +87,7 @@ def test_a_bad_manifest_is_refused_naming_the_file_and_the_field(release_copy, c
 
 def test_not_json_and_missing_files_name_the_file(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="manifest.json is not valid JSON"):
+    with pytest.raises(ManifestError, match="manifest.json is not readable JSON"):
         manifests.read(tmp_path)
     with pytest.raises(ManifestError, match="does not exist"):
         manifests.read(tmp_path / "other" / "manifest.json")

@@ -133,8 +133,9 @@ def test_publish_refuses_an_unwritable_manifest_before_replacing_any_model(tmp_p
 @pytest.mark.slow
 def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(tiny_run, data_dir, tmp_path):
     models = tmp_path / "models"
-    run_cli("python", "-m", "leukedge.convert.release", tiny_run, tiny_run, "--models", models,
-            "--data", data_dir, cwd=tmp_path)
+    small = ("--data", data_dir, "--calibration-samples", "64", "--max-drop", "100")  # a tiny model
+    run_cli("python", "-m", "leukedge.convert.release", tiny_run, tiny_run, "--models", models, *small,
+            cwd=tmp_path)
     manifest = manifests.read(models)
     assert list(manifest.variants) == [INT8, "fp16", FAST_INT8]
     assert {p.name for p in models.iterdir()} == set(RELEASE_FILES)
@@ -147,11 +148,11 @@ def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(
         assert classifier.vouched_by == (models / "manifest.json").resolve()
     card = (models / "model_card.md").read_text()
     assert "## Release" in card and "scripts/release" in card and "## Fast model" in card
-    assert "## Verification on the test split" in card
+    assert "## Verification on the test split" in card and "--calibration-samples 64 --max-drop 100" in card
     (models / "manifest.json").chmod(0o444)
     before = _identity(models)
-    refused = run_cli("python", "-m", "leukedge.convert.release", tiny_run, "--models", models,
-                      "--data", data_dir, cwd=tmp_path, check=False)
+    refused = run_cli("python", "-m", "leukedge.convert.release", tiny_run, "--models", models, *small,
+                      cwd=tmp_path, check=False)
     assert_clean_error(refused, "release refused, nothing was replaced", "manifest.json is read-only")
     assert "converting" not in refused.stderr  # refused before the (slow) conversion started
     assert _identity(models) == before

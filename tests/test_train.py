@@ -115,6 +115,7 @@ def messy_dataset(tmp_path, data_dir) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_awkward_files_are_converted_or_skipped_and_listed(messy_dataset, tmp_path):
     out = tmp_path / "run"
     result = run_cli("edge-train", "--data", messy_dataset, "--out", out, *QUICK)
