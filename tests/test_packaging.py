@@ -120,3 +120,8 @@ def test_only_leukedge_is_importable_from_the_venv(installed, tmp_path):
              "assert 'tensorflow' not in sys.modules; print(leukedge.edge_app.cli.__file__)")
     result = run([python, "-c", check], cwd=tmp_path)
     assert str(bin_dir.parent) in result.stdout
+    # no checkout to look beside: the dataset default says how to get the data
+    no_data = subprocess.run([python, "-c", "from leukedge.train.dataset import default_data_dir; "
+                              "default_data_dir()"], cwd=tmp_path, capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin"})
+    assert no_data.returncode != 0 and "mehradaria/leukemia" in no_data.stderr and "LEUKEDGE_DATA" in no_data.stderr
