@@ -170,6 +170,9 @@ def _register_subcommands() -> None:
     from leukedge.benchmarks.fidelity import fidelity_command
 
     main.add_command(fidelity_command, "fidelity")
+    from leukedge.benchmarks.samples import samples_command
+
+    main.add_command(samples_command, "samples")
     try:
         from leukedge.benchmarks.robustness import robustness_command
     except ImportError as error:
