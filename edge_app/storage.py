@@ -360,7 +360,7 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
         raise StorageError(f"{db_path}: not a LeukEdge results database ({error})") from None
     finally:
         connection.close()
-    names = [name for name in COLUMN_NAMES if rows and name in rows[0].keys()] or list(COLUMN_NAMES)
+    names = [name for name in COLUMN_NAMES if rows and name in rows[0].keys()]  # noqa: SIM118 - a Row's `in` tests values or list(COLUMN_NAMES)
     labels: list[str] = []
     for row in rows:
         for label in json.loads(row["probabilities"] or "{}"):
