@@ -57,7 +57,9 @@ class SampleResult:
     @property
     def message(self) -> str:
         if self.decision == LABEL:
-            return f"{self.label} ({self.confidence:.1%})"
+            # Fields are not independent, so a summed-log-probability share near 1 overstates it.
+            shown = "> 99.9%" if self.confidence > 0.999 else f"{self.confidence:.1%}"
+            return f"{self.label} ({shown})"
         return SAMPLE_MESSAGES[self.decision]
 
     @property

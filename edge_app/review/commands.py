@@ -73,6 +73,7 @@ def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only:
     _open_checked(db_path, read_only).close()  # upgrades an older database once, before serving
     app = create_app(ServerConfig(db_path, save_dir, read_only, users))
     try:
+        _probe(host, port)  # werkzeug would print its own text and exit; say it our way first
         server = make_server(host, port, app, threaded=True)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
@@ -89,6 +90,16 @@ def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only:
         pass
     finally:
         server.server_close()
+
+
+def _probe(host: str, port: int) -> None:
+    """Bind (as the server will, with SO_REUSEADDR) and release: OSError if it cannot listen."""
+    import socket
+
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
 
 
 @click.group()

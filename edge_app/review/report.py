@@ -122,7 +122,7 @@ def _review_line(summary: SampleSummary) -> tuple[str, str]:
 def _facts(report: Report) -> list[tuple[str, str]]:
     s, r = report.summary, report.summary.result
     review, reason = _review_line(s)
-    confidence = "" if r.confidence is None else f" (sample confidence {r.confidence:.1%})"
+    confidence = "" if r.confidence is None or r.decision == LABEL else f" (candidate {r.candidate}, {r.confidence:.1%})"
     return [("Sample ID", s.sample_id), ("Site", s.site or "-"), ("Operator", s.operator or "-"),
             ("Sample created (UTC)", s.created_utc),
             ("Fields captured (UTC)", f"{report.frames[0]['timestamp_utc']} to {report.frames[-1]['timestamp_utc']}"),

@@ -74,7 +74,8 @@ def create_app(config: ServerConfig) -> Flask:
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="leukedge_review",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
-                      MAX_CONTENT_LENGTH=64 * 1024, JSON_SORT_KEYS=False)
+                      MAX_CONTENT_LENGTH=64 * 1024)
+    app.json.sort_keys = False
     app.jinja_env.filters["fromjson"] = json.loads
     limiter = LoginLimiter(config.login_attempts, config.login_window_s)
     save_dir = config.save_dir.resolve() if config.save_dir is not None else None
