@@ -22,7 +22,6 @@ from leukedge.edge_app.storage import (
     SCHEMA_VERSION,
     ResultStore,
     SchemaError,
-    StorageError,
     connect,
 )
 
