@@ -88,7 +88,8 @@ class SampleRule:
     def describe(self) -> str:
         return (f"min {self.min_fit_fields} fit fields; unknown > {self.max_unknown_share:.0%} of fit "
                 f"-> unknown: refer; summed log-probabilities (floor {self.probability_floor:g}); "
-                f">= {self.min_answered} answered fields with >= {self.min_agreement:.0%} agreeing")
+                f">= {self.min_answered} answered fields, >= {self.min_answered_share:.0%} of the fit "
+                f"ones, >= {self.min_agreement:.0%} of them agreeing")
 
     def combine(self, frames: Iterable[Mapping]) -> SampleResult:
         """One sample result from its frames: mappings with `decision`, `probabilities` (a dict

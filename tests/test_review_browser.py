@@ -148,7 +148,9 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     thumbs = browser.find_elements(By.CSS_SELECTOR, ".frame img")
     assert len(thumbs) == 5 and all(browser.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in thumbs)
+    browser.set_window_size(1280, 1900)  # the whole page: result, review form, history, fields
     browser.save_screenshot(str(shots / "review-sample.png"))
+    browser.set_window_size(1280, 1000)
     browser.find_element(By.ID, "reviewer").send_keys("Dr Vega")
     browser.find_element(By.ID, "reason").send_keys("Benign morphology on every field")
     browser.find_element(By.ID, "confirm").click()
@@ -172,7 +174,9 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     browser.get(server.url + "/samples/S-BRAVO")
     history = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#history .review-row")]
     assert len(history) == 1 and "Dr Vega" in history[0] and "confirm" in history[0]
+    browser.set_window_size(1280, 1900)
     browser.save_screenshot(str(shots / "review-history.png"))
+    browser.set_window_size(1280, 1000)
     stored = reviews(clinic["db"])
     assert [(r[0], r[1], r[2]) for r in stored] == [("S-BRAVO", "Dr Vega", "confirm"),
                                                     ("S-ALPHA", "Dr Okafor", "override")]

@@ -81,8 +81,27 @@ def count_samples(connection: sqlite3.Connection) -> int:
     return int(connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
 
+class ResultCache:
+    """Sample results by (sample, frame count, last frame id): frames are append-only and their
+    answers can never change (a trigger forbids it), so an entry is valid while both match. Lets
+    the list page recompute only the samples that gained fields."""
+
+    def __init__(self, size: int = 50_000):
+        self.size = size
+        self._entries: dict[str, tuple[tuple[int, int], SampleResult]] = {}
+
+    def get(self, sample_id: str, key: tuple[int, int]) -> SampleResult | None:
+        entry = self._entries.get(sample_id)
+        return entry[1] if entry is not None and entry[0] == key else None
+
+    def put(self, sample_id: str, key: tuple[int, int], result: SampleResult) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # simple and bounded; the next page refills what it needs
+        self._entries[sample_id] = (key, result)
+
+
 def list_samples(connection: sqlite3.Connection, limit: int | None = None, offset: int = 0,
-                 rule: SampleRule = DEFAULT_RULE) -> list[SampleSummary]:
+                 rule: SampleRule = DEFAULT_RULE, cache: ResultCache | None = None) -> list[SampleSummary]:
     """Samples, newest first, each with its computed result and last review."""
     query = "SELECT * FROM samples ORDER BY created_utc DESC, sample_id"
     params: tuple = ()
@@ -93,21 +112,38 @@ def list_samples(connection: sqlite3.Connection, limit: int | None = None, offse
     if not records:
         return []
     ids = [record["sample_id"] for record in records]
-    frames: dict[str, list[dict]] = {sample_id: [] for sample_id in ids}
+    keys: dict[str, tuple[int, int]] = {}
     reviews: dict[str, dict] = {}
     for chunk in _chunks(ids, 500):  # SQLite's host parameter limit
         marks = ",".join("?" * len(chunk))
-        for row in connection.execute(f"SELECT {_RESULT_FIELDS} FROM results WHERE sample_id IN "
-                                      f"({marks}) ORDER BY id", chunk):
-            frames[row["sample_id"]].append(dict(row))
+        for row in connection.execute(f"SELECT sample_id, COUNT(*), MAX(id) FROM results WHERE sample_id "
+                                      f"IN ({marks}) GROUP BY sample_id", chunk):
+            keys[row[0]] = (row[1], row[2])
         for row in connection.execute(
                 f"SELECT * FROM reviews WHERE id IN (SELECT MAX(id) FROM reviews WHERE sample_id IN "
                 f"({marks}) GROUP BY sample_id)", chunk):
             reviews[row["sample_id"]] = dict(row)
+    results: dict[str, SampleResult] = {}
+    for sample_id in ids:
+        cached = cache.get(sample_id, keys.get(sample_id, (0, 0))) if cache is not None else None
+        if cached is not None:
+            results[sample_id] = cached
+    missing = [sample_id for sample_id in ids if sample_id not in results]
+    frames: dict[str, list[dict]] = {sample_id: [] for sample_id in missing}
+    for chunk in _chunks(missing, 500):
+        marks = ",".join("?" * len(chunk))
+        for row in connection.execute(f"SELECT {_RESULT_FIELDS} FROM results WHERE sample_id IN "
+                                      f"({marks}) ORDER BY id", chunk):
+            frames[row["sample_id"]].append(dict(row))
+    for sample_id in missing:
+        results[sample_id] = rule.combine(frames[sample_id])
+        if cache is not None:
+            # keyed by what was read, so frames added meanwhile invalidate it on the next page
+            mine = frames[sample_id]
+            cache.put(sample_id, (len(mine), mine[-1]["id"]) if mine else (0, 0), results[sample_id])
     return [SampleSummary(record["sample_id"], record["created_utc"], record["operator"],
-                          record["site"], record["notes"], rule.combine(frames[record["sample_id"]]),
-                          frames[record["sample_id"]][-1]["id"] if frames[record["sample_id"]] else None,
-                          reviews.get(record["sample_id"]))
+                          record["site"], record["notes"], results[record["sample_id"]],
+                          keys.get(record["sample_id"], (0, None))[1], reviews.get(record["sample_id"]))
             for record in records]
 
 

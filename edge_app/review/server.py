@@ -45,7 +45,7 @@ from leukedge.edge_app.review.report import (
 from leukedge.edge_app.settings import DISCLAIMER
 from leukedge.edge_app.storage import StorageError, connect
 
-PER_PAGE = 100
+PER_PAGE = 50
 API_LIMIT_MAX = 10000
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'"
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -79,6 +79,7 @@ def create_app(config: ServerConfig) -> Flask:
     app.jinja_env.filters["fromjson"] = json.loads
     limiter = LoginLimiter(config.login_attempts, config.login_window_s)
     save_dir = config.save_dir.resolve() if config.save_dir is not None else None
+    results = data.ResultCache()
 
     def db() -> sqlite3.Connection:
         if "db" not in g:
@@ -146,7 +147,7 @@ def create_app(config: ServerConfig) -> Flask:
         page = max(1, request.args.get("page", 1, type=int) or 1)
         total = data.count_samples(db())
         pages = max(1, -(-total // PER_PAGE))
-        samples = data.list_samples(db(), PER_PAGE, (page - 1) * PER_PAGE)
+        samples = data.list_samples(db(), PER_PAGE, (page - 1) * PER_PAGE, cache=results)
         return render_template("list.html", samples=samples, total=total, page=page, pages=pages,
                                per_page=PER_PAGE)
 
@@ -251,7 +252,7 @@ def create_app(config: ServerConfig) -> Flask:
     @app.get("/api/samples")
     def api_samples():
         limit, offset = paging()
-        return jsonify([s.as_dict() for s in data.list_samples(db(), limit, offset)])
+        return jsonify([s.as_dict() for s in data.list_samples(db(), limit, offset, cache=results)])
 
     @app.get("/api/samples/<path:sample_id>")
     def api_sample(sample_id: str):
@@ -273,7 +274,7 @@ def create_app(config: ServerConfig) -> Flask:
                          "decision": s.result.decision, "label": s.result.label,
                          "confidence": s.result.confidence, "reason": s.result.reason,
                          "status": s.status, "final": s.final}
-                        for s in data.list_samples(db(), limit, offset)])
+                        for s in data.list_samples(db(), limit, offset, cache=results)])
 
     @app.get("/api/reviews")
     def api_reviews():
