@@ -178,6 +178,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                       color=colour, label=kind)
         right.plot(ks, [100 * row["referred_rate"] for row in mine], "o-", color=colour, label=kind)
     left.axhline(100 * GOAL_ACCURACY, color="grey", ls="--", lw=1, label="goal 99.9%")
+    shown = [100 * row["answered_accuracy"] for row in rows
+             if row["kind"] != "foreign" and row["answered_accuracy"] is not None]
+    left.set_ylim(min([99.0, *shown]) - 0.2, 100.1)
     right.axhline(100 * GOAL_REFERRAL, color="grey", ls="--", lw=1, label="goal 5% (clean)")
     left.set(xlabel="fields per sample (k)", ylabel="answered samples right (%)", title="accuracy")
     right.set(xlabel="fields per sample (k)", ylabel="samples referred (%)", title="referral")
@@ -218,6 +221,8 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
               help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split's images form the samples (tune on val, report on test).")
+@click.option("--limit-per-class", type=click.IntRange(1), default=None,
+              help="Only the first N images per class of the split (quick checks).")
 @click.option("--external", type=click.Path(path_type=Path), default=None,
               help="Foreign frames (evaluation only). Default: ../shared/data/external beside the data.")
 @click.option("--external-limit", type=click.IntRange(1), default=300, show_default=True,
@@ -236,7 +241,7 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def samples_command(model, data, data_root, split, external, external_limit, ks, trials, unfit_rate,
+def samples_command(model, data, data_root, split, limit_per_class, external, external_limit, ks, trials, unfit_rate,
                     foreign_rate, min_confidence, seed, json_out, markdown_out, plot_out, quiet) -> None:
     """Sample-level accuracy and referral of the sample rule, by simulation on a split.
 
@@ -253,7 +258,8 @@ def samples_command(model, data, data_root, split, external, external_limit, ks,
     if model is None:
         raise click.ClickException("no --model given and no released model: pass --model")
     try:
-        eval_set = resolve_eval_set(data or release_dir() / "split.csv", split=split, data_root=data_root)
+        eval_set = resolve_eval_set(data or release_dir() / "split.csv", split=split, data_root=data_root,
+                                    limit_per_class=limit_per_class)
     except DatasetError as error:
         raise click.ClickException(str(error)) from None
     external = external or data_root_for(None, data_root).parent / "external"

@@ -283,3 +283,51 @@ def test_network_bind_with_accounts_starts(small_db, tmp_path):
         server.terminate()
         server.wait(timeout=10)
     assert "login required" in server.stderr.read()
+
+
+# -- the app files frames under samples; the two edge-bench commands ------------------------------
+MODEL = Path(__file__).resolve().parents[1] / "models" / "model_int8.tflite"
+
+
+def test_capture_mode_files_frames_under_sample_records(data_dir, tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for path in sorted((data_dir / "Original" / "Pro").glob("*.jpg"))[:3]:
+        (slides / path.name).symlink_to(path)
+    db = tmp_path / "r.sqlite"
+    run_cli("edge-app", "run", "--model", MODEL, "--source", slides, "--mode", "capture", "--db", db,
+            "--headless", "--operator", "tech-9", "--site", "Ward-2", input="S-1\n\nS-2\nq\n", timeout=120)
+    connection = sqlite3.connect(db)
+    samples = connection.execute("SELECT sample_id, operator, site FROM samples ORDER BY sample_id").fetchall()
+    filed = connection.execute("SELECT sample_id, COUNT(*) FROM results GROUP BY sample_id").fetchall()
+    connection.close()
+    assert samples == [("S-1", "tech-9", "Ward-2"), ("S-2", "tech-9", "Ward-2")]
+    assert filed == [("S-1", 2), ("S-2", 1)]
+
+
+def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
+    out = tmp_path / "samples.json"
+    result = run_cli("edge-bench", "samples", "--model", MODEL, "--split", "val", "--limit-per-class", "12",
+                     "--external-limit", "20", "--ks", "1,3,5", "--trials", "40", "--json", out,
+                     "--plot", tmp_path / "samples.png", "--quiet", timeout=300)
+    report = json.loads(out.read_text())
+    assert report["legacy_frame_rule"] is True and "legacy per-frame rule" in result.stdout
+    rows = {(row["kind"], row["k"]): row for row in report["rows"]}
+    assert set(rows) == {(kind, k) for kind in ("clean", "contaminated", "foreign") for k in (1, 3, 5)}
+    assert rows[("clean", 1)]["referred_rate"] == 1.0  # fewer fit fields than the rule's minimum
+    assert rows[("foreign", 5)]["right"] == 0 and rows[("clean", 5)]["answered"] > 0
+    assert report["frames"]["blurred"] == {"unfit": 48}
+    assert (tmp_path / "samples.png").stat().st_size > 10_000
+    assert "k=5" in result.stdout and "| clean | 5 |" in result.stdout
+
+
+def test_edge_bench_review_server_small(tmp_path):
+    out = tmp_path / "review.json"
+    run_cli("edge-bench", "review-server", "--model", MODEL, "--samples", "30", "--frames-per-sample", "5",
+            "--requests", "3", "--run-frames", "40", "--json", out, timeout=300)
+    report = json.loads(out.read_text())
+    beside = report["beside_run"]
+    assert beside["run_frames_stored"] == beside["run_frames_printed"] == 40
+    assert beside["errors"] == [] and beside["locked_messages"] == []
+    assert beside["reviews_stored"] == beside["reviews_accepted"]
+    assert report["server_time"]["sample list"]["median_ms"] > 0
