@@ -43,8 +43,12 @@ def _open_checked(db_path: Path, read_only: bool):
 @click.option("--read-only", is_flag=True, help="Show results and history; accept no review.")
 @click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reviewer accounts file. Default: review-users.json beside the database.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Serve HTTPS with this certificate (PEM); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The certificate's private key (PEM).")
 def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only: bool,
-          users_file: Path | None) -> None:
+          users_file: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Serve the review page: samples, fields, confirm/override with a reason, reports.
 
     \b
@@ -70,18 +74,24 @@ def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only:
             f"add one with `edge-app users add NAME --db {db_path}` (or keep --host 127.0.0.1)")
     if save_dir is not None and not save_dir.is_dir():
         raise click.ClickException(f"--save-dir {save_dir}: no such folder")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     _open_checked(db_path, read_only).close()  # upgrades an older database once, before serving
-    app = create_app(ServerConfig(db_path, save_dir, read_only, users))
+    app = create_app(ServerConfig(db_path, save_dir, read_only, users, secure_cookie=tls_cert is not None))
     try:
         _probe(host, port)  # werkzeug would print its own text and exit; say it our way first
-        server = make_server(host, port, app, threaded=True)
+        server = make_server(host, port, app, threaded=True,
+                             ssl_context=(str(tls_cert), str(tls_key)) if tls_cert else None)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise click.ClickException(f"--port {port}: already in use on {host}: stop the other "
                                        "server or pass another --port") from None
         raise click.ClickException(f"--host {host} --port {port}: cannot listen ({error})") from None
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"edge-app: review page on http://{shown}:{server.server_port}/ "
+    if not is_loopback(host) and tls_cert is None:
+        click.echo("edge-app: warning: plain HTTP beyond this machine: passwords and results cross "
+                   "the network unencrypted; pass --tls-cert/--tls-key or use an SSH tunnel", err=True)
+    click.echo(f"edge-app: review page on http{'s' if tls_cert else ''}://{shown}:{server.server_port}/ "
                f"({'read-only, ' if read_only else ''}{'login required' if users else 'no login: this machine only'}); "
                "Ctrl+C to stop", err=True)
     try:

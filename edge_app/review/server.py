@@ -57,6 +57,7 @@ class ServerConfig:
     save_dir: Path | None = None
     read_only: bool = False
     users: dict[str, str] = field(default_factory=dict)  # name -> password hash; empty: no login
+    secure_cookie: bool = False  # HTTPS: the session cookie is sent over TLS only
     login_attempts: int = 5
     login_window_s: float = 300.0
 
@@ -74,6 +75,7 @@ def create_app(config: ServerConfig) -> Flask:
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="leukedge_review",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
+                      SESSION_COOKIE_SECURE=config.secure_cookie,
                       MAX_CONTENT_LENGTH=64 * 1024)
     app.json.sort_keys = False
     app.jinja_env.filters["fromjson"] = json.loads
