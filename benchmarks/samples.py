@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,9 +276,13 @@ def samples_command(model, data, data_root, split, limit_per_class, external, ex
     if min(len(rows) for rows in pool.clean.values()) < max(ks):
         raise click.ClickException(f"a class of the {split} split has fewer images than k={max(ks)}")
     rows = simulate(pool, DEFAULT_RULE, ks, trials, unfit_rate, foreign_rate, seed)
+    recorded = Counter(row.get("decision_rule") for rows in pool.clean.values() for row in rows
+                       if row.get("decision_rule")).most_common(1)
     frame_rule = ("legacy per-frame rule: the model has no OOD output, so no frame is 'unknown' and "
                   "foreign frames are caught only by confidence and disagreement" if pool.legacy
                   else "per-frame trust rule of the model (OOD + conformal)")
+    if recorded:
+        frame_rule += f" [{recorded[0][0]}]"
     header = (f"{pool.model} ({pool.model_sha256[:12]}), {eval_set.source}, {trials} samples per "
               f"row, seed {seed}; contaminated: unfit {unfit_rate:.0%}, foreign {foreign_rate:.0%} of fields")
     click.echo(header)
