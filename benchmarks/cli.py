@@ -171,6 +171,12 @@ def _register_subcommands() -> None:
     from leukedge.benchmarks.fidelity import fidelity_command
 
     main.add_command(fidelity_command, "fidelity")
+    from leukedge.benchmarks.samples import samples_command
+
+    main.add_command(samples_command, "samples")
+    from leukedge.benchmarks.review_server import review_server_command
+
+    main.add_command(review_server_command, "review-server")
     try:
         from leukedge.benchmarks.robustness import robustness_command
     except ImportError as error:

@@ -64,6 +64,8 @@ Examples:
   edge-app run --source slides/ --headless > results.jsonl
   edge-app run --source 0 --mode capture --sample-id S-0042
   edge-app export --db results.sqlite --csv results.csv
+  edge-app serve --db results.sqlite --save-dir frames
+  edge-app report S-0042 --db results.sqlite --out S-0042.pdf
   edge-app bench --model models/model_int8.tflite --images slides/
 """
 
@@ -91,7 +93,9 @@ def main() -> None:
 @click.option("--mode", type=click.Choice(["live", "capture"]), default="live", show_default=True,
               help="live: classify every frame. capture: on a trigger (sample ID + Enter on stdin, "
                    "Enter again, SIGUSR1, or c in the preview).")
-@click.option("--sample-id", default=None, help="Sample ID stored with each result.")
+@click.option("--sample-id", default=None, help="Sample ID: frames are filed under this sample (record created/updated).")
+@click.option("--operator", default=None, help="Sample field: who captured the sample (stored on its record).")
+@click.option("--site", default=None, help="Sample field: where the sample was captured (clinic, lab).")
 @click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=D.min_confidence,
               show_default=True, help="Below this top probability the answer is "
                                      "'uncertain: refer for expert review'.")
@@ -138,7 +142,7 @@ def main() -> None:
 @click.option("--db-sync", type=click.Choice(["normal", "full"]), default="normal", show_default=True,
               help="SQLite synchronous level: normal survives app crashes; full also power cuts (slower).")
 @click.option("-v", "--verbose", is_flag=True, help="More log lines on stderr.")
-def run(model, source, headless, db_path, save_dir, image_format, mode, sample_id, min_confidence,
+def run(model, source, headless, db_path, save_dir, image_format, mode, sample_id, operator, site, min_confidence,
         smooth, threads, runtime, allow_unverified, crop_fraction, max_frames, loop, preview,
         camera_size, camera_stream, lores_size, lores_format, exposure_us, gain, colour_gains,
         camera_retry_s, focus_min, dark_mean, bright_mean, clipped_max, empty_contrast, db_sync,
@@ -183,7 +187,9 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
                     "model_verified = 0", classifier.path.name)
     store = None
     try:
-        store = ResultStore(db_path, synchronous=db_sync.upper())
+        store = ResultStore(db_path, synchronous=db_sync.upper(), operator=operator, site=site)
+        if sample_id:
+            store.ensure_sample(sample_id)
         writer = FrameWriter(save_dir, image_format) if save_dir is not None else None
         if crop_fraction * min(camera.lores_size if camera.stream == "lores" else camera.size) \
                 < classifier.image_size and source.startswith("picamera2"):
@@ -205,22 +211,41 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
 @main.command()
 @click.option("--db", "db_path", type=click.Path(path_type=Path), required=True,
               help="The results database written by edge-app run.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="CSV file to write (owner-only; one p_<label> column per class).")
-def export(db_path: Path, csv_path: Path) -> None:
-    """Export every stored result to CSV.
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Frames CSV file to write (owner-only; one p_<label> column per class).")
+@click.option("--samples-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Samples CSV: one row per sample with its result, status and last review.")
+@click.option("--samples-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Samples JSON: every sample with its result and full review history.")
+def export(db_path: Path, csv_path: Path | None, samples_csv: Path | None, samples_json: Path | None) -> None:
+    """Export stored frames (CSV) and samples with results and reviews (CSV, JSON).
 
     \b
-    Example:
+    Examples:
       edge-app export --db results.sqlite --csv results.csv
+      edge-app export --db results.sqlite --samples-csv samples.csv --samples-json samples.json
     """
     from leukedge.edge_app.storage import StorageError, export_csv
 
+    if not (csv_path or samples_csv or samples_json):
+        raise click.UsageError("nothing to export: pass --csv, --samples-csv and/or --samples-json")
     try:
-        count = export_csv(db_path, csv_path)
+        if csv_path is not None:
+            count = export_csv(db_path, csv_path)
+            click.echo(f"edge-app: exported {count} result(s) from {db_path} to {csv_path}", err=True)
+        if samples_csv or samples_json:
+            from leukedge.edge_app.review.report import export_samples
+            from leukedge.edge_app.storage import connect
+
+            connection = connect(db_path)
+            try:
+                count = export_samples(connection, samples_csv, samples_json)
+            finally:
+                connection.close()
+            written = " and ".join(str(path) for path in (samples_csv, samples_json) if path)
+            click.echo(f"edge-app: exported {count} sample(s) from {db_path} to {written}", err=True)
     except StorageError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"edge-app: exported {count} result(s) from {db_path} to {csv_path}", err=True)
 
 
 @main.command()
@@ -293,3 +318,12 @@ def bench(models, images, frames, soak_frames, threads, allow_unverified, json_p
                    f"({growth:+.1f} MiB)")
     if json_path is not None:
         json_path.write_text(json_module.dumps(report, indent=2) + "\n")
+
+
+def _register_review_commands() -> None:
+    from leukedge.edge_app.review.commands import register
+
+    register(main)
+
+
+_register_review_commands()

@@ -1,0 +1,114 @@
+"""Reviewer accounts for the review page: a JSON file, owner-only, passwords hashed with scrypt.
+
+Without accounts the page is served on 127.0.0.1 only (the person at the Pi); with accounts it
+may listen on the network, and every page needs a login. Failed logins are rate-limited per
+client address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+USERS_FILE = "review-users.json"  # default: beside the database
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MIN_PASSWORD = 8
+HASH_METHOD = "scrypt"  # werkzeug's scrypt (n=2**15, r=8, p=1), salted
+# A dummy hash checked for unknown names, so a wrong name costs as long as a wrong password.
+_DUMMY = generate_password_hash("leukedge-not-a-password", method=HASH_METHOD)
+
+
+class UsersError(ValueError):
+    """The users file or a new account is unusable: the message names the file or rule."""
+
+
+def default_users_file(db_path: Path) -> Path:
+    return Path(db_path).parent / USERS_FILE
+
+
+def load_users(path: Path) -> dict[str, str]:
+    """{name: password hash}; {} when the file does not exist."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        users = data["users"]
+        if not isinstance(users, dict):
+            raise TypeError("users is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsersError(f"{path}: unreadable users file ({error}): fix it or remove it") from None
+    if os.stat(path).st_mode & 0o077:
+        raise UsersError(f"{path}: readable by other users: chmod 600 {path}")
+    return {str(name): str(entry["hash"]) for name, entry in users.items()}
+
+
+def add_user(path: Path, name: str, password: str) -> bool:
+    """Add or replace an account; True if it replaced one. Written atomically, mode 0600."""
+    if not NAME_PATTERN.match(name):
+        raise UsersError(f"user name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-'")
+    if len(password) < MIN_PASSWORD:
+        raise UsersError(f"password too short: at least {MIN_PASSWORD} characters")
+    users = load_users(path)
+    replaced = name in users
+    entries = {user: {"hash": hashed} for user, hashed in users.items()}
+    entries[name] = {"hash": generate_password_hash(password, method=HASH_METHOD)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".users-", suffix=".json")  # 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"format": 1, "users": entries}, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return replaced
+
+
+def verify(users: dict[str, str], name: str, password: str) -> bool:
+    hashed = users.get(name)
+    if hashed is None:
+        check_password_hash(_DUMMY, password)
+        return False
+    return check_password_hash(hashed, password)
+
+
+class LoginLimiter:
+    """At most `attempts` failed logins per client address within `window_s` seconds."""
+
+    def __init__(self, attempts: int = 5, window_s: float = 300.0):
+        self.attempts, self.window_s = attempts, window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(client, deque())
+        while failures and now - failures[0] > self.window_s:
+            failures.popleft()
+        return failures
+
+    def blocked_for(self, client: str) -> float:
+        """Seconds until this client may try again; 0 when it may now."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            if len(failures) < self.attempts:
+                return 0.0
+            return max(0.0, self.window_s - (now - failures[0]))
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client, time.monotonic()).append(time.monotonic())
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
