@@ -26,6 +26,8 @@ import pytest
 
 from conftest import BIN, REPO, run_cli
 
+# A real edge-app run, a review server and chromium per module: the slow lane.
+pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 MODEL = REPO / "models" / "model_int8.tflite"
 SAMPLES = {"S-ALPHA": "Pre", "S-BRAVO": "Benign"}  # sample -> class folder of its fields

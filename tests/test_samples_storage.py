@@ -305,6 +305,7 @@ def test_capture_mode_files_frames_under_sample_records(data_dir, tmp_path):
     assert filed == [("S-1", 2), ("S-2", 1)]
 
 
+@pytest.mark.slow  # an edge-bench simulation/timing job
 def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "samples.json"
     result = run_cli("edge-bench", "samples", "--model", MODEL, "--split", "val", "--limit-per-class", "12",
@@ -321,6 +322,7 @@ def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
     assert "k=5" in result.stdout and "| clean | 5 |" in result.stdout
 
 
+@pytest.mark.slow  # an edge-bench simulation/timing job
 def test_edge_bench_review_server_small(tmp_path):
     out = tmp_path / "review.json"
     run_cli("edge-bench", "review-server", "--model", MODEL, "--samples", "30", "--frames-per-sample", "5",
