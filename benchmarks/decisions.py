@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.edge_app import metadata as tflite_metadata
-from leukedge.edge_app.decision import LABEL, UNCERTAIN
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNFIT
 from leukedge.edge_app.runtime import Classifier, find_manifest_entry
 from leukedge.edge_app.settings import DecisionSettings
 from leukedge.edge_app.trust import OOD_OUTPUT, PROBABILITIES_OUTPUT, TRUST_FILE, TrustParams
 
 UNKNOWN = "unknown"  # the contract's decision kind for out-of-distribution frames (CONTRACTS.md 1)
-OUTCOMES = (LABEL, UNCERTAIN, UNKNOWN)
+OUTCOMES = (LABEL, UNCERTAIN, UNKNOWN, UNFIT)
 MAX_PROBABILITY_SCORE = "1 - max probability (the model has no OOD output)"
 
 

@@ -176,7 +176,8 @@ class OodRow(TypedDict):
     n: int
     auroc: float | None  # in-distribution test frames vs this folder, by the OOD score
     fpr_at_95_tpr: float | None  # share of this folder kept when 95% of test frames are kept
-    answered: float  # share of this folder's frames answered with a label by the decision rule
+    answered: float  # share of this folder's frames answered with a label (gate passed, rule answered)
+    outcome_shares: dict[str, float]  # label / uncertain / unknown / unfit shares
     answered_labels: dict[str, int]  # which labels those answers were
 
 
@@ -196,6 +197,6 @@ class TrustRow(TypedDict):
     conformal: dict | None  # coverage, mean_set_size, per_class (None without trust parameters)
     answered: float  # share of test frames answered with a label by the decision rule
     answered_accuracy: float | None  # accuracy of those answers
-    outcome_shares: dict[str, float]  # label / uncertain / unknown shares on the test frames
+    outcome_shares: dict[str, float]  # label / uncertain / unknown / unfit shares on the test frames
     risk_coverage: dict  # coverage and accuracy arrays (answer the most confident first)
     ood: list[OodRow]

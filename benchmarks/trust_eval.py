@@ -28,11 +28,12 @@ from leukedge.benchmarks.decisions import (
     outcome_shares,
     trust_params,
 )
-from leukedge.benchmarks.evaluation import EvalSet, label_indices, load_prepared
+from leukedge.benchmarks.evaluation import EvalSet, label_indices, load_rgb_images
 from leukedge.benchmarks.models import ModelEntry
 from leukedge.benchmarks.schema import OodRow, TrustRow
-from leukedge.edge_app.decision import LABEL
+from leukedge.edge_app.decision import LABEL, UNFIT
 from leukedge.edge_app.imaging import ImageDecodeError, is_image_file, load_rgb, prepare
+from leukedge.edge_app.quality import assess
 from leukedge.edge_app.runtime import Classifier
 from leukedge.edge_app.trust import TrustParams
 
@@ -49,6 +50,7 @@ class OodFolder:
     files: list[Path]
     images: list[np.ndarray]  # decoded uint8 RGB at their stored size
     skipped: int  # files that did not decode
+    unfit: np.ndarray  # per image: the app's quality gate rejects it (never answered)
 
 
 def read_ood_folder(folder: Path) -> OodFolder:
@@ -70,17 +72,29 @@ def read_ood_folder(folder: Path) -> OodFolder:
             skipped += 1
     if not images:
         raise TrustBenchError(f"--ood {folder}: none of its {len(files)} image file(s) could be read")
-    return OodFolder(folder, files, images, skipped)
+    return OodFolder(folder, files, images, skipped, np.array([not assess(i).ok for i in images], dtype=bool))
+
+
+def _with_gate(kinds: np.ndarray, unfit: np.ndarray | None) -> np.ndarray:
+    """The app never answers a frame its quality gate calls unfit."""
+    if unfit is None:
+        return kinds
+    kinds = kinds.copy()
+    kinds[np.asarray(unfit, dtype=bool)] = UNFIT
+    return kinds
 
 
 def evaluate_arrays(probabilities: np.ndarray, y: np.ndarray, labels: Sequence[str], model_scores: np.ndarray | None,
                     trust: TrustParams | None, ood: dict[str, tuple[np.ndarray, np.ndarray | None]],
-                    model: str = "", variant: str = "", name: str = "") -> TrustRow:
+                    model: str = "", variant: str = "", name: str = "", unfit: np.ndarray | None = None,
+                    ood_unfit: dict[str, np.ndarray] | None = None) -> TrustRow:
     """Every figure of one model from its outputs: in-distribution (probabilities, y, scores) and,
-    per OOD folder, (probabilities, scores). Pure numpy: no model runs here."""
+    per OOD folder, (probabilities, scores). `unfit` masks: frames the app's quality gate rejects
+    (never answered). Pure numpy: no model runs here."""
     rule = DecisionRule(trust)
     scores, score_kind = ood_scores(probabilities, model_scores)
     kinds, answer = rule.decide(probabilities, model_scores)
+    kinds = _with_gate(kinds, unfit)
     answered = kinds == LABEL
     conformal = None
     if trust is not None:
@@ -91,11 +105,13 @@ def evaluate_arrays(probabilities: np.ndarray, y: np.ndarray, labels: Sequence[s
     for folder, (folder_probabilities, folder_model_scores) in ood.items():
         folder_scores, _ = ood_scores(folder_probabilities, folder_model_scores)
         folder_kinds, folder_answer = rule.decide(folder_probabilities, folder_model_scores)
+        folder_kinds = _with_gate(folder_kinds, (ood_unfit or {}).get(folder))
         labelled = Counter(labels[i] for i in folder_answer[folder_kinds == LABEL])
         ood_rows.append(OodRow(folder=folder, n=len(folder_probabilities),
                                auroc=calibration.auroc(scores, folder_scores),
                                fpr_at_95_tpr=calibration.fpr_at_tpr(scores, folder_scores, 0.95),
                                answered=float(np.mean(folder_kinds == LABEL)) if len(folder_kinds) else 0.0,
+                               outcome_shares=outcome_shares(folder_kinds),
                                answered_labels=dict(labelled.most_common())))
     correct = probabilities.argmax(axis=1) == y
     return TrustRow(
@@ -120,14 +136,16 @@ def evaluate_model(entry: ModelEntry, eval_set: EvalSet, folders: Sequence[OodFo
     outputs = ModelOutputs(classifier)
     trust = trust_params(entry.path, classifier)
     y = label_indices(eval_set, classifier.labels)
-    prepared = load_prepared(eval_set, classifier.image_size, progress=progress)
-    probabilities, model_scores = outputs.run_all(prepared)
-    ood = {}
+    images = load_rgb_images(eval_set, progress=progress)
+    probabilities, model_scores = outputs.run_all(np.stack([prepare(i, classifier.image_size) for i in images]))
+    unfit = np.array([not assess(image).ok for image in images], dtype=bool)
+    ood, ood_unfit = {}, {}
     for folder in folders:
         pixels = np.stack([prepare(image, classifier.image_size) for image in folder.images])
         ood[folder.path.name] = outputs.run_all(pixels)
+        ood_unfit[folder.path.name] = folder.unfit
     return evaluate_arrays(probabilities, y, classifier.labels, model_scores, trust, ood,
-                           str(entry.path), classifier.variant or entry.variant, entry.name)
+                           str(entry.path), classifier.variant or entry.variant, entry.name, unfit, ood_unfit)
 
 
 # --- reports --------------------------------------------------------------------------------
@@ -153,18 +171,19 @@ def tables(rows: Sequence[TrustRow], markdown: bool = False) -> str:
             _num(conformal["mean_set_size"], 3) if conformal else "-",
             _pct(row["answered"]), _pct(row["answered_accuracy"], 2),
             _pct(row["outcome_shares"]["uncertain"]), _pct(row["outcome_shares"]["unknown"]),
+            _pct(row["outcome_shares"]["unfit"]),
         ])
     out = [format_table(["model", "variant", "n", "accuracy", "ECE", "NLL", "Brier", "coverage", "set size",
-                         "answered", "answered right", "uncertain", "unknown"], calibration_rows, markdown)]
+                         "answered", "answered right", "uncertain", "unknown", "unfit"], calibration_rows, markdown)]
     per_class = [[row["name"], label, str(v["n"]), _pct(v["coverage"], 2), _num(v["mean_set_size"], 3)]
                  for row in rows if row["conformal"] for label, v in row["conformal"]["per_class"].items()]
     if per_class:
         out += ["", format_table(["model", "class", "n", "coverage", "set size"], per_class, markdown)]
     ood_rows = [[row["name"], o["folder"], str(o["n"]), _num(o["auroc"], 4), _pct(o["fpr_at_95_tpr"]),
-                 _pct(o["answered"]), ", ".join(f"{k} {v}" for k, v in o["answered_labels"].items()) or "-"]
+                 _pct(o["answered"]), _pct(o["outcome_shares"]["unfit"]), ", ".join(f"{k} {v}" for k, v in o["answered_labels"].items()) or "-"]
                 for row in rows for o in row["ood"]]
     if ood_rows:
-        out += ["", format_table(["model", "OOD folder", "n", "AUROC", "FPR@95%TPR", "answered", "answered as"],
+        out += ["", format_table(["model", "OOD folder", "n", "AUROC", "FPR@95%TPR", "answered", "unfit", "answered as"],
                                  ood_rows, markdown)]
     notes = []
     for row in rows:
