@@ -151,6 +151,7 @@ def bench_model(model: Path, images: Sequence[Path], settings: AppBenchSettings,
                             runtime=runtime, frames=settings.frames, repeats=settings.repeats, stage_ms=stage_ms,
                             frame_ms=float(np.median([p["frame_ms"] for p in done])),
                             invoke_ms=float(np.median([p["invoke_ms"] for p in done])),
+                            overhead_ms=float(np.median([p["frame_ms"] - p["invoke_ms"] for p in done])),
                             ratio=float(np.median(ratios)), ratios=[round(r, 4) for r in ratios],
                             fps=settings.frames * len(done) / seconds if seconds else 0.0))
     return rows
@@ -206,14 +207,15 @@ def soak(model: Path, images: str, frames: int, threads: int | None, warmup: int
 def table(rows: Sequence[AppRow], markdown: bool = False) -> str:
     from leukedge.benchmarks.report import format_table
 
-    headers = ["model", "variant", "path", *[f"{s} ms" for s in APP_STAGES], "frame ms", "invoke ms",
-               "frame/invoke", "range", "FPS"]
+    headers = ["model", "variant", "path", *[f"{s} ms" for s in APP_STAGES], "frame ms", "bare invoke ms",
+               "overhead ms", "frame/invoke", "range", "FPS"]
     cells = []
     for row in rows:
         cells.append([f"{Path(row['model']).parent.name}/{Path(row['model']).name}", row["variant"] or "-",
                       row["path"],
                       *["-" if row["stage_ms"][s] is None else f"{row['stage_ms'][s]:.3f}" for s in APP_STAGES],
-                      f"{row['frame_ms']:.3f}", f"{row['invoke_ms']:.3f}", f"**{row['ratio']:.2f}**" if markdown
+                      f"{row['frame_ms']:.3f}", f"{row['invoke_ms']:.3f}", f"{row['overhead_ms']:.3f}",
+                      f"**{row['ratio']:.2f}**" if markdown
                       else f"{row['ratio']:.2f}", f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}",
                       f"{row['fps']:.1f}"])
     return format_table(headers, cells, markdown=markdown)

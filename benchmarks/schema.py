@@ -122,6 +122,7 @@ class AppRow(TypedDict):
     stage_ms: dict[str, float | None]  # median per stage (median over repeats of per-repeat medians)
     frame_ms: float  # median per-frame total of the app's work (all stages)
     invoke_ms: float  # median bare interpreter.invoke(), measured right after each frame
+    overhead_ms: float  # frame_ms - invoke_ms (median over repeats): what the app adds per frame
     ratio: float  # frame_ms / invoke_ms: the median over repeats of each repeat's ratio
     ratios: list[float]  # each repeat's ratio, to show the spread
     fps: float  # frames per second of the app's work alone
