@@ -60,6 +60,7 @@ class _StageClock:
 
     def __init__(self) -> None:
         self.frame: dict[str, float] = {}
+        self.wrapped: list[tuple[object, str]] = []
 
     def wrap(self, owner: object, method: str, stage: str) -> None:
         original = getattr(owner, method)
@@ -73,6 +74,13 @@ class _StageClock:
                 self.frame[stage] = self.frame.get(stage, 0.0) + (clock() - started) * 1000.0
 
         setattr(owner, method, timed)  # an instance attribute: shadows the class's method
+        self.wrapped.append((owner, method))
+
+    def unwrap(self) -> None:
+        """Remove the wrappers (the classifier outlives a pass: wrappers must not pile up)."""
+        for owner, method in self.wrapped:
+            delattr(owner, method)
+        self.wrapped.clear()
 
 
 def _pass(classifier: Classifier, path: str, frames: Sequence, count: int, warmup: int) -> dict:
@@ -116,6 +124,7 @@ def _pass(classifier: Classifier, path: str, frames: Sequence, count: int, warmu
                 totals.append(total)
                 invokes.append(bare)
         finally:
+            stages.unwrap()
             store.close()
     return {
         "stage_ms": {stage: (float(np.median(values)) if values and None not in values else None)
