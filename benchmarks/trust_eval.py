@@ -194,7 +194,8 @@ def tables(rows: Sequence[TrustRow], markdown: bool = False) -> str:
 
 
 def plot_reliability(rows: Sequence[TrustRow], path: Path) -> None:
-    """One panel per model: accuracy per confidence bin against the diagonal, bin counts below."""
+    """One panel per model: accuracy per confidence bin (blue) and its mean confidence (red hatched
+    outline) against the diagonal; the number of frames in each bin at its foot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,9 +206,11 @@ def plot_reliability(rows: Sequence[TrustRow], path: Path) -> None:
         bins = [b for b in row["reliability"] if b["n"]]
         width = 1.0 / len(row["reliability"])
         axis.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
-                 edgecolor="black", alpha=0.7, label="accuracy")
-        axis.bar([b["lower"] for b in bins], [b["confidence"] - b["accuracy"] for b in bins], width=width,
-                 bottom=[b["accuracy"] for b in bins], align="edge", color="red", alpha=0.3, label="gap")
+                 color="tab:blue", edgecolor="black", alpha=0.6, label="accuracy in the bin")
+        # Mean confidence per bin as a hatched outline: where it is above the blue bar the model is
+        # overconfident there, below it underconfident.
+        axis.bar([b["lower"] for b in bins], [b["confidence"] for b in bins], width=width, align="edge",
+                 fill=False, edgecolor="red", hatch="//", linewidth=0.8, label="mean confidence")
         axis.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         for b in bins:
             axis.annotate(str(b["n"]), (b["lower"] + width / 2, 0.02), ha="center", fontsize=6)
