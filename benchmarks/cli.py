@@ -65,6 +65,8 @@ def main() -> None:
     edge-bench runs/conv --min-accuracy 0.99                 # a release gate (exit 3 below it)
     edge-bench robustness --help                             # accuracy under field shifts
     edge-bench fidelity runs/conv                            # latency vs LiteRT's own tool
+    edge-bench app models --json app.json                    # the Pi app's per-frame cost
+    edge-bench trust models --ood ../shared/data/external/bccd-fields   # calibration, OOD
 
     `edge-bench run --help` lists the benchmark's options.
     """
@@ -168,22 +170,20 @@ def exit_code(result, min_accuracy: float | None) -> int:
 
 
 def _register_subcommands() -> None:
+    from leukedge.benchmarks.app_cli import app_command
     from leukedge.benchmarks.fidelity import fidelity_command
+    from leukedge.benchmarks.robustness.cli import robustness_command
+    from leukedge.benchmarks.trust_cli import trust_command
 
     main.add_command(fidelity_command, "fidelity")
+    from leukedge.benchmarks.review_server import review_server_command
     from leukedge.benchmarks.samples import samples_command
 
     main.add_command(samples_command, "samples")
-    from leukedge.benchmarks.review_server import review_server_command
-
     main.add_command(review_server_command, "review-server")
-    try:
-        from leukedge.benchmarks.robustness import robustness_command
-    except ImportError as error:
-        if error.name != "leukedge.benchmarks.robustness":  # it exists but is broken: say so loudly
-            raise
-        return
     main.add_command(robustness_command, "robustness")
+    main.add_command(app_command, "app")
+    main.add_command(trust_command, "trust")
 
 
 _register_subcommands()

@@ -34,6 +34,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set flags that decide which XNNPACK kernels run: without VNNI (avx512_vnni or
+# avx_vnni on x86, asimddp "dotprod" on ARM) int8 convolutions gain little over fp16/fp32.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+              "amx_int8", "neon", "asimd", "asimdhp", "asimddp", "fphp")
+
+
+def simd_flags() -> list[str]:
+    """Which of SIMD_FLAGS this CPU has (from /proc/cpuinfo 'flags' or 'Features')."""
+    info = _read("/proc/cpuinfo") or ""
+    present: set[str] = set()
+    for line in info.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features") and ":" in line:
+            present.update(line.split(":", 1)[1].split())
+    return [flag for flag in SIMD_FLAGS if flag in present]
+
+
 def board_state() -> dict:
     """Governor, SoC temperature (deg C) and throttling flags now; None where not available."""
     temperature = _read("/sys/class/thermal/thermal_zone0/temp")
@@ -81,6 +97,7 @@ def describe_environment() -> dict:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "simd": simd_flags(),
         "machine": platform.machine(),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+from leukedge.benchmarks.environment import SIMD_FLAGS
 from leukedge.benchmarks.runner import BenchResult
+from leukedge.benchmarks.schema import bench_row, flat_row
 
 # (header, how to get the cell from a row); one definition for the console and Markdown tables.
 COLUMNS = (
@@ -30,6 +32,21 @@ def _num(value, factor: float, digits: int, suffix: str = "") -> str:
     return "-" if value is None else f"{value * factor:.{digits}f}{suffix}"
 
 
+def format_table(headers: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """A table of strings: Markdown (`| a | b |`) or aligned columns for the console.
+
+    The one table formatter of every edge-bench command (run, app, trust).
+    """
+    if markdown:
+        out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(out + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)
+
+
 def _cells(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     return [name for name, _ in COLUMNS], [[cell(row) for _, cell in COLUMNS] for row in result.rows]
 
@@ -38,6 +55,8 @@ def environment_lines(result: BenchResult) -> list[str]:
     env = result.environment
     lines = [f"{env['cpu']} ({env['cores']} cores, {env['machine']}), {env['os']}, Python {env['python']}, "
              f"{env['runtime']} {env['runtime_version']}"]
+    if env.get("simd") is not None:
+        lines.append("SIMD: " + (" ".join(env["simd"]) or "none of " + ", ".join(SIMD_FLAGS[:4])))
     if env.get("board_model"):
         lines.append(f"board: {env['board_model']}")
     for when in ("before", "after"):
@@ -51,11 +70,7 @@ def environment_lines(result: BenchResult) -> list[str]:
 
 
 def console_table(result: BenchResult) -> str:
-    headers, rows = _cells(result)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = environment_lines(result) + ["", line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    out = environment_lines(result) + ["", format_table(*_cells(result))]
     for row in result.failed:
         out.append(f"{row['name']} ({row['threads']} thread(s)) failed: {row['error']}")
     out += [f"note: {note}" for note in result.notes]
@@ -70,40 +85,18 @@ def write_json(result: BenchResult, path: Path) -> None:
     Path(path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
-def flat_row(row: dict, labels: list[str]) -> dict:
-    flat = {k: row[k] for k in ("model", "name", "variant", "threads", "status", "error", "size_bytes",
-                                "accuracy", "macro_f1", "agreement", "fps", "peak_rss_mb", "model_rss_mb",
-                                "runs", "n_images", "runtime")}
-    flat.update({f"latency_{k}_ms": v for k, v in row["latency_ms"].items()})
-    flat.update({f"end_to_end_{k}_ms": v for k, v in row["end_to_end_ms"].items()})
-    flat.update({f"recall_{label}": (row["per_class_recall"] or {}).get(label) for label in labels})
-    return flat
-
-
 def write_csv(result: BenchResult, path: Path) -> None:
     labels = (result.data or {}).get("labels") or []
     rows = [flat_row(row, labels) for row in result.to_json()["rows"]]
     with open(path, "w", newline="") as handle:
-        fields = list(rows[0]) if rows else list(flat_row(_blank_row(), labels))
+        fields = list(rows[0]) if rows else list(flat_row(bench_row(), labels))
         writer = csv.DictWriter(handle, fields)
         writer.writeheader()
         writer.writerows(rows)
 
 
-def _blank_row() -> dict:
-    from leukedge.benchmarks.runner import EMPTY_END_TO_END, EMPTY_LATENCY
-
-    return {"model": None, "name": None, "variant": None, "threads": None, "status": None, "error": None,
-            "size_bytes": None, "accuracy": None, "macro_f1": None, "agreement": None, "fps": None,
-            "peak_rss_mb": None, "model_rss_mb": None, "runs": None, "n_images": None, "runtime": None,
-            "latency_ms": EMPTY_LATENCY, "end_to_end_ms": EMPTY_END_TO_END, "per_class_recall": {}}
-
-
 def markdown(result: BenchResult) -> str:
-    headers, rows = _cells(result)
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
-    out.append("")
+    out = [format_table(*_cells(result), markdown=True), ""]
     out += [f"- {line}" for line in environment_lines(result)]
     out += [f"- {row['name']} ({row['threads']} thread(s)) failed: {row['error']}" for row in result.failed]
     out += [f"- note: {note}" for note in result.notes]

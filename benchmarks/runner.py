@@ -22,9 +22,7 @@ import numpy as np
 from leukedge.benchmarks.environment import board_state, describe_environment
 from leukedge.benchmarks.evaluation import EvalSet, agreement, label_indices, score
 from leukedge.benchmarks.models import ModelEntry
-
-EMPTY_LATENCY = {key: None for key in ("init", "first", "mean", "std", "min", "p50", "p90", "p99")}
-EMPTY_END_TO_END = {"mean": None, "p50": None, "p90": None}
+from leukedge.benchmarks.schema import WORKER_KEYS, BenchRow, bench_row, public
 
 
 @dataclass
@@ -48,7 +46,7 @@ class BenchResult:
     wall_s: float = 0.0
 
     def to_json(self) -> dict:
-        rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in self.rows]
+        rows = [public(row) for row in self.rows]
         return {"environment": self.environment, "settings": self.settings, "data": self.data,
                 "notes": self.notes, "interrupted": self.interrupted, "wall_s": self.wall_s, "rows": rows}
 
@@ -69,17 +67,12 @@ def group_key(entry: ModelEntry) -> str:
     return str(entry.path.parent.resolve())
 
 
-def _empty_row(entry: ModelEntry, threads: int) -> dict:
-    return {
-        "model": str(entry.path), "name": entry.name, "variant": entry.variant, "kind": entry.kind,
-        "threads": threads, "status": "failed", "error": None,
-        "size_bytes": entry.path.stat().st_size if entry.path.is_file() else None,
-        "accuracy": None, "macro_f1": None, "per_class_recall": None, "agreement": None,
-        "agreement_reference": None, "n_images": None, "latency_ms": dict(EMPTY_LATENCY),
-        "end_to_end_ms": dict(EMPTY_END_TO_END), "fps": None, "runs": None, "peak_rss_mb": None,
-        "model_rss_mb": None, "runtime": None, "labels": None, "_group": group_key(entry),
-        "_rank": entry.precision_rank,
-    }
+def _empty_row(entry: ModelEntry, threads: int) -> BenchRow:
+    row = bench_row(str(entry.path), entry.name, entry.variant, entry.kind, threads,
+                    entry.path.stat().st_size if entry.path.is_file() else None)
+    # The runner's bookkeeping, never written out (see schema.public).
+    row.update(_group=group_key(entry), _rank=entry.precision_rank)  # type: ignore[typeddict-unknown-key]
+    return row
 
 
 def run_worker(spec: dict, workdir: Path, timeout_s: float) -> tuple[dict, np.ndarray | None]:
@@ -122,7 +115,7 @@ def measure_row(entry: ModelEntry, threads: int, eval_set: EvalSet | None, setti
     row = _empty_row(entry, threads)
     result, probabilities = run_worker(_spec(entry, threads, eval_set, settings, cache_dir), cache_dir,
                                        settings.row_timeout_s)
-    row.update({k: v for k, v in result.items() if k in row or k in ("peak_rss_method", "image_size")})
+    row.update({k: v for k, v in result.items() if k in WORKER_KEYS})
     if row["status"] == "ok" and eval_set is not None and probabilities is not None:
         predictions = probabilities.argmax(axis=1)
         scores = score(label_indices(eval_set, row["labels"]), predictions, row["labels"])

@@ -1,6 +1,6 @@
 """Measure one row (one model at one thread count) in a fresh process.
 
-`python -m benchmarks.worker SPEC.json RESULT.json`. A fresh process per row makes the peak
+`python -P -m leukedge.benchmarks.worker SPEC.json RESULT.json`. A fresh process per row makes the peak
 RSS that model's own, and a model that crashes the interpreter (a truncated file can) costs
 only its row. The parent (`benchmarks.runner`) writes the spec and reads the result; the
 probabilities go to RESULT.npy for the parent to score.
@@ -18,6 +18,7 @@ import numpy as np
 
 from leukedge.benchmarks import measure
 from leukedge.benchmarks.evaluation import LabelMismatchError, label_indices
+from leukedge.benchmarks.schema import END_TO_END_KEYS, WORKER_KEYS, empty_end_to_end
 from leukedge.edge_app.imaging import ImageDecodeError, load_rgb, prepare
 from leukedge.edge_app.runtime import Classifier, ModelError
 from leukedge.train.dataset import DatasetError, Sample, load_pixels
@@ -147,11 +148,11 @@ def measure_here(spec: dict, result_path: Path) -> dict:
             model.classify_prepared(prepare(load_rgb(path), model.image_size))
             end_to_end.append((time.perf_counter() - begin) * 1000.0)
         summary = measure.summarize(end_to_end)
-        result["end_to_end_ms"] = {key: summary[key] for key in ("mean", "p50", "p90")}
+        result["end_to_end_ms"] = {key: summary[key] for key in END_TO_END_KEYS}
         probabilities = model.predict_all(_cached_pixels(spec, model.image_size))
         np.save(result_path.with_suffix(".npy"), probabilities.astype(np.float32))
     else:
-        result["end_to_end_ms"] = {"mean": None, "p50": None, "p90": None}
+        result["end_to_end_ms"] = empty_end_to_end()
     return result
 
 
@@ -168,7 +169,8 @@ def main(argv: list[str]) -> int:
         last = traceback.extract_tb(error.__traceback__)[-1]
         result = {"status": "failed", "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''} "
                                                f"({Path(last.filename).name}:{last.lineno})"}
-    result_path.write_text(json.dumps(result))
+    # Only the fields the row schema knows travel back (schema.WORKER_KEYS).
+    result_path.write_text(json.dumps({key: result[key] for key in WORKER_KEYS if key in result}))
     return 0
 
 

@@ -1,6 +1,6 @@
 """The app loop: frames in, quality gate, classification, decision, storage, output.
 
-`FrameProcessor` is one frame's work (also timed stage by stage by `edge-app bench`);
+`FrameProcessor` is one frame's work (also timed stage by stage by `edge-bench app`);
 `App.run()` drives it from a source in live or capture mode, survives camera failures with
 retry and backoff, and shuts down cleanly on SIGINT/SIGTERM with every committed result intact.
 """

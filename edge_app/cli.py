@@ -66,7 +66,8 @@ Examples:
   edge-app export --db results.sqlite --csv results.csv
   edge-app serve --db results.sqlite --save-dir frames
   edge-app report S-0042 --db results.sqlite --out S-0042.pdf
-  edge-app bench --model models/model_int8.tflite --images slides/
+
+The app's per-frame cost is measured by `edge-bench app` (benchmarks).
 """
 
 
@@ -246,78 +247,6 @@ def export(db_path: Path, csv_path: Path | None, samples_csv: Path | None, sampl
             click.echo(f"edge-app: exported {count} sample(s) from {db_path} to {written}", err=True)
     except StorageError as error:
         raise click.ClickException(str(error)) from None
-
-
-@main.command()
-@click.option("--model", "models", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="A .tflite file, or an edge-convert folder (every variant in its manifest). Repeatable. "
-                   "Default: the released model.")
-@click.option("--images", required=True,
-              help="Image file, folder or quoted glob to feed through the pipeline (replayed in a loop).")
-@click.option("--frames", type=click.IntRange(10), default=300, show_default=True,
-              help="Timed frames per model (after 20 warm-up frames).")
-@click.option("--soak", "soak_frames", type=click.IntRange(0), default=0, show_default=True,
-              help="Also run the real app loop over this many frames of the first model (e.g. 5000) "
-                   "and report RSS at start and end.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.")
-@click.option("--allow-unverified", is_flag=True, help="Bench models that do not match their manifest.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the figures as JSON here.")
-def bench(models, images, frames, soak_frames, threads, allow_unverified, json_path) -> None:
-    """Per-frame cost of the app pipeline vs the raw interpreter, FPS per variant, and a soak run.
-
-    Prints, per model, the median ms of decode, quality gate, preprocessing, inference and
-    storage (decision + SQLite commit), the median raw interpreter.invoke() measured in the
-    same run, their ratio (target <= 1.3 for the int8 model) and pipeline FPS.
-
-    \b
-    Examples:
-      edge-app bench --model models/ --images ../shared/data/all-leukemia/Original --soak 5000
-      edge-app bench --model model_int8.tflite --images 'slides/*.jpg' --frames 500 --json bench.json
-    """
-    import json as json_module
-
-    from leukedge.edge_app.bench import bench_model, find_models, format_table, soak
-    from leukedge.edge_app.runtime import ModelError, default_model_path
-    from leukedge.edge_app.sources import SourceError
-    from leukedge.edge_app.sources.files import list_images
-
-    setup_logging(False)
-    paths = find_models(models) if models else [m for m in [default_model_path()] if m is not None]
-    if not paths:
-        raise click.ClickException("no --model given and no released model in models/: pass --model")
-    try:
-        image_files = list_images(images)
-    except SourceError as error:
-        raise click.ClickException(str(error).replace("--source", "--images")) from None
-    results = []
-    for path in paths:
-        log.info("benchmarking %s on %d image(s), %d frames", path, len(image_files), frames)
-        try:
-            results.append(bench_model(path, image_files, frames, threads, allow_unverified=allow_unverified))
-        except ModelError as error:  # one bad model must not hide the others' figures
-            log.warning("skipped %s: %s", path, error)
-    if not results:
-        raise click.ClickException("no model could be benchmarked")
-    click.echo(format_table(results))
-    for result in results:
-        if result.variant == "int8":
-            verdict = "meets" if result.ratio <= 1.3 else "misses"
-            click.echo(f"int8 app/invoke ratio {result.ratio:.2f} {verdict} the 1.3 target "
-                       f"({result.app_ms:.3f} ms vs {result.invoke_ms:.3f} ms, {result.runtime}, "
-                       f"{result.threads} thread(s))")
-    report = {"frames": frames, "images": images, "results": [r.as_dict() for r in results]}
-    if soak_frames:
-        log.info("soak: %d frames through the app loop with %s", soak_frames, paths[0])
-        outcome = soak(paths[0], images, soak_frames, threads, allow_unverified=allow_unverified)
-        report["soak"] = outcome.as_dict()
-        growth = (outcome.rss_end_mib or 0) - (outcome.rss_start_mib or 0)
-        click.echo(f"soak: {outcome.frames} frames in {outcome.seconds:.1f} s "
-                   f"({outcome.frames / outcome.seconds:.0f} FPS), {outcome.stored} results stored, "
-                   f"RSS {outcome.rss_start_mib:.1f} MiB at start -> {outcome.rss_end_mib:.1f} MiB at end "
-                   f"({growth:+.1f} MiB)")
-    if json_path is not None:
-        json_path.write_text(json_module.dumps(report, indent=2) + "\n")
 
 
 def _register_review_commands() -> None:

@@ -307,7 +307,7 @@ def test_edge_app_runs_where_tensorflow_cannot_be_imported(model, slides, tmp_pa
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
     modules = subprocess.run([str(BIN / "python"), "-c",
                               "import sys, leukedge.edge_app.cli, leukedge.edge_app.app, leukedge.edge_app.sources.picamera, "
-                              "leukedge.edge_app.sources.opencv, leukedge.edge_app.bench; "
+                              "leukedge.edge_app.sources.opencv, leukedge.benchmarks.app, leukedge.benchmarks.trust_cli; "
                               "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"],
                              capture_output=True, text=True, env={**os.environ, **env})
     assert modules.returncode == 0 and modules.stdout.strip() == "[]", modules.stderr

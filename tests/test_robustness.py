@@ -159,6 +159,24 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
         clean = rows[(model["variant"], "clean", 0)]
         assert clean["accuracy"] == pytest.approx(float(np.mean(correct)))
         assert clean["n"] == len(expected)
+        # What the app would do with the clean frames: the tiny model has no trust parameters, so
+        # the legacy rule (top probability >= 0.80, quality gate passed) decides.
+        assert model["decision_rule"] == clean["decision_rule"] == \
+            "legacy min-confidence 0.80 (model has no trust parameters)"
+        outcomes = []
+        for i in report["images"]:
+            image = images[i["path"]]
+            p = classifier.classify(image)
+            answered = assess(image).ok and p.max() >= 0.80
+            outcomes.append("referred" if not answered else
+                            "right" if classifier.labels[int(p.argmax())] == i["label"] else "wrong")
+        assert clean["answered_right"] == pytest.approx(outcomes.count("right") / len(outcomes))
+        assert clean["answered_wrong"] == pytest.approx(outcomes.count("wrong") / len(outcomes))
+        assert clean["referred"] == pytest.approx(outcomes.count("referred") / len(outcomes))
+        for row in (r for r in report["rows"] if r["variant"] == model["variant"]):
+            assert row["answered_right"] + row["answered_wrong"] + row["referred"] == pytest.approx(1.0)
+            assert row["uncertain"] + row["unknown"] + row["unfit"] == pytest.approx(row["referred"])
+            assert row["unfit"] == row["gate_reject_fraction"] and row["unknown"] == 0.0
         for row in (r for r in report["rows"] if r["variant"] == model["variant"]):
             matrix = np.array(row["confusion_matrix"])
             assert matrix.sum() == row["n"] and np.trace(matrix) / row["n"] == pytest.approx(row["accuracy"])
@@ -189,6 +207,8 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
     for name in SHIFTS:
         assert f"| {name} | 5 |" in markdown
     assert "| clean | 0 |" in result.stdout
+    assert "answered right / answered wrong / referred" in markdown
+    assert {"answered_right", "answered_wrong", "referred"} <= set(csv_rows[0])
     for png in (out["r.png"], out["m.png"]):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
