@@ -190,7 +190,9 @@ def convert(config: ConvertConfig, echo=print) -> dict:
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "leukedge_version": leukedge_version(),
         "source_model": {"file": model_path.name, "sha256": source_sha, "bytes": len(model_bytes)},
-        "data_dir": str(root),
+        # Relative to the manifest's folder: an absolute path of the build machine means nothing
+        # on another one (readers resolve it against the manifest's folder).
+        "data_dir": os.path.relpath(Path(root).resolve(), Path(config.out_dir).resolve()),
         "split_file": "split.csv",
         "labels": labels,
         "image_size": size,

@@ -12,6 +12,7 @@ sha256 like any other released model. Called by scripts/release.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def add(converted: Path, models: Path, run: Path, default_run: Path) -> None:
                             "int8 weights and activations: the faster, smaller model",
              "alpha": settings["alpha"], "image_size": source["image_size"],
              "source_model": source["source_model"], "reference": source["reference"],
-             "calibration": source["calibration"], "run": str(run),
+             "calibration": source["calibration"], "run": os.path.relpath(run),
              "settings_differing_from_default": differences(settings, training_settings(default_run))}
     shutil.copyfile(converted / "model_int8.tflite", models / (FAST_FILE + ".tmp"))
     (models / (FAST_FILE + ".tmp")).replace(models / FAST_FILE)
