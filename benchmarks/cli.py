@@ -151,6 +151,9 @@ def _register_subcommands() -> None:
     from leukedge.benchmarks.fidelity import fidelity_command
 
     main.add_command(fidelity_command, "fidelity")
+    from leukedge.benchmarks.unattended import unattended_command
+
+    main.add_command(unattended_command, "unattended")
     try:
         from leukedge.benchmarks.robustness import robustness_command
     except ImportError as error:
