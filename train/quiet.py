@@ -22,7 +22,7 @@ import warnings
 
 # A line of absl / TensorFlow C++ logging: "E0000 00:00:1733... 123 file.cc:45] text" (I/W/E;
 # fatal F lines are kept: they explain a crash).
-CPP_LOG_LINE = re.compile(rb"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
+CPP_LOG_LINE = re.compile(rb"^[IWE]\d{4} [\d:]+\.\d+\s+\d+ \S+:\d+\] ")
 NOISE = (
     rb"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     rb"oneDNN custom operations are on",
