@@ -180,7 +180,7 @@ def test_picamera2_lores_yuv420_stream_with_padded_stride(model, slides, tmp_pat
     env = fake_camera_env(slides, FAKE_PICAMERA2_BOARD="pi4")
     result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
                       "--camera-stream", "lores", "--lores-size", "300x224", "--camera-size", "600x448",
-                      "--save-dir", frames, "--max-frames", "4", env=env)
+                      "--save-dir", frames, "--save-policy", "all", "--max-frames", "4", env=env)
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert len(stored) == 4 and all(row["quality_ok"] == 1 for row in stored)
@@ -219,7 +219,8 @@ def test_signal_mid_run_leaves_a_consistent_database(model, slides, tmp_path, si
     db = tmp_path / "r.sqlite"
     env = {**os.environ, **fake_camera_env(slides, FAKE_PICAMERA2_FPS=30)}
     process = subprocess.Popen([str(BIN / "edge-app"), "run", "--model", str(model), "--source", "picamera2",
-                                "--headless", "--db", str(db), "--save-dir", str(tmp_path / "frames")],
+                                "--headless", "--db", str(db), "--save-dir", str(tmp_path / "frames"),
+                                "--save-policy", "all"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     received = [process.stdout.readline() for _ in range(5)]
     process.send_signal(signal_number)
@@ -257,11 +258,15 @@ def test_unwritable_db_path_and_full_disk_are_clear_errors(model, slides, tmp_pa
     full = edge_app("run", "--model", model, "--source", slides, "--db", db, "--headless", "--loop",
                     "--save-dir", frames, "--image-format", "png",
                     preexec_fn=small_files)
+    # Images fail first (a png is larger): the app stops saving them and keeps storing rows,
+    # until the database itself cannot grow: then a clear error, every stored row intact.
     assert_clean_error(full, "disk")
     assert "results stored so far are intact" in full.stderr
+    assert "not saving images any more this run; results are still stored" in full.stderr
     stored = rows(db)
     assert len(stored) == len(json_lines(full.stdout)) > 0
-    assert all(Path(row["image_path"]).is_file() for row in stored)
+    assert all(row["image_path"] is None or Path(row["image_path"]).is_file() for row in stored)
+    assert any(row["image_path"] is None for row in stored)
 
 
 def test_missing_corrupt_or_changed_model_is_a_one_line_error(model, slides, tmp_path):
