@@ -46,6 +46,7 @@ def main() -> None:
     edge-bench runs/conv --min-accuracy 0.99                 # a release gate (exit 3 below it)
     edge-bench robustness --help                             # accuracy under field shifts
     edge-bench fidelity runs/conv                            # latency vs LiteRT's own tool
+    edge-bench unattended --json unattended.json             # 100,000 frames: disk, DB, RSS
 
     `edge-bench run --help` lists the benchmark's options.
     """
