@@ -420,6 +420,8 @@ def test_edge_train_prints_no_tensorflow_noise(data_dir, tmp_path):
     for noise in ("E0000", "W0000", "I0000", "UserWarning", "absl::InitializeLog"):
         assert noise not in output, output[-3000:]
     assert "test accuracy" in result.stdout and "decode images" in result.stderr  # summary and bar stay
+    card = (tmp_path / "run" / "model_card.md").read_text()  # provenance without this machine's folders
+    assert str(tmp_path) not in card and str(data_dir.resolve()) not in card and "edge-train --data " in card
 
 
 # -- ImageNet weights lookup ---------------------------------------------------------------------
@@ -500,3 +502,16 @@ def test_unattended_benchmark_loses_no_frame(tmp_path):
     assert report["chunks"][-1]["images_pruned"] > 0 and "frames lost: 0" in result.stdout
     bad = run_cli("edge-bench", "unattended", "--max-disk-mb", "0", check=False)
     assert bad.returncode == 2 and "--max-disk-mb 0" in bad.stderr
+
+
+@pytest.mark.slow
+def test_manifest_names_the_dataset_relative_to_itself(converted_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKEDGE_DATA", str(tmp_path / "elsewhere"))  # the fallback must not be what finds it
+    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    assert not Path(manifest["data_dir"]).is_absolute()
+    assert (converted_dir / manifest["data_dir"]).resolve() == data_dir.resolve()
+    from leukedge.benchmarks.evaluation import resolve_eval_set
+    from leukedge.benchmarks.models import discover_models
+
+    eval_set = resolve_eval_set(None, discover_models((converted_dir,)))  # found through the relative path
+    assert eval_set.data_root.resolve() == data_dir.resolve() and all(p.is_file() for p in eval_set.paths())
