@@ -309,10 +309,13 @@ class FrameSaver:
             log.info("saving images again (%s no longer holds)", self.stopped_reason)
             self.stopped_reason = None
             self._warned.discard("low")
-        self.saved += 1
         self.policy.saved(kind, label, now)
         self.budget.added(path, sample_id)
         self.budget.enforce()
+        if not path.exists():  # the budget is all images awaiting review: this one had to go
+            self.not_saved_budget += 1
+            return None
+        self.saved += 1
         return str(path)
 
     def summary(self) -> str:
