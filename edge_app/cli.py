@@ -165,7 +165,7 @@ def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, m
     \b
     Examples:
       edge-app run --source picamera2 --save-dir ~/leukedge/frames
-      edge-app run --source picamera2 --headless --rate 2 --save-dir frames --max-disk-mb 4000 --keep-days 90
+      edge-app run --source picamera2 --headless --rate 0.5 --save-dir frames --max-disk-mb 4000 --keep-days 90
       edge-app run --source picamera2 --camera-stream lores --headless
       edge-app run --source /dev/video0 --mode capture
       edge-app run --model models/model_int8.tflite --source 'slides/*.jpg' --headless
