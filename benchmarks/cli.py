@@ -17,32 +17,13 @@ from leukedge.benchmarks.evaluation import resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import ThreadCounts, default_threads
 from leukedge.benchmarks.runner import BenchSettings, run_benchmark
+from leukedge.edge_app.clitools import DefaultCommandGroup
 from leukedge.edge_app.runtime import ModelError
 from leukedge.train.dataset import DatasetError
 
 EXIT_ROWS_FAILED = 1
 EXIT_BELOW_MIN_ACCURACY = 3
 EXIT_INTERRUPTED = 130
-
-
-class DefaultCommandGroup(click.Group):
-    """A group that runs `default_command` when the first argument names no subcommand.
-
-    So `edge-bench model.tflite --runs 10` means `edge-bench run model.tflite --runs 10`, while
-    `edge-bench robustness ...` still reaches the subcommand.
-    """
-
-    default_command = "run"
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] not in self.commands:
-            args = [self.default_command, *args]
-        return super().resolve_command(ctx, args)
 
 
 def _check_writable(path: Path | None, option: str) -> None:
@@ -67,6 +48,7 @@ def main() -> None:
     edge-bench fidelity runs/conv                            # latency vs LiteRT's own tool
     edge-bench app models --json app.json                    # the Pi app's per-frame cost
     edge-bench trust models --ood ../shared/data/external/bccd-fields   # calibration, OOD
+    edge-bench unattended --json unattended.json             # 100,000 frames: disk, DB, RSS
 
     `edge-bench run --help` lists the benchmark's options.
     """
@@ -181,6 +163,9 @@ def _register_subcommands() -> None:
 
     main.add_command(samples_command, "samples")
     main.add_command(review_server_command, "review-server")
+    from leukedge.benchmarks.unattended import unattended_command
+
+    main.add_command(unattended_command, "unattended")
     main.add_command(robustness_command, "robustness")
     main.add_command(app_command, "app")
     main.add_command(trust_command, "trust")

@@ -62,11 +62,15 @@ class EvalSet:
         return f"{len(self.samples)} images ({self.source}): " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def data_root_for(manifest: Manifest | None, data_root: str | Path | None = None) -> Path:
-    """Where split.csv paths are resolved: --data-root, else the manifest's data_dir, else the default."""
+def data_root_for(manifest: Manifest | None, data_root: str | Path | None = None,
+                  manifest_dir: Path | None = None) -> Path:
+    """Where split.csv paths are resolved: --data-root, else the manifest's data_dir (relative to
+    the manifest's folder), else the default."""
     if data_root is not None:
         return Path(data_root)
     recorded = manifest.data_dir if manifest is not None else None
+    if recorded and manifest_dir is not None and not Path(recorded).is_absolute():
+        recorded = str(Path(manifest_dir) / recorded)
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     return default_data_dir()
@@ -94,13 +98,17 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
     """
     if split not in SPLITS:
         raise DatasetError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    manifest = next((m.manifest for m in models if m.manifest is not None), None)
+    with_manifest = next((m for m in models if m.manifest is not None), None)
+    manifest = with_manifest.manifest if with_manifest is not None else None
+    manifest_dir = with_manifest.manifest_dir if with_manifest is not None else None
     if data is None:
         found = split_file_of(models)
         if found is None:
             raise DatasetError("no labelled images: no split.csv beside the model(s); "
                                "pass --data DATASET_DIR or --data SPLIT_CSV")
-        data, manifest = found[0], found[1] or manifest
+        if found[1] is not None:
+            manifest, manifest_dir = found[1], Path(found[0]).parent
+        data = found[0]
     data = Path(data)
     if data.is_dir():
         samples = labelled_folder(data)
@@ -108,7 +116,7 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
         return EvalSet(_limit(samples, limit_per_class), data, f"{limited} in {data}")
     if not data.exists():
         raise DatasetError(f"--data {data} does not exist: pass a dataset folder or a split.csv")
-    root = data_root_for(manifest, data_root)
+    root = data_root_for(manifest, data_root, manifest_dir)
     wanted = [s for s in read_split(data, root, check_files=False) if s.split == split]
     if not wanted:
         raise DatasetError(f"split file {data} lists no {split!r} images")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +44,9 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--no-verify", "verify", flag_value=False, default=True,
               help="Skip the accuracy check on the test split.")
 @click.option("--overwrite", is_flag=True, help="Replace earlier models in --out.")
-def main(source: Path, out_dir: Path, **options) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
+def main(source: Path, out_dir: Path, verbose: bool, **options) -> None:
     """Convert a trained model (edge-train RUN_DIR or MODEL.keras) to TFLite.
 
     Writes float32, float16, dynamic-range and full-int8 models, each with TFLite metadata
@@ -58,7 +59,9 @@ def main(source: Path, out_dir: Path, **options) -> None:
       edge-convert runs/default/model.keras --out models --variants int8,fp16
       edge-convert runs/default --out out --int8-io float32 --calibration-samples 500
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from leukedge.train.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose)
     from leukedge.convert.conversion import ConversionError, ConvertConfig, check_out_dir
     from leukedge.convert.report import verification_table
     from leukedge.edge_app.runtime import ModelError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -185,7 +186,9 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
         created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         leukedge_version=leukedge_version(),
         source_model=SourceModel(model_path.name, source_sha, len(model_bytes)),
-        data_dir=str(root),
+        # Relative to the manifest's folder: an absolute path of the build machine means nothing
+        # on another one (readers resolve it against the manifest's folder).
+        data_dir=os.path.relpath(Path(root).resolve(), Path(config.out_dir).resolve()),
         split_file="split.csv",
         labels=labels,
         image_size=size,

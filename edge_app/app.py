@@ -72,6 +72,14 @@ class FrameProcessor:
         self.version = leukedge_version()
         self.runtime = f"{classifier.runtime.name} {classifier.runtime.version}"
         self._saved = 0
+        self._case_sample: str | None = None
+        self.saver = None  # a budget.FrameSaver (edge-app run --save-dir); None: save every frame
+
+    def start_case_if_new(self, frame: Frame, sample_id: str | None) -> None:
+        """Smoothing stays inside one case: a new sample ID or a new file starts it over."""
+        if frame.new_file or sample_id != self._case_sample:
+            self.smoother.reset()
+        self._case_sample = sample_id
 
     def gate(self, rgb: np.ndarray) -> Quality:
         return assess(rgb, self.quality_settings, self.settings.crop_fraction)
@@ -81,6 +89,7 @@ class FrameProcessor:
 
     def decide(self, quality: Quality, probabilities: np.ndarray | None) -> Decision:
         if not quality.ok or probabilities is None:
+            self.smoother.reset()  # the slide moved or went out of focus: do not average across it
             return unfit()
         smoothed = self.smoother.update(probabilities)
         return decide(smoothed, self.classifier.labels, self.decisions.min_confidence)
@@ -92,7 +101,11 @@ class FrameProcessor:
             stamp = timestamp.replace(":", "").replace("-", "").replace(".", "")
             self._saved += 1
             name = f"{safe_name(sample_id) if sample_id else 'frame'}-{stamp}-{self._saved:06d}"
-            image_path = str(self.writer.save(frame.saved_rgb, name))
+            if self.saver is None:
+                image_path = str(self.writer.save(frame.saved_rgb, name))
+            else:  # save policy, disk budget and free space decide (edge_app.budget)
+                image_path = self.saver.save(frame.saved_rgb, name, decision.kind, decision.label,
+                                             sample_id, self.settings.mode, frame.new_file)
         row = {
             "timestamp_utc": timestamp, "sample_id": sample_id, "mode": self.settings.mode,
             "source": self.source_name, "frame_origin": frame.origin, "decision": decision.kind,
@@ -111,6 +124,7 @@ class FrameProcessor:
 
     def process(self, frame: Frame, sample_id: str | None) -> tuple[dict, Decision, Quality]:
         timestamp = utc_now()
+        self.start_case_if_new(frame, sample_id)
         quality = self.gate(frame.rgb)
         probabilities = self.classifier.invoke(self.prepare(frame.rgb)) if quality.ok else None
         decision = self.decide(quality, probabilities)
@@ -138,6 +152,7 @@ class App:
         self.sample_id = settings.sample_id
         self.source: FrameSource | None = None
         self.preview: Preview | None = None
+        self.interval_s = 0.0  # live mode: seconds between classified frames (--rate); 0: no wait
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _on_signal(self, number, _frame) -> None:
@@ -239,8 +254,15 @@ class App:
         return self.stopping.is_set() or (limit is not None and self.counts.processed >= limit)
 
     def _live_loop(self) -> None:
+        interval = self.interval_s
+        next_due = time.monotonic()
         while not self._done():
-            frame = self._read()
+            if interval:  # --rate: classify one frame per interval, the newest a camera has
+                self.stopping.wait(max(0.0, next_due - time.monotonic()))
+                next_due = max(next_due + interval, time.monotonic())
+                if self.stopping.is_set():
+                    break
+            frame = self._read(fresh=bool(interval) and self.source.live)
             if frame is None:
                 break
             key = self._handle(frame)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.edge_app.clitools import SuggestingGroup
 from leukedge.edge_app.settings import (
     DISCLAIMER,
     CameraSettings,
@@ -71,7 +72,7 @@ The app's per-frame cost is measured by `edge-bench app` (benchmarks).
 """
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SuggestingGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="leukedge", prog_name="edge-app")
 def main() -> None:
     pass
@@ -88,7 +89,23 @@ def main() -> None:
 @click.option("--db", "db_path", type=click.Path(path_type=Path), default=Path("results.sqlite"),
               show_default=True, help="SQLite results database (WAL mode, created 0600).")
 @click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save every processed frame here (atomically, owner-only) and record its path.")
+              help="Save frames here (atomically, owner-only) by --save-policy and record their paths.")
+@click.option("--save-policy", type=click.Choice(["changes", "all"]), default="changes", show_default=True,
+              help="changes: from a camera, at most one classified frame per --save-every seconds "
+                   "(answered frames, and uncertain/unknown ones when the answer changed); every "
+                   "image file and every capture is saved. all: every processed frame.")
+@click.option("--save-every", "save_every_s", type=float, default=10.0, show_default=True,
+              help="Seconds between saved frames of a camera stream (changes policy).")
+@click.option("--max-disk-mb", type=float, default=None,
+              help="Keep saved images within this many MB: the oldest are deleted first, never those "
+                   "of samples awaiting review. Rows are never deleted.")
+@click.option("--keep-days", type=float, default=None,
+              help="Delete saved images older than this many days (not those awaiting review).")
+@click.option("--min-free-mb", type=float, default=256.0, show_default=True,
+              help="Stop saving images (results are still stored) while the save disk has less free space.")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=None,
+              help="Live mode: classify at most this many frames per second (0.5: one every 2 s). "
+                   "Default: every frame the source gives.")
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
               help="Format of saved frames (jpg at quality 95, or lossless png).")
 @click.option("--mode", type=click.Choice(["live", "capture"]), default="live", show_default=True,
@@ -143,7 +160,8 @@ def main() -> None:
 @click.option("--db-sync", type=click.Choice(["normal", "full"]), default="normal", show_default=True,
               help="SQLite synchronous level: normal survives app crashes; full also power cuts (slower).")
 @click.option("-v", "--verbose", is_flag=True, help="More log lines on stderr.")
-def run(model, source, headless, db_path, save_dir, image_format, mode, sample_id, operator, site, min_confidence,
+def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, max_disk_mb, keep_days,
+        min_free_mb, rate, image_format, mode, sample_id, operator, site, min_confidence,
         smooth, threads, runtime, allow_unverified, crop_fraction, max_frames, loop, preview,
         camera_size, camera_stream, lores_size, lores_format, exposure_us, gain, colour_gains,
         camera_retry_s, focus_min, dark_mean, bright_mean, clipped_max, empty_contrast, db_sync,
@@ -153,16 +171,25 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
     \b
     Examples:
       edge-app run --source picamera2 --save-dir ~/leukedge/frames
+      edge-app run --source picamera2 --headless --rate 0.5 --save-dir frames --max-disk-mb 4000 --keep-days 90
       edge-app run --source picamera2 --camera-stream lores --headless
       edge-app run --source /dev/video0 --mode capture
       edge-app run --model models/model_int8.tflite --source 'slides/*.jpg' --headless
     """
     setup_logging(verbose)
+    from leukedge.edge_app.budget import SaveSettings, check_budget_options, open_saver
+
+    try:
+        check_budget_options(max_disk_mb, keep_days, save_every_s, min_free_mb)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    if save_dir is None and (max_disk_mb is not None or keep_days is not None):
+        raise click.UsageError("--max-disk-mb and --keep-days limit saved images: add --save-dir")
     log.info(DISCLAIMER)
     from leukedge.edge_app.app import App, AppError, FrameProcessor
     from leukedge.edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
     from leukedge.edge_app.sources import SourceError, open_source
-    from leukedge.edge_app.storage import FrameWriter, ResultStore, StorageError
+    from leukedge.edge_app.storage import ResultStore, StorageError
 
     settings = RunSettings(mode=mode, sample_id=sample_id, crop_fraction=crop_fraction, headless=headless,
                            preview=False if headless else preview, max_frames=max_frames, loop=loop,
@@ -191,13 +218,18 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
         store = ResultStore(db_path, synchronous=db_sync.upper(), operator=operator, site=site)
         if sample_id:
             store.ensure_sample(sample_id)
-        writer = FrameWriter(save_dir, image_format) if save_dir is not None else None
+        saver = None if save_dir is None else open_saver(
+            save_dir, image_format, SaveSettings(save_policy, save_every_s, max_disk_mb, keep_days, min_free_mb),
+            store.connection)
+        writer = None if saver is None else saver.writer
         if crop_fraction * min(camera.lores_size if camera.stream == "lores" else camera.size) \
                 < classifier.image_size and source.startswith("picamera2"):
             log.warning("warning: the camera crop is smaller than the model input (%d px): frames are upscaled",
                         classifier.image_size)
         processor = FrameProcessor(classifier, store, writer, settings, quality, decisions, source)
+        processor.saver = saver
         app = App(lambda: open_source(source, camera, loop), processor, settings, camera)
+        app.interval_s = 1.0 / rate if rate else 0.0
         counts = app.run()
     except (SourceError, StorageError, AppError) as error:
         if store is not None and store.connection is not None:
@@ -207,6 +239,9 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
         if store is not None:
             store.close()
     log.info("%s; results in %s", counts.summary(), db_path)
+    if save_dir is not None:
+        log.info(saver.summary() if saver is not None else f"no images saved: --save-dir {save_dir} "
+                 "could not take them (see the warning above)")
 
 
 @main.command()

@@ -181,7 +181,7 @@ def test_picamera2_lores_yuv420_stream_with_padded_stride(model, slides, tmp_pat
     env = fake_camera_env(slides, FAKE_PICAMERA2_BOARD="pi4")
     result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
                       "--camera-stream", "lores", "--lores-size", "300x224", "--camera-size", "600x448",
-                      "--save-dir", frames, "--max-frames", "4", env=env)
+                      "--save-dir", frames, "--save-policy", "all", "--max-frames", "4", env=env)
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert len(stored) == 4 and all(row["quality_ok"] == 1 for row in stored)
@@ -220,7 +220,8 @@ def test_signal_mid_run_leaves_a_consistent_database(model, slides, tmp_path, si
     db = tmp_path / "r.sqlite"
     env = {**os.environ, **fake_camera_env(slides, FAKE_PICAMERA2_FPS=30)}
     process = subprocess.Popen([str(BIN / "edge-app"), "run", "--model", str(model), "--source", "picamera2",
-                                "--headless", "--db", str(db), "--save-dir", str(tmp_path / "frames")],
+                                "--headless", "--db", str(db), "--save-dir", str(tmp_path / "frames"),
+                                "--save-policy", "all"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     received = [process.stdout.readline() for _ in range(5)]
     process.send_signal(signal_number)

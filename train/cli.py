@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -51,7 +50,8 @@ def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
                    "one scale for them, which makes the int8 file smaller.")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--weights", default="imagenet", callback=_weights,
-              help="Backbone weights: imagenet (Keras cache, downloaded if missing), none, or a no-top .h5 path.")
+              help="Backbone weights: imagenet (looked up in the Keras cache, $LEUKEDGE_WEIGHTS, "
+                   "../shared/weights, then downloaded), none, or a no-top .h5 path.")
 @click.option("--seed", type=int, default=0, help="Seed for the split, initialisation and augmentation.")
 @click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Reuse this split.csv exactly (e.g. from an earlier run).")
@@ -60,7 +60,9 @@ def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
               help="tf.distribute strategy: mirrored for several GPUs, multiworker for several hosts (TF_CONFIG).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
-def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
+def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) -> None:
     """Train the MobileNetV2 leukemia blood-smear classifier.
 
     \b
@@ -69,7 +71,9 @@ def main(data_dir: Path, out_dir: Path, alpha: str, **options) -> None:
       edge-train --out runs/a035-128 --alpha 0.35 --image-size 128
       edge-train --data ~/leukemia --out runs/reuse --split-file runs/default/split.csv
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from leukedge.train.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose)
     from tqdm import tqdm
 
     from leukedge.train import dataset

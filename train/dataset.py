@@ -14,7 +14,7 @@ import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class Scan:
     skipped: list[tuple[str, str]]  # (path, reason)
     duplicates: int
     found_per_class: dict[str, int]
+    ignored_folders: list[tuple[str, str]] = field(default_factory=list)  # (folder name, why)
 
 
 def default_data_dir() -> Path:
@@ -98,10 +99,38 @@ def ordered_labels(labels: Iterable[str]) -> list[str]:
     return known + sorted(labels - set(known))
 
 
-def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Path]]:
-    """The folder holding class folders, and label -> folder.
+# Folders that archivers and operating systems leave beside the data: never classes.
+METADATA_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information",
+                              "lost+found", "thumbs.db", ".ds_store"})
+
+
+def is_metadata_name(name: str) -> bool:
+    """Hidden (.name, AppleDouble ._name) or archive/OS metadata (__MACOSX, @eaDir ...)."""
+    return name.startswith(".") or name.lower() in METADATA_FOLDERS
+
+
+def known_label(folder_name: str) -> str | None:
+    """The label a folder name stands for, or None when it names no known class."""
+    label = canonical_label(folder_name)
+    return label if label in CANONICAL_LABELS else None
+
+
+def suggest_label(folder_name: str) -> str | None:
+    """The known label a mistyped folder name is closest to ("Benigne" -> "Benign")."""
+    from leukedge.edge_app.clitools import closest
+
+    key = re.sub(r"[^a-z]", "", folder_name.lower())
+    names = {**_FOLDER_ALIASES, **{re.sub(r"[^a-z]", "", label.lower()): label for label in CANONICAL_LABELS}}
+    match = closest(key, names) if key else None
+    return names[match] if match else None
+
+
+def survey(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Path], list[tuple[str, str]]]:
+    """The folder holding class folders, label -> folder, and (folder, why) for each folder ignored.
 
     Accepts the Kaggle root (with Original/ and Segmented/) or any folder of class folders.
+    Hidden and archive/OS metadata folders (__MACOSX ...) are ignored, and so is any folder whose
+    name maps to no known label (with the closest known label as a suggestion).
     """
     if not data_dir.exists():
         raise DatasetError(f"data dir {data_dir} does not exist: pass --data or set LEUKEDGE_DATA")
@@ -110,8 +139,20 @@ def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[
     subset_dirs = {p.name.lower(): p for p in data_dir.iterdir() if p.is_dir()}
     image_dir = subset_dirs.get(subset, data_dir) if subset in SUBSETS else data_dir
     folders: dict[str, Path] = {}
-    for folder in sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = canonical_label(folder.name)
+    ignored: list[tuple[str, str]] = []
+    for folder in sorted(p for p in image_dir.iterdir() if p.is_dir()):
+        if is_metadata_name(folder.name):
+            ignored.append((folder.name, "hidden or archive/OS metadata folder"))
+            continue
+        label = known_label(folder.name)
+        if label is None:
+            if folder.name.lower() in SUBSETS:
+                ignored.append((folder.name, f"a Kaggle image set: choose it with --subset {folder.name.lower()}"))
+                continue
+            hint = suggest_label(folder.name)
+            ignored.append((folder.name, "not a known label" + (f"; did you mean {hint}?" if hint else
+                                                                 f" ({', '.join(CANONICAL_LABELS)})")))
+            continue
         if label in folders:
             raise DatasetError(
                 f"folders {folders[label].name!r} and {folder.name!r} in {image_dir} both map "
@@ -119,11 +160,24 @@ def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[
             )
         folders[label] = folder
     if not folders:
+        found = "; ".join(f"{name}: {why}" for name, why in ignored) or "none"
         raise DatasetError(
             f"{image_dir} has no class folders: expected Original/<class>/*.jpg (Kaggle layout) "
-            "or <class>/*.jpg"
+            f"or <class>/*.jpg with classes {', '.join(CANONICAL_LABELS)} (folders found: {found})"
         )
+    return image_dir, folders, ignored
+
+
+def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Path]]:
+    """The folder holding class folders, and label -> folder (see `survey`)."""
+    image_dir, folders, _ = survey(data_dir, subset)
     return image_dir, folders
+
+
+def class_images(folder: Path) -> list[Path]:
+    """The image files under a class folder, leaving out hidden and metadata files and folders."""
+    return sorted(p for p in folder.rglob("*")
+                  if is_image_file(p) and not any(is_metadata_name(part) for part in p.relative_to(folder).parts))
 
 
 def scan(data_dir: Path, subset: str = "original", image_size: int | None = None,
@@ -135,15 +189,14 @@ def scan(data_dir: Path, subset: str = "original", image_size: int | None = None
     trusted. `image_size` resizes the kept pixels to the model input size.
     """
     data_dir = Path(data_dir)
-    image_dir, folders = class_folders(data_dir, subset)
+    image_dir, folders, ignored = survey(data_dir, subset)
     by_hash: dict[str, Sample] = {}
     conflicting: set[str] = set()
     images: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     found: dict[str, int] = {}
     duplicates = 0
-    files_per_class = {label: sorted(p for p in folder.rglob("*") if is_image_file(p))
-                       for label, folder in folders.items()}
+    files_per_class = {label: class_images(folder) for label, folder in folders.items()}
     if limit_per_class:
         files_per_class = {k: v[:limit_per_class] for k, v in files_per_class.items()}
     todo = [(label, path) for label, paths in files_per_class.items() for path in paths]
@@ -181,13 +234,16 @@ def scan(data_dir: Path, subset: str = "original", image_size: int | None = None
     labels = ordered_labels(folders)
     samples = sorted(by_hash.values(), key=lambda s: (labels.index(s.label), s.path))
     return Scan(data_dir, image_dir, labels, samples, images, skipped, duplicates,
-                {label: found[label] for label in labels})
+                {label: found[label] for label in labels}, ignored)
 
 
 def summary(scan: Scan) -> str:
     counts = ", ".join(f"{label} {n}" for label, n in scan.found_per_class.items())
     skipped = f"{len(scan.skipped)} file(s) skipped" + (" (listed in skipped.txt)" if scan.skipped else "")
-    return f"found in {scan.image_dir}: {counts}; {scan.duplicates} duplicate(s) removed, {skipped}"
+    text = f"found in {scan.image_dir}: {counts}; {scan.duplicates} duplicate(s) removed, {skipped}"
+    if scan.ignored_folders:
+        text += "; ignored folder(s): " + "; ".join(f"{name} ({why})" for name, why in scan.ignored_folders)
+    return text
 
 
 def stratified_split(samples: Sequence[Sample], seed: int = 0,
@@ -270,8 +326,7 @@ def labelled_folder(data_dir: Path, subset: str = "original") -> list[Sample]:
     samples = [
         Sample(path.relative_to(data_dir).as_posix(), "", label, "test")
         for label, folder in folders.items()
-        for path in sorted(folder.rglob("*"))
-        if is_image_file(path)
+        for path in class_images(folder)
     ]
     if not samples:
         raise DatasetError(f"{image_dir} has class folders but no images in them")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -13,26 +14,45 @@ import tensorflow as tf
 from leukedge.train.config import SettingsError, WeightsError
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+# The project's shared folder sits beside the checkout (../shared), as the dataset does.
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 
 
-def imagenet_weights_file(alpha: float) -> Path:
-    """The no-top ImageNet weights for `alpha`, from the Keras cache or downloaded into it.
+def imagenet_weights_file(alpha: float, echo: Callable[[str], None] | None = None) -> Path:
+    """The no-top ImageNet weights for `alpha`, found in this order (and `echo` says where):
+
+    1. the Keras cache ($KERAS_HOME/models, else ~/.keras/models);
+    2. $LEUKEDGE_WEIGHTS: the file itself, or a folder holding it;
+    3. ../shared/weights/ beside the checkout (where the project's shared data sits);
+    4. a download into the Keras cache.
 
     Keras would look for a size-specific file (`_160_` for a 160 input); no-top weights fit any
     input size, so the 224 file is always used.
     """
+    echo = echo or (lambda message: print(message, file=sys.stderr))
     name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
     cache_dir = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    if (cache_dir / name).is_file():
-        return cache_dir / name
+    env = os.environ.get("LEUKEDGE_WEIGHTS")
+    candidates = [("the Keras cache", cache_dir / name)]
+    if env:
+        candidates.append(("$LEUKEDGE_WEIGHTS", Path(env) if Path(env).is_file() else Path(env) / name))
+    candidates.append(("../shared/weights beside the checkout", SHARED_WEIGHTS / name))
+    for where, path in candidates:
+        if path.is_file():
+            echo(f"ImageNet weights: {path.name} from {where}")
+            return path
     try:
-        return Path(keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models"))
+        path = Path(keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models"))
     except Exception as error:  # no network, proxy, disk: all mean the same to the user
+        looked = ", ".join(str(path) for _, path in candidates)
         raise WeightsError(
-            f"ImageNet weights {name} are not in the Keras cache ({cache_dir}) and could not "
-            f"be downloaded ({type(error).__name__}). Copy the file there (see "
-            "../shared/weights/README.md) or pass --weights PATH"
+            f"ImageNet weights {name} are not in the Keras cache, $LEUKEDGE_WEIGHTS or "
+            f"../shared/weights (looked at {looked}) and could not be downloaded "
+            f"({type(error).__name__}). Copy the file to one of them (see ../shared/weights/README.md), "
+            "set LEUKEDGE_WEIGHTS=/path/to/file.h5 or pass --weights PATH"
         ) from None
+    echo(f"ImageNet weights: {name} downloaded into the Keras cache ({path.parent})")
+    return path
 
 
 def build_backbone(alpha: float, image_size: int, weights: str) -> keras.Model:

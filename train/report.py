@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers or the Pi
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as the model card shows it: relative to the folder the command ran in, never an
+    absolute path of the build machine (a card travels with the model; nobody else has /work/...)."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    return os.path.relpath(text)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -72,16 +82,17 @@ def model_card(metrics: dict) -> str:
         + " | ".join(str(data["split_counts"][s][label]) for s in ("train", "val", "test")) + " |"
         for label in metrics["labels"]
     )
-    weights = settings["weights"]
+    weights = portable_path(settings["weights"]) if settings["weights"] not in ("imagenet", "none") else settings["weights"]
     command = (
-        f"edge-train --data {data['root']} --out {settings['out_dir']} --subset {settings['subset']} "
+        f"edge-train --data {portable_path(data['root'])} --out {portable_path(settings['out_dir'])} "
+        f"--subset {settings['subset']} "
         f"--alpha {settings['alpha']} --image-size {settings['image_size']} --epochs {settings['epochs']} "
         f"--fine-tune-epochs {settings['fine_tune_epochs']} --fine-tune-from {settings['fine_tune_from']} "
         f"--batch-size {settings['batch_size']} --weights {weights} --seed {settings['seed']}"
         + (f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)} --int8-per-tensor "
            f"{','.join(settings.get('int8_per_tensor_layers') or ()) or 'none'}" if settings.get("int8_grid")
            else " --no-int8-grid")
-        + (f" --split-file {settings['split_file']}" if settings["split_file"] else "")
+        + (f" --split-file {portable_path(settings['split_file'])}" if settings["split_file"] else "")
         + (f" --limit-per-class {settings['limit_per_class']}" if settings["limit_per_class"] else "")
     )
     return f"""# Model card: LeukEdge MobileNetV2 ALL blood-smear classifier
@@ -103,7 +114,7 @@ validation loss.{int8_note} Augmentation: {", ".join(f"{k} {v}" for k, v in sett
 Reproduce: `{command}`
 
 ## Data
-{data["image_dir"]} ({data["subset"]} subset): {sum(data["usable_per_class"].values())} usable images
+{portable_path(data["image_dir"])} ({data["subset"]} subset): {sum(data["usable_per_class"].values())} usable images
 after removing {data["duplicates_removed"]} byte-identical duplicate(s) and skipping {data["skipped"]}
 unreadable file(s). Stratified, seeded 80:10:10 split by image content (`split.csv`).
 

@@ -24,6 +24,9 @@ class Frame:
     rgb: np.ndarray  # uint8 RGB (height, width, 3): what is classified
     origin: str  # file path, or "<source>#<frame number>"
     full_rgb: np.ndarray | None = None  # a larger image of the same instant, saved instead of rgb
+    # The first frame of a new file (every image of an image source, the first frame of a
+    # video file): another case begins, so live-mode smoothing starts over.
+    new_file: bool = False
 
     @property
     def saved_rgb(self) -> np.ndarray:

@@ -50,7 +50,7 @@ class ImageFileSource(FrameSource):
         path = self.files[self._next]
         self._next += 1
         try:
-            return Frame(load_rgb(path), str(path))
+            return Frame(load_rgb(path), str(path), new_file=True)
         except (ImageDecodeError, OSError) as error:
             raise SkippedFrame(str(error) if isinstance(error, ImageDecodeError)
                                else f"{path}: unreadable ({error.strerror or error})") from None

@@ -40,7 +40,7 @@ class OpenCVSource(FrameSource):
                 raise CameraError(f"{self.name}: no frame (camera unplugged or stream lost?)")
             return None  # end of the video file
         self._count += 1
-        return Frame(to_rgb8(bgr), f"{self.name}#{self._count}")
+        return Frame(to_rgb8(bgr), f"{self.name}#{self._count}", new_file=not self.live and self._count == 1)
 
     def fresh(self) -> Frame | None:
         if self.live and self.capture is not None:

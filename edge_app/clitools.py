@@ -1,0 +1,70 @@
+"""Shared command-line helpers for the four LeukEdge CLIs (edge-app, edge-bench, edge-convert,
+edge-train): a "did you mean" answer for mistyped subcommands.
+
+Click already suggests close option names (`--variant` -> `--variants`); it does not suggest
+subcommands, so `edge-app rn` only said "No such command 'rn'". Kept free of TensorFlow and of
+the other stages so the Pi app can import it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice closest to `word` (difflib ratio >= cutoff), or None."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return matches[0] if matches else None
+
+
+def unknown_command_message(word: str, choices: Iterable[str]) -> str:
+    """"No such command 'robustnes'. Did you mean 'robustness'?" plus the list of commands."""
+    choices = sorted(choices)
+    hint = closest(word, choices)
+    text = f"No such command {word!r}."
+    if hint:
+        text += f" Did you mean {hint!r}?"
+    return text + f" Commands: {', '.join(choices)}."
+
+
+class SuggestingGroup(click.Group):
+    """A click group whose unknown-subcommand error names the closest subcommand."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(unknown_command_message(name, self.list_commands(ctx)))
+        return super().resolve_command(ctx, args)
+
+
+class DefaultCommandGroup(SuggestingGroup):
+    """A group that runs `default_command` when the first argument names no subcommand.
+
+    So `edge-bench model.tflite --runs 10` means `edge-bench run model.tflite --runs 10`, while
+    `edge-bench robustness ...` still reaches the subcommand. A first word that is close to a
+    subcommand's name and is not an existing path (`edge-bench robustnes`) is a typo: it gets
+    "did you mean" instead of being taken for a model path.
+    """
+
+    default_command = "run"
+
+    def _is_typo(self, ctx: click.Context, word: str) -> bool:
+        if word.startswith("-") or word in self.commands or Path(word).exists():
+            return False
+        return closest(word, self.list_commands(ctx)) is not None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and self._is_typo(ctx, args[0]):
+            ctx.fail(unknown_command_message(args[0], self.list_commands(ctx)))
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().resolve_command(ctx, args)
