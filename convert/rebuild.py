@@ -119,6 +119,18 @@ def read_kernels(tflite: bytes) -> list[TfliteKernel]:
     return kernels
 
 
+def io_sizes(tflite: bytes) -> tuple[int, int]:
+    """(input image size, number of outputs) of a one-input, one-output image classifier."""
+    try:
+        graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite)).subgraphs[0]
+    except Exception as error:
+        raise RebuildError(f"not a readable .tflite file ({type(error).__name__})") from None
+    image, output = (list(graph.tensors[i].shape) for i in (graph.inputs[0], graph.outputs[0]))
+    if len(image) != 4 or image[1] != image[2] or image[3] != 3 or len(output) != 2:
+        raise RebuildError(f"not an image classifier: input shape {image}, output shape {output}")
+    return int(image[1]), int(output[1])
+
+
 def kernel_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.Model]]:
     """(layer, the model holding it) for every Conv2D, DepthwiseConv2D and Dense, in layer order,
     nested models included (the backbone is one layer of the classifier)."""
@@ -201,6 +213,8 @@ def rebuild_run(tflite_path: Path, out_dir: Path, alpha: float = 1.0, dropout: f
 
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     check_out_dir(out_dir, overwrite)
+    data = tflite_path.read_bytes()
+    size, n_classes = io_sizes(data)
     labels_file = Path(labels_file or tflite_path.parent / "labels.txt")
     split_file = Path(split_file or tflite_path.parent / "split.csv")
     if not labels_file.is_file():
@@ -208,13 +222,6 @@ def rebuild_run(tflite_path: Path, out_dir: Path, alpha: float = 1.0, dropout: f
     labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
     data_dir = Path(data_dir) if data_dir else dataset.default_data_dir()
     samples = dataset.read_split(split_file, data_dir)
-    data = tflite_path.read_bytes()
-
-    from tensorflow import lite
-
-    interpreter = lite.Interpreter(model_content=data)
-    size = int(interpreter.get_input_details()[0]["shape"][1])
-    n_classes = int(interpreter.get_output_details()[0]["shape"][-1])
     if n_classes != len(labels):
         raise RebuildError(f"{tflite_path} has {n_classes} outputs but {labels_file} lists {len(labels)} labels")
     model = build_classifier(build_backbone(alpha, size, "none"), n_classes, dropout)
