@@ -38,8 +38,8 @@ class Role:
                                              and not self.has_chief_task)
 
     def describe(self) -> str:
-        who = "chief" if self.is_chief else f"{self.task_type} {self.index}"
-        return f"{self.strategy}: {self.workers} worker(s), {self.replicas} replica(s); this process is the {who}"
+        who = "the chief (writes the run folder)" if self.is_chief else f"{self.task_type} {self.index}"
+        return f"{self.strategy}: {self.workers} worker(s), {self.replicas} replica(s); this process is {who}"
 
 
 def parse_tf_config(value: str | None) -> Role:

@@ -230,7 +230,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     if distributed_run:
         echo(f"training steps run by this worker: {worker_steps}")
     if not role.is_chief:
-        echo(f"{role.task_type} {role.index}: done; the chief writes {out_dir}")
+        echo(f"{role.task_type} {role.index}: done; only the chief writes the run folder")
         return {"role": "worker", "worker_steps": worker_steps, "labels": labels}
 
     metrics = {"labels": labels}
