@@ -183,7 +183,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
             history = run_fit(head, optimizer, train_ds, val_ds, epochs, phase)
         else:  # arrays, Keras shuffles them itself (the recipe of the released model)
             history = run_fit(head, optimizer, f_train, (f_val, targets_val), epochs, phase, y=targets_train,
-                              sample_weight=sample_weights, batch_size=config.batch_size)
+                              sample_weight=weights[y_train], batch_size=config.batch_size)
         model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
         return history
 
