@@ -139,24 +139,30 @@ def test_a_worker_killed_mid_run_stops_the_other_cleanly(tmp_path, data_dir):
     assert not (tmp_path / "w1").exists()
 
 
-def test_teacher_that_does_not_fit_is_refused(tmp_path, data_dir, tiny_run):
+def test_teacher_that_does_not_fit_is_refused(tmp_path, data_dir):
+    from leukedge.train import dataset
+
+    # A teacher folder as edge-train writes it; the refusals happen before its model is loaded.
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.keras").write_bytes(b"not loaded before the checks")
+    samples = dataset.stratified_split(dataset.scan(data_dir, limit_per_class=10).samples, seed=0)
+    dataset.write_split(samples, teacher / "split.csv")
+    (teacher / "labels.txt").write_text("Benign\nPre-B\nEarly Pre-B\nPro-B\n")  # wrong order
     out = tmp_path / "student"
-    quick = ("--alpha", "0.35", "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "0",
-             "--limit-per-class", "40")
 
     def student(*args):
-        return run_cli("edge-train", "--data", data_dir, "--out", out, *quick, *args, check=False)
+        return run_cli("edge-train", "--data", data_dir, "--out", out, "--limit-per-class", "10",
+                       "--epochs", "1", "--fine-tune-epochs", "0", *args, check=False)
 
     assert_clean_error(student("--teacher", tmp_path), "has no model.keras")
-    wrong_labels = tmp_path / "wrong-labels"
-    wrong_labels.mkdir()
-    for name in ("model.keras", "split.csv"):
-        (wrong_labels / name).symlink_to(tiny_run / name)
-    (wrong_labels / "labels.txt").write_text("Benign\nPre-B\nEarly Pre-B\nPro-B\n")
-    assert_clean_error(student("--teacher", wrong_labels), "labels", "exactly the student's classes")
-    other_split = tmp_path / "other.csv"
-    other_split.write_text((tiny_run / "split.csv").read_text().replace(",test\n", ",val\n", 1))
-    assert_clean_error(student("--teacher", tiny_run, "--split-file", other_split), "not the teacher's split")
+    assert_clean_error(student("--teacher", teacher), "exactly the student's classes")
+    (teacher / "labels.txt").write_text("\n".join(dataset.CANONICAL_LABELS) + "\n")
+    other = tmp_path / "other.csv"
+    dataset.write_split(dataset.stratified_split(samples, seed=1), other)
+    assert_clean_error(student("--teacher", teacher, "--split-file", other), "not the teacher's split")
+    (teacher / "split.csv").unlink()
+    assert_clean_error(student("--teacher", teacher), "split.csv is missing")
     assert not out.exists()
 
 
