@@ -58,7 +58,17 @@ def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--limit-per-class", type=click.IntRange(1), default=None,
               help="Use only the first N images per class (quick experiments, tests).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
-              help="tf.distribute strategy: mirrored for several GPUs, multiworker for several hosts (TF_CONFIG).")
+              help="tf.distribute strategy: mirrored for several GPUs (or CPU devices), multiworker for "
+                   "several hosts (TF_CONFIG on each; only the chief writes --out). See docs/training.md.")
+@click.option("--dropout", type=click.FloatRange(0.0, 0.9), default=TrainConfig.dropout,
+              help="Dropout before the softmax layer.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Distil from this model: an edge-train run folder, or a .tflite with labels.txt and "
+                   "split.csv beside it (e.g. models/model_fp16.tflite). The student uses its split.")
+@click.option("--distill-temperature", type=click.FloatRange(1.0, 20.0), default=TrainConfig.distill_temperature,
+              help="Temperature that softens the teacher's and the student's probabilities (with --teacher).")
+@click.option("--distill-weight", type=click.FloatRange(0.0, 1.0), default=TrainConfig.distill_weight,
+              help="Share of the soft-target term in the loss; the labels get the rest (with --teacher).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
@@ -70,6 +80,9 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
       edge-train --out runs/default
       edge-train --out runs/a035-128 --alpha 0.35 --image-size 128
       edge-train --data ~/leukemia --out runs/reuse --split-file runs/default/split.csv
+      edge-train --out runs/fast --alpha 0.35 --image-size 128 --teacher models/model_fp16.tflite
+      TF_CONFIG='{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}' \\
+        edge-train --out runs/mw --strategy multiworker    # the same on host b with index 1
     """
     from leukedge.train.quiet import quiet_tensorflow
 
@@ -77,7 +90,9 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
     from tqdm import tqdm
 
     from leukedge.train import dataset
+    from leukedge.train.cluster import WorkerLostError, parse_tf_config
     from leukedge.train.config import SettingsError, WeightsError
+    from leukedge.train.distill import check_teacher
     from leukedge.train.run_dir import RunDirError, check_out_dir
 
     try:
@@ -88,18 +103,24 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
     try:
         # Bad output folders, data and split files fail here, before TensorFlow is imported.
         check_out_dir(out_dir, config.overwrite)
+        if config.strategy == "multiworker":
+            parse_tf_config(os.environ.get("TF_CONFIG"))
         if config.split_file:
             dataset.read_split(config.split_file, data_dir)
+        if config.teacher:
+            check_teacher(config.teacher, None, config.split_file)
         scan = dataset.scan(data_dir, config.subset, config.image_size, config.limit_per_class,
                             progress=lambda items: tqdm(items, desc="decode images", unit="img"))
         click.echo(dataset.summary(scan))
         from leukedge.train.training import train
 
         metrics = train(config, echo=click.echo, scan=scan)
-    except (dataset.DatasetError, RunDirError, WeightsError, SettingsError) as error:
+    except (dataset.DatasetError, RunDirError, WeightsError, SettingsError, WorkerLostError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None
+    if "test" not in metrics:  # a worker other than the chief: the chief reports and writes
+        return
     test = metrics["test"]
     click.echo(f"test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro']['f1']:.4f} "
                f"(n={test['n']}); {metrics['timing_seconds']['total'] / 60:.1f} min, "

@@ -43,6 +43,12 @@ class TrainConfig:
     split_file: Path | None = None  # reuse this split.csv exactly instead of making one
     limit_per_class: int | None = None  # use only the first N images of each class (quick runs)
     strategy: str = "default"  # tf.distribute strategy: default | mirrored | multiworker
+    # Knowledge distillation: a trained model (run folder or .tflite with labels.txt and split.csv
+    # beside it) whose probabilities, softened at `distill_temperature`, are learned alongside the
+    # labels; `distill_weight` is the share of the soft-target term in the loss.
+    teacher: Path | None = None
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.7
     overwrite: bool = False  # replace a non-empty out_dir
     augment: dict = field(default_factory=lambda: {
         "flip": "horizontal_and_vertical",

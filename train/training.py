@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from leukedge.train import dataset, report
-from leukedge.train.config import STRATEGIES, TrainConfig
+from leukedge.train import dataset, distill, distributed, report
+from leukedge.train.config import TrainConfig
 from leukedge.train.metrics import classification_metrics
 from leukedge.train.model import (
     augmentation,
@@ -33,29 +33,20 @@ PUBLISHED = {"accuracy": 0.9858, "precision": 0.986, "recall": 0.9858, "f1": 0.9
              "source": "MobileNetV2, 30 epochs, batch 32, 80:10:10 split (published study)"}
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":  # reads the cluster from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name != "default":
-        raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
-    return tf.distribute.get_strategy()
-
-
-def assign_split(config: TrainConfig, scan: dataset.Scan) -> list[dataset.Sample]:
-    if config.split_file is None:
+def assign_split(config: TrainConfig, scan: dataset.Scan, split_file: Path | None = None) -> list[dataset.Sample]:
+    split_file = split_file or config.split_file
+    if split_file is None:
         return dataset.stratified_split(scan.samples, config.seed)
-    listed = dataset.read_split(config.split_file, config.data_dir)
+    listed = dataset.read_split(split_file, config.data_dir)
     unusable = [s.path for s in listed if s.sha256 not in scan.images]
     if unusable:
         raise dataset.DatasetError(
-            f"split file {config.split_file} names {len(unusable)} image(s) that are not usable "
+            f"split file {split_file} names {len(unusable)} image(s) that are not usable "
             f"in {config.data_dir} (changed, unreadable or filtered out), e.g. {unusable[0]}"
         )
     unknown = sorted({s.label for s in listed} - set(scan.labels))
     if unknown:
-        raise dataset.DatasetError(f"split file {config.split_file} has labels {unknown} not in the data")
+        raise dataset.DatasetError(f"split file {split_file} has labels {unknown} not in the data")
     return listed
 
 
@@ -73,11 +64,10 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
-def fine_tune_dataset(x, y, weights, n_classes, config: TrainConfig) -> tf.data.Dataset:
+def fine_tune_dataset(x, y, weights, targets, config: TrainConfig) -> tf.data.Dataset:
     augment = augmentation(config.augment, config.seed)
-    one_hot = np.eye(n_classes, dtype=np.float32)[y]
     sample_weights = weights[y].astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, one_hot, sample_weights))
+    ds = tf.data.Dataset.from_tensor_slices((x, targets, sample_weights))
     ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
     ds = ds.map(lambda img, label, w: (augment(tf.cast(img, tf.float32)), label, w),
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -90,34 +80,64 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarr
                            for start in range(0, len(images), batch_size)])
 
 
-def history_rows(history: keras.callbacks.History, phase: str, first_epoch: int) -> list[dict]:
+def history_rows(history: dict[str, list[float]], phase: str, first_epoch: int) -> list[dict]:
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
-    n = len(history.history.get("loss", []))
+    n = len(history.get("loss", []))
     return [{"epoch": first_epoch + i, "phase": phase,
-             **{k: float(history.history[k][i]) for k in keys if k in history.history}}
+             **{k: float(history[k][i]) for k in keys if k in history}}
             for i in range(n)]
 
 
 def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> dict:
-    """Run the whole training; returns metrics.json's content. Writes config.out_dir."""
+    """Run the whole training; returns metrics.json's content. Writes config.out_dir.
+
+    With `--strategy multiworker` every worker runs this; only the chief writes config.out_dir.
+    """
     started = time.monotonic()
     out_dir = Path(config.out_dir)
     check_out_dir(out_dir, config.overwrite)
+    teacher = distill.check_teacher(config.teacher, None, config.split_file) if config.teacher else None
     scan = scan or dataset.scan(config.data_dir, config.subset, config.image_size, config.limit_per_class)
     labels = scan.labels
-    samples = assign_split(config, scan)
+    if teacher:
+        distill.check_teacher(config.teacher, labels)
+    samples = assign_split(config, scan, teacher.split_file if teacher else None)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         arrays(samples, scan, labels, split) for split in dataset.SPLITS)
     echo(f"split: train {len(y_train)}, val {len(y_val)}, test {len(y_test)}")
+    n_classes = len(labels)
+    one_hot = np.eye(n_classes, dtype=np.float32)
+    targets_train, targets_val = one_hot[y_train], one_hot[y_val]
+    if teacher:
+        # Soft targets once per image (see distill.py); the columns follow the labels' order.
+        echo(f"teacher {teacher.model_path}: soft targets at temperature {config.distill_temperature:g}")
+        soft = distill.soft_targets(distill.teacher_probabilities(
+            teacher, [s for split in ("train", "val") for s in samples if s.split == split],
+            config.data_dir, config.batch_size), config.distill_temperature)
+        targets_train = np.concatenate([targets_train, soft[:len(y_train)]], axis=1)
+        targets_val = np.concatenate([targets_val, soft[len(y_train):]], axis=1)
     decoded = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config.strategy)
+    strategy, role = distributed.make_strategy(config.strategy)
+    distributed_run = config.strategy != "default"
+    if distributed_run:
+        echo(role.describe())
 
-    n_classes = len(labels)
     weights = class_weights(y_train, n_classes)
-    smoothing = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    one_hot = np.eye(n_classes, dtype=np.float32)
+    # loss_fn gives one loss per example: Keras's fit weights and averages it itself, the
+    # distributed loop sums it over the global batch.
+    if teacher:
+        loss_fn = distill.distillation_loss(n_classes, config.distill_temperature, config.distill_weight,
+                                            config.label_smoothing)
+        fit_loss = loss_fn
+    else:
+        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
+        fit_loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+
+    def accuracy():
+        return distill.label_accuracy(n_classes) if teacher else "accuracy"
+
     with strategy.scope():
         base = build_backbone(config.alpha, config.image_size, config.weights)
         if config.int8_grid:
@@ -128,59 +148,94 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         head = build_head(model.get_layer("pool").output.shape[-1], n_classes, config.dropout)
 
     features = keras.Model(model.input, model.get_layer("pool").output)
+    local_predict = distributed.predict if distributed_run else predict
+    worker_steps = 0
 
-    def fit_head(learning_rate: float, epochs: int) -> keras.callbacks.History:
+    def run_fit(target_model, optimizer, train_ds, val_ds, epochs, phase, **fit_args) -> dict:
+        """One phase of training, on one machine (Keras fit) or distributed (distributed.fit)."""
+        nonlocal worker_steps
+        callbacks = [keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+                     EtaCallback(phase, epochs, echo)]
+        if not distributed_run:
+            with strategy.scope():
+                target_model.compile(optimizer, fit_loss, metrics=[accuracy()])
+            fitted = target_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                                      verbose=1 if sys.stdout.isatty() and phase == "fine-tune" else 2,
+                                      callbacks=callbacks, **fit_args)
+            return fitted.history
+        history, steps = distributed.fit(strategy, target_model, loss_fn, optimizer, train_ds, val_ds,
+                                         epochs, callbacks, n_classes, echo)
+        worker_steps += steps
+        return history
+
+    def fit_head(learning_rate: float, epochs: int, phase: str) -> dict:
         """Train the head alone: the backbone does not change meanwhile, so its features are
         computed once. The trained head then goes into the full model."""
-        f_train = predict(features, x_train, config.batch_size)
-        f_val = predict(features, x_val, config.batch_size)
+        f_train = local_predict(features, x_train, config.batch_size)
+        f_val = local_predict(features, x_val, config.batch_size)
+        sample_weights = weights[y_train].astype(np.float32)
         with strategy.scope():
-            head.compile(keras.optimizers.Adam(learning_rate), smoothing, metrics=["accuracy"])
-        fitted = head.fit(f_train, one_hot[y_train], sample_weight=weights[y_train],
-                          validation_data=(f_val, one_hot[y_val]), epochs=epochs,
-                          batch_size=config.batch_size, verbose=2, callbacks=[
-                              keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)])
+            optimizer = keras.optimizers.Adam(learning_rate)
+        if distributed_run:
+            train_ds = tf.data.Dataset.from_tensor_slices((f_train, targets_train, sample_weights))
+            train_ds = train_ds.shuffle(len(f_train), seed=config.seed).batch(config.batch_size)
+            val_ds = tf.data.Dataset.from_tensor_slices((f_val, targets_val)).batch(config.batch_size)
+            history = run_fit(head, optimizer, train_ds, val_ds, epochs, phase)
+        else:  # arrays, Keras shuffles them itself (the recipe of the released model)
+            history = run_fit(head, optimizer, f_train, (f_val, targets_val), epochs, phase, y=targets_train,
+                              sample_weight=weights[y_train], batch_size=config.batch_size)
         model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
-        return fitted
+        return history
 
-    echo(f"frozen phase: caching backbone features, then up to {config.epochs} head epochs")
-    history = history_rows(fit_head(config.learning_rate, config.epochs), "frozen", 1)
-    frozen_done = time.monotonic()
+    try:
+        echo(f"frozen phase: caching backbone features, then up to {config.epochs} head epochs")
+        history = history_rows(fit_head(config.learning_rate, config.epochs, "frozen"), "frozen", 1)
+        frozen_done = time.monotonic()
 
-    if config.fine_tune_epochs > 0:
-        with strategy.scope():
-            trainable = unfreeze_top(base, config.fine_tune_from)
-            steps = config.fine_tune_epochs * int(np.ceil(len(y_train) / config.batch_size))
-            # One epoch of linear warm-up: a fresh optimizer at full rate on the unfrozen layers
-            # would first undo what the head learned (seen here: 96% -> 79% train accuracy).
-            warmup = int(np.ceil(len(y_train) / config.batch_size))
-            schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, max(steps - warmup, 1), warmup_target=config.fine_tune_learning_rate, warmup_steps=warmup)
-            model.compile(keras.optimizers.Adam(schedule), smoothing, metrics=["accuracy"])
-        echo(f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
-             f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs")
-        train_ds = fine_tune_dataset(x_train, y_train, weights, n_classes, config)
-        val_ds = tf.data.Dataset.from_tensor_slices((x_val, one_hot[y_val])).batch(config.batch_size)
-        val_ds = val_ds.map(lambda img, label: (tf.cast(img, tf.float32), label))
-        tuned = model.fit(train_ds, validation_data=val_ds,
-                          epochs=config.fine_tune_epochs, verbose=1 if sys.stdout.isatty() else 2,
-                          callbacks=[keras.callbacks.EarlyStopping(
-                              patience=config.patience, restore_best_weights=True)])
-        history += history_rows(tuned, "fine-tune", len(history) + 1)
-    if config.int8_grid and config.int8_refit_epochs > 0:
-        # The fine-tuned kernels go onto the int8 grid too (the converter would round them the
-        # same way), and the head refits on what the int8 model's backbone computes.
-        echo(f"int8 refit: rounded {snap_to_int8_grid(base, None, config.int8_per_tensor_layers)} kernels; "
-             f"head refits for up to {config.int8_refit_epochs} epochs")
-        # The head starts from where fine-tuning left it.
-        head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
-        refit = fit_head(config.fine_tune_learning_rate, config.int8_refit_epochs)
-        history += history_rows(refit, "int8-refit", len(history) + 1)
+        if config.fine_tune_epochs > 0:
+            with strategy.scope():
+                trainable = unfreeze_top(base, config.fine_tune_from)
+                steps = config.fine_tune_epochs * int(np.ceil(len(y_train) / config.batch_size))
+                # One epoch of linear warm-up: a fresh optimizer at full rate on the unfrozen layers
+                # would first undo what the head learned (seen here: 96% -> 79% train accuracy).
+                warmup = int(np.ceil(len(y_train) / config.batch_size))
+                schedule = keras.optimizers.schedules.CosineDecay(
+                    0.0, max(steps - warmup, 1), warmup_target=config.fine_tune_learning_rate, warmup_steps=warmup)
+                optimizer = keras.optimizers.Adam(schedule)
+            echo(f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
+                 f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs")
+            train_ds = fine_tune_dataset(x_train, y_train, weights, targets_train, config)
+            val_ds = tf.data.Dataset.from_tensor_slices((x_val, targets_val)).batch(config.batch_size)
+            val_ds = val_ds.map(lambda img, label: (tf.cast(img, tf.float32), label))
+            tuned = run_fit(model, optimizer, train_ds, val_ds, config.fine_tune_epochs, "fine-tune")
+            history += history_rows(tuned, "fine-tune", len(history) + 1)
+        if config.int8_grid and config.int8_refit_epochs > 0:
+            # The fine-tuned kernels go onto the int8 grid too (the converter would round them the
+            # same way), and the head refits on what the int8 model's backbone computes.
+            echo(f"int8 refit: rounded {snap_to_int8_grid(base, None, config.int8_per_tensor_layers)} kernels; "
+                 f"head refits for up to {config.int8_refit_epochs} epochs")
+            # The head starts from where fine-tuning left it.
+            head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
+            refit = fit_head(config.fine_tune_learning_rate, config.int8_refit_epochs, "int8-refit")
+            history += history_rows(refit, "int8-refit", len(history) + 1)
+    except tf.errors.OpError as error:
+        if not distributed_run:
+            raise
+        # A collective that lost its peer: say so in one line; nothing was written yet.
+        first = str(error).strip().splitlines()[0][:300]
+        raise distributed.WorkerLostError(
+            f"distributed training stopped: another worker failed or became unreachable "
+            f"({type(error).__name__}: {first}); no run folder was written, restart all workers") from None
     tuned_done = time.monotonic()
+    if distributed_run:
+        echo(f"training steps run by this worker: {worker_steps}")
+    if not role.is_chief:
+        echo(f"{role.task_type} {role.index}: done; only the chief writes the run folder")
+        return {"role": "worker", "worker_steps": worker_steps, "labels": labels}
 
     metrics = {"labels": labels}
     for split, x, y in (("val", x_val, y_val), ("test", x_test, y_test)):
-        probabilities = predict(model, x, config.batch_size)
+        probabilities = local_predict(model, x, config.batch_size)
         metrics[split] = classification_metrics(y, probabilities.argmax(axis=1), labels)
     finished = time.monotonic()
     metrics.update({
@@ -199,11 +254,53 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                            "total": round(finished - started, 1)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "environment": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                        "keras": keras.__version__, "machine": platform.machine()},
+                        "keras": keras.__version__, "machine": platform.machine(),
+                        "cpu": cpu_model()},
         "published_reference": PUBLISHED,
     })
+    if distributed_run:
+        metrics["distributed"] = {"strategy": role.strategy, "workers": role.workers,
+                                  "replicas": role.replicas, "global_batch_size": config.batch_size,
+                                  "chief_steps": worker_steps}
+    if teacher:
+        # The saved model needs no LeukEdge code to load: plain cross-entropy in its compile config.
+        model.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), "categorical_crossentropy",
+                      metrics=["accuracy"])
+        metrics["teacher"] = {"model": str(teacher.model_path), "temperature": config.distill_temperature,
+                              "soft_target_weight": config.distill_weight}
     write_outputs(config, model, labels, samples, scan, history, metrics)
     return metrics
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the timing figures in metrics.json."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class EtaCallback(keras.callbacks.Callback):
+    """After each epoch: its time and the phase's remaining time, if it ran to its last epoch
+    (early stopping can end it sooner), so a long run says when it will be done."""
+
+    def __init__(self, phase: str, epochs: int, echo=print):
+        super().__init__()
+        self.phase, self.epochs, self.echo = phase, epochs, echo
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.monotonic() - self.started
+        left = self.epochs - epoch - 1
+        if left and elapsed / (epoch + 1) >= 5:  # quiet for the seconds-long head epochs
+            eta = elapsed / (epoch + 1) * left
+            self.echo(f"{self.phase}: epoch {epoch + 1}/{self.epochs} done after {elapsed / 60:.1f} min; "
+                      f"at most {eta / 60:.1f} min left in this phase ({time.strftime('%H:%M', time.localtime(time.time() + eta))})")
 
 
 def write_outputs(config, model, labels, samples, scan, history, metrics) -> None:
