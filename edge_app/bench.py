@@ -87,9 +87,9 @@ def bench_model(model: Path, images: list[Path], frames: int, threads: int | Non
             t2 = clock()
             tensor = processor.prepare(rgb)
             t3 = clock()
-            probabilities = classifier.invoke(tensor)
+            probabilities, ood_score = classifier.invoke_outputs(tensor)
             t4 = clock()
-            decision = processor.decide(quality, probabilities if quality.ok else None)
+            decision = processor.decide(quality, probabilities if quality.ok else None, ood_score)
             processor.record(Frame(rgb, str(path)), quality, decision, None, utc_now())
             t5 = clock()
             for stage, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):

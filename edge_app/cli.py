@@ -92,9 +92,10 @@ def main() -> None:
               help="live: classify every frame. capture: on a trigger (sample ID + Enter on stdin, "
                    "Enter again, SIGUSR1, or c in the preview).")
 @click.option("--sample-id", default=None, help="Sample ID stored with each result.")
-@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=D.min_confidence,
-              show_default=True, help="Below this top probability the answer is "
-                                     "'uncertain: refer for expert review'.")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Override: answer when the top probability reaches this, instead of the model's "
+                   "conformal rule (the OOD check still applies). Default: the rule the model carries "
+                   "(older models without trust parameters: 0.80).")
 @click.option("--smooth", type=click.IntRange(1, 100), default=D.smoothing, show_default=True,
               help="Live mode: average probabilities over the last N classified frames.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
@@ -177,6 +178,7 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     log.info("model %s", classifier.describe())
+    log_decision_rule(classifier, min_confidence)
     if not classifier.verified:
         log.warning("warning: %s is not verified against a manifest.json sha256", classifier.path.name)
     store = None
@@ -198,6 +200,24 @@ def run(model, source, headless, db_path, save_dir, image_format, mode, sample_i
         if store is not None:
             store.close()
     log.info("%s; results in %s", counts.summary(), db_path)
+
+
+def log_decision_rule(classifier, min_confidence: float | None) -> None:
+    """Say at start-up which rule will decide (stored with every frame as decision_rule)."""
+    from leukedge.edge_app.decision import DecisionRule
+
+    rule = DecisionRule.for_model(classifier.trust, min_confidence)
+    if rule.legacy and min_confidence is None:
+        log.warning("warning: %s carries no trust parameters (an older release): no out-of-distribution "
+                    "check, answers on the legacy rule top probability >= %.2f; convert it again with "
+                    "edge-convert for calibrated, conformal referral", classifier.path.name, rule.min_confidence)
+    elif rule.trust is not None:
+        ood, conformal = classifier.trust.ood, classifier.trust.conformal
+        log.info("decision rule: %s (OOD threshold %.4g keeps %.0f%% of validation frames; conformal "
+                 "threshold %.4g, target coverage %.0f%%)", rule.text, ood.threshold, 100 * ood.retention,
+                 conformal.threshold, 100 * conformal.target_coverage)
+    else:
+        log.info("decision rule: %s", rule.text)
 
 
 @main.command()
