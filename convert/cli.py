@@ -51,8 +51,9 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
               help="Conformal target coverage: the prediction set holds the true label this often.")
 @click.option("--ood-retention", type=click.FloatRange(0.5, 0.999), default=0.99,
               help="Share of validation frames the OOD threshold keeps (the rest would be 'unknown').")
-@click.option("--ood-dims", type=click.IntRange(1, 1280), default=64,
-              help="Whitened dimensions of the Mahalanobis OOD score (1280 x dims weights in the model).")
+@click.option("--ood-dims", type=click.IntRange(1, 1280), default=None,
+              help="Whitened dimensions of the Mahalanobis OOD score (features x dims weights in the "
+                   "model). Default: as many as the train split supports, at most 256.")
 @click.option("--overwrite", is_flag=True, help="Replace earlier models in --out.")
 def main(source: Path, out_dir: Path, **options) -> None:
     """Convert a trained model (edge-train RUN_DIR or MODEL.keras) to TFLite.

@@ -57,7 +57,7 @@ class ConvertConfig:
     trust: bool = True  # fit and embed the trust parameters (temperature, conformal, OOD)
     coverage: float = 0.99  # conformal target coverage
     ood_retention: float = 0.99  # share of validation frames the OOD threshold keeps
-    ood_dims: int = 64  # whitened dimensions of the Mahalanobis subspace
+    ood_dims: int | None = None  # whitened Mahalanobis dimensions; None: trust_fit.auto_dims
     ood_cap: float = 4.0  # int8 OOD branch saturates at this multiple of the float threshold
     notes: dict = field(default_factory=dict)
 
@@ -272,7 +272,7 @@ def convert(config: ConvertConfig, echo=print) -> dict:
                     echo(f"{variant}: OOD branch ranges set from the fit ({len(widened)} tensors, "
                          f"cap {fitted.cap:.4g})")
                 # Thresholds from this variant's own outputs on the validation split.
-                write_atomic(path, with_metadata(tflite, fitted.metadata(info)))
+                write_atomic(path, with_metadata(tflite, fitted.metadata(info, with_trust_file=False)))
                 params = fitted.params_for(Classifier(path, allow_unverified=True, require_trust=False))
                 trust_entry = params.to_dict()
                 echo(f"{variant}: OOD threshold {params.ood.threshold:.4g}, conformal threshold "
@@ -289,6 +289,10 @@ def convert(config: ConvertConfig, echo=print) -> dict:
             if trust_entry is not None:
                 entry["ood_output"] = tensor_entry(classifier.ood_output)
                 entry["trust"] = trust_entry
+                entry["far_out_check"] = fitted.far_out_check(classifier)
+                if entry["far_out_check"]["unknown"] < entry["far_out_check"]["frames"]:
+                    echo(f"warning: {variant} calls only {entry['far_out_check']['unknown']} of "
+                         f"{entry['far_out_check']['frames']} flat or noise frames unknown")
                 if len(test):
                     entry["trust_test"] = fitted.test_summary(classifier, test_pixels, y_test)
             if variant == "int8":

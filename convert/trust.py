@@ -68,15 +68,16 @@ class Fitted:
         return {"temperature": self.temperature, "ood_method": OOD_METHOD, "ood_dims": m.dims,
                 "ledoit_wolf_shrinkage": round(m.shrinkage, 6), "explained_variance": round(m.explained, 6),
                 "n_train": m.n_fit, "n_val": int(len(self.y_val)), "keras_ood_threshold": self.float_threshold,
-                "int8_ood_cap": self.cap, **self.before_after}
+                "int8_ood_cap": self.cap, "int8_ood_element_cap": self.cap / 2, **self.before_after}
 
     def prepare_outputs(self, tflite: bytes, variant: str) -> tuple[bytes, list[str]]:
         tflite = name_outputs(tflite, len(self.labels))
         if variant == "int8":
-            return widen_ood_ranges(tflite, self.mahalanobis.projected_means, self.cap)
+            return widen_ood_ranges(tflite, self.mahalanobis.projected_means, self.cap,
+                                    element_cap=self.cap / 2)
         return tflite, []
 
-    def metadata(self, info: ModelMetadata) -> ModelMetadata:
+    def metadata(self, info: ModelMetadata, with_trust_file: bool = True) -> ModelMetadata:
         from dataclasses import replace
 
         return replace(
@@ -88,7 +89,8 @@ class Fitted:
                                "features to the nearest class mean (larger: less like the training "
                                f"images). Compare with ood.threshold in {TRUST_FILE}."),
             model_files={TRUST_FILE: "LeukEdge trust parameters: temperature, conformal (LAC) threshold "
-                                     "and target coverage, OOD method, threshold and retention share."})
+                                     "and target coverage, OOD method, threshold and retention share."}
+            if with_trust_file else {})
 
     def files(self, params: TrustParams) -> dict[str, bytes]:
         return {TRUST_FILE: params.to_json().encode()}
@@ -112,6 +114,18 @@ class Fitted:
             retention=self.retention, n_fit=self.mahalanobis.n_fit, fit_splits=("train",),
             threshold_split="val", n_threshold=n)
         return TrustParams(temperature=self.temperature, conformal=conformal, ood=ood)
+
+    def far_out_check(self, classifier) -> dict:
+        """Generated frames nothing like a smear (flat colours, noise): the variant must call them
+        unknown; for int8 this is where a saturating OOD branch would show."""
+        size = classifier.image_size
+        rng = np.random.default_rng(0)
+        frames = [np.full((size, size, 3), c, np.uint8) for c in
+                  ((0, 0, 0), (255, 255, 255), (128, 128, 128), (220, 190, 210))]
+        frames += [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+        _, scores = self.outputs(classifier, np.stack(frames))
+        return {"frames": len(frames), "unknown": int(sum(classifier.trust.ood.is_unknown(s) for s in scores)),
+                "min_score": float(scores.min())}
 
     def test_summary(self, classifier, pixels: np.ndarray, y: np.ndarray) -> dict:
         """What the variant's embedded rule does on the test split (also in the report)."""

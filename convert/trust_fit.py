@@ -120,12 +120,23 @@ def check_counts(labels: list[str], y: np.ndarray, split: str, minimum: int = 1)
                            f"parameters need at least {minimum}: re-split with more {label} images")
 
 
-def fit_mahalanobis(features: np.ndarray, y: np.ndarray, labels: list[str], dims: int) -> MahalanobisFit:
-    """Class means and a shared shrunk covariance from the TRAIN features, whitened to `dims`."""
+MAX_DIMS = 256  # default subspace: see docs/trust.md for the comparison that chose it
+
+
+def auto_dims(n_train: int, n_classes: int, features: int) -> int:
+    """As many directions as the training images support (half their degrees of freedom), at most
+    MAX_DIMS: on the real model more directions flagged more unlike frames at the same retention."""
+    return max(1, min(MAX_DIMS, features, (n_train - n_classes) // 2))
+
+
+def fit_mahalanobis(features: np.ndarray, y: np.ndarray, labels: list[str],
+                    dims: int | None = None) -> MahalanobisFit:
+    """Class means and a shared shrunk covariance from the TRAIN features, whitened to `dims`
+    (default `auto_dims`)."""
     features = np.asarray(features, dtype=np.float64)
     n, d = features.shape
     check_counts(labels, y, "train", minimum=2)
-    dims = min(dims, d)
+    dims = min(dims or auto_dims(n, len(labels), d), d)
     # A covariance from n - C degrees of freedom has at most n - C non-trivial directions; asking
     # for more would whiten noise the shrinkage made up. Twice the dimensions keeps it honest.
     needed = 2 * dims + len(labels)

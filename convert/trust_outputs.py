@@ -14,15 +14,20 @@ the worst failure for an OOD detector. `widen_ood_ranges` therefore sets the bra
 from the float fit instead of from calibration, so that saturation can only happen above a cap
 far beyond the threshold:
 
-- projection y = W z: [min_c m_c - R, max_c m_c + R] per tensor, R = sqrt(cap);
-- difference y - m_c: the exact bound that range implies (never saturates);
-- squares, their sum over dimensions, the minimum over classes and the output: [0, cap].
+- projection y = W z: [min_c m_c - R, max_c m_c + R] per tensor, R = sqrt(element_cap);
+- difference y - m_c (when the converter keeps it apart): the exact bound that range implies;
+- squared differences (the converter fuses SUB and square into SQUARED_DIFFERENCE):
+  [0, element_cap], element_cap = 2 x the float threshold, fine enough for the many small
+  per-dimension terms of an in-distribution frame;
+- their sum over dimensions, the minimum over classes and the output: [0, cap], cap = 4 x the
+  float threshold.
 
 A coordinate clipped at the edge of y's range is R from every class mean, so its square alone
-saturates at cap and the score reads cap: far-out frames land at cap > threshold. Inside the
-range the int8 score is min(distance, cap) up to rounding (step cap / 255). Changing these
-scales is sound because every op on the branch (FULLY_CONNECTED output, SUB, MUL, SUM,
-REDUCE_MIN, QUANTIZE) derives its requantization from the tensors' scales when the interpreter
+reads element_cap and every class distance is at least 2 x the float threshold: far-out frames
+land above the threshold, never at an in-distribution value. Inside the ranges the int8 score
+is min(distance, cap) up to rounding (steps element_cap / 255 and cap / 255). Changing these
+scales is sound because every op on the branch (FULLY_CONNECTED output, SQUARED_DIFFERENCE,
+SUM, REDUCE_MIN, QUANTIZE) derives its requantization from the tensors' scales when the interpreter
 prepares it, and no weight or bias is quantized with a branch activation's scale.
 """
 
@@ -75,7 +80,8 @@ def _set_range(tensor, low: float, high: float) -> None:
     tensor.quantization.zeroPoint = np.array([zero_point], dtype=np.int64)
 
 
-def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float) -> tuple[bytes, list[str]]:
+def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float,
+                     element_cap: float) -> tuple[bytes, list[str]]:
     """Set the int8 ranges of the OOD branch as the module doc says; returns the model and the
     ops it changed, from the projection to the output."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
@@ -94,13 +100,13 @@ def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float) -> t
         chain.append((code, op))
         if code == OPS.FULLY_CONNECTED:
             break
-        if code in (OPS.SUB, OPS.ADD):
-            # the variable input: the one with no constant buffer
-            index = next(int(i) for i in op.inputs if model_object.buffers[graph.tensors[i].buffer].data is None)
-        else:
-            index = int(op.inputs[0])
+        # the variable input: the one with no constant buffer (SUB, SQUARED_DIFFERENCE: the means)
+        variable = [int(i) for i in op.inputs if i >= 0 and model_object.buffers[graph.tensors[i].buffer].data is None]
+        if len(variable) != 1:
+            raise OutputError(f"op {_op_name(code)} on the OOD branch has {len(variable)} computed inputs")
+        index = variable[0]
     means = np.asarray(projected_means, dtype=np.float64)
-    radius = float(np.sqrt(cap))
+    radius = float(np.sqrt(element_cap))
     low, high = float(means.min()) - radius, float(means.max()) + radius
     span = high - low
     stage = "projection"
@@ -119,7 +125,10 @@ def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float) -> t
         elif code in (OPS.SUB, OPS.ADD):
             stage = "difference"
             _set_range(tensor, -span, span)
-        elif code in (OPS.MUL, OPS.SQUARE, OPS.SUM, OPS.REDUCE_MIN):
+        elif code in (OPS.SQUARED_DIFFERENCE, OPS.MUL, OPS.SQUARE):
+            stage = "squares"
+            _set_range(tensor, 0.0, element_cap)
+        elif code in (OPS.SUM, OPS.REDUCE_MIN):
             stage = "distance"
             _set_range(tensor, 0.0, cap)
         else:

@@ -204,7 +204,11 @@ class Classifier:
         if self._score_index is None:
             raise ModelError(f"{self.path} carries {TRUST_FILE} but has no {OOD_OUTPUT!r} output: "
                              "its trust parameters do not fit the graph; convert it again with edge-convert")
-        if manifest_trust is not None and manifest_trust != trust.to_dict():
+        try:
+            listed = None if manifest_trust is None else TrustParams.from_dict(manifest_trust, "manifest.json")
+        except TrustError as error:
+            raise ModelError(f"{self.path}: {error}") from None
+        if listed is not None and listed != trust:
             raise ModelError(f"{self.path}: the trust parameters in manifest.json differ from those embedded "
                              "in the model: restore the matching manifest.json or convert again")
         return trust
