@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from leukedge.convert.trust_fit import conformal_quantile, fit_mahalanobis, ledoit_wolf, softmax
+from leukedge.convert.trust_fit import (
+    brier,
+    conformal_quantile,
+    expected_calibration_error,
+    fit_mahalanobis,
+    fit_temperature,
+    ledoit_wolf,
+    nll,
+    softmax,
+)
 from leukedge.edge_app.imaging import is_image_file, load_rgb, prepare
 from leukedge.train import dataset
 
@@ -114,6 +123,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=dataset.default_data_dir())
     parser.add_argument("--external", type=Path, nargs="*", default=[])
     parser.add_argument("--retention", type=float, default=0.99)
+    parser.add_argument("--coverage", type=float, default=0.99)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--dims", type=int, nargs="*", default=[16, 64, 128, 256])
     args = parser.parse_args()
@@ -160,8 +170,53 @@ def main() -> None:
             row[f"{folder}_flagged"] = float((s(fl) > threshold).mean())
         rows.append(row)
         print(json.dumps(row), flush=True)
+    decision = simulate(parts, external, labels, args.coverage, args.retention)
+    print(json.dumps(decision), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"methods": rows, "decision_float": decision}, indent=2) + "\n")
+
+
+def simulate(parts, external, labels, coverage: float, retention: float) -> dict:
+    """The whole decision rule in float (numpy) on these features and logits: temperature on val,
+    Mahalanobis (default subspace) on train, LAC and OOD thresholds on val; figures on test and
+    on the external folders."""
+    f_train, _, y_train, _ = parts["train"]
+    f_val, l_val, y_val, _ = parts["val"]
+    f_test, l_test, y_test, _ = parts["test"]
+    temperature = fit_temperature(l_val, y_val)
+    fit = fit_mahalanobis(f_train, y_train, labels)
+    p_val = softmax(l_val, temperature)
+    q = conformal_quantile(1 - p_val[np.arange(len(y_val)), y_val], coverage)
+    t = conformal_quantile(fit.scores(f_val), retention)
+
+    def outcome(f, g):
+        p = softmax(g, temperature)
+        sets = p >= 1 - q
+        unknown = fit.scores(f) > t
+        return p, sets, unknown, (sets.sum(1) == 1) & ~unknown
+
+    before = softmax(l_test)
+    p, sets, unknown, answered = outcome(f_test, l_test)
+    right = p.argmax(1) == y_test
+    covered = sets[np.arange(len(y_test)), y_test]
+    result = {"temperature": temperature, "dims": fit.dims, "conformal_threshold": q, "ood_threshold": t,
+              "test": {"n": int(len(y_test)),
+                       "ece_before": expected_calibration_error(before, y_test),
+                       "ece_after": expected_calibration_error(p, y_test),
+                       "nll_before": nll(before, y_test), "nll_after": nll(p, y_test),
+                       "brier_before": brier(before, y_test), "brier_after": brier(p, y_test),
+                       "coverage": float(covered.mean()), "mean_set_size": float(sets.sum(1).mean()),
+                       "per_class": {label: {"coverage": float(covered[y_test == c].mean()),
+                                             "mean_set_size": float(sets[y_test == c].sum(1).mean())}
+                                     for c, label in enumerate(labels)},
+                       "unknown": float(unknown.mean()), "answered": float(answered.mean()),
+                       "answered_right": float(right[answered].mean()),
+                       "answered_wrong_n": int((answered & ~right).sum())}}
+    for name, (f, g) in external.items():
+        _, _, unknown_e, answered_e = outcome(f, g)
+        result[name] = {"n": int(len(f)), "answered": float(answered_e.mean()), "unknown": float(unknown_e.mean()),
+                        "auroc": auroc(fit.scores(f_test), fit.scores(f))}
+    return result
 
 
 if __name__ == "__main__":
