@@ -128,7 +128,7 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
         assert isinstance(line["prediction_set"], list) and isinstance(line["ood_score"], float)
     with sqlite3.connect(db) as connection:
         connection.row_factory = sqlite3.Row
-        stored = {Path(r["frame_origin"]).name: dict(r) for r in connection.execute("SELECT * FROM frames")}
+        stored = {Path(r["frame_origin"]).name: dict(r) for r in connection.execute("SELECT * FROM results")}
     assert {stored[f"u{i}.png"]["decision"] for i in range(5)} == {"unknown"}
     if "ood_score" in stored["u0.png"]:  # the column arrives with the storage migration (helper D)
         assert stored["u0.png"]["ood_score"] == pytest.approx(by_origin["u0.png"]["ood_score"])
