@@ -42,7 +42,7 @@ TARGET_RATIO = 1.3  # issue 14: the camera path costs at most 1.3x the bare invo
 # The FrameProcessor / Classifier / ResultStore methods timed as each stage (decode is timed
 # directly, "other" is the remainder).
 WRAPPED = {"quality": ("processor", "gate"), "prepare": ("processor", "prepare"),
-           "invoke": ("classifier", "invoke"), "decision": ("processor", "decide"), "sqlite": ("store", "add")}
+           "invoke": ("classifier", "invoke_outputs"), "decision": ("processor", "decide"), "sqlite": ("store", "add")}
 
 
 @dataclass(frozen=True)

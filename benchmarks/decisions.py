@@ -19,9 +19,8 @@ import numpy as np
 
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app import metadata as tflite_metadata
-from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNFIT
+from leukedge.edge_app.decision import LABEL, LEGACY_MIN_CONFIDENCE, UNCERTAIN, UNFIT
 from leukedge.edge_app.runtime import Classifier
-from leukedge.edge_app.settings import DecisionSettings
 from leukedge.edge_app.trust import OOD_OUTPUT, PROBABILITIES_OUTPUT, TRUST_FILE, TrustParams
 
 UNKNOWN = "unknown"  # the contract's decision kind for out-of-distribution frames (CONTRACTS.md 1)
@@ -120,7 +119,7 @@ class DecisionRule:
     """label / uncertain / unknown per frame, by the model's trust parameters or the legacy rule."""
 
     trust: TrustParams | None
-    min_confidence: float = DecisionSettings().min_confidence
+    min_confidence: float = LEGACY_MIN_CONFIDENCE
 
     @property
     def name(self) -> str:

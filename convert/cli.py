@@ -43,6 +43,16 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, help="Seed for picking calibration images.")
 @click.option("--no-verify", "verify", flag_value=False, default=True,
               help="Skip the accuracy check on the test split.")
+@click.option("--no-trust", "trust", flag_value=False, default=True,
+              help="Skip the trust parameters (calibration, conformal referral, OOD score): a "
+                   "single-output model that the app runs on the legacy 0.80 rule.")
+@click.option("--coverage", type=click.FloatRange(0.5, 0.999), default=0.99,
+              help="Conformal target coverage: the prediction set holds the true label this often.")
+@click.option("--ood-retention", type=click.FloatRange(0.5, 0.999), default=0.99,
+              help="Share of validation frames the OOD threshold keeps (the rest would be 'unknown').")
+@click.option("--ood-dims", type=click.IntRange(1, 1280), default=None,
+              help="Whitened dimensions of the Mahalanobis OOD score (features x dims weights in the "
+                   "model). Default: as many as the train split supports, at most 256.")
 @click.option("--overwrite", is_flag=True, help="Replace earlier models in --out.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
@@ -53,11 +63,18 @@ def main(source: Path, out_dir: Path, verbose: bool, **options) -> None:
     (labels, input normalization) that Android tooling reads, verifies each against the Keras
     model on the run's test split, and records hashes, tensors and figures in manifest.json.
 
+    Unless --no-trust, each model also gets its trust parameters (docs/trust.md): temperature
+    scaling fit on the val split folded into the graph, a second output "ood_score"
+    (Mahalanobis distance of the pooled features, statistics from the train split), and that
+    variant's own conformal (LAC) and OOD thresholds from its outputs on the val split, written
+    into the model as leukedge_trust.json and into manifest.json.
+
     \b
     Examples:
       edge-convert runs/default --out runs/default/tflite
       edge-convert runs/default/model.keras --out models --variants int8,fp16
       edge-convert runs/default --out out --int8-io float32 --calibration-samples 500
+      edge-convert runs/default --out out --coverage 0.99 --ood-retention 0.99
     """
     from leukedge.train.quiet import quiet_tensorflow
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from leukedge.convert import report
 from leukedge.convert.metadata import with_metadata
 from leukedge.convert.per_tensor import compact_kernels
+from leukedge.convert.trust_fit import FitError
 from leukedge.convert.variants import (
     DESCRIPTIONS,
     VARIANTS,
@@ -65,6 +66,11 @@ class ConvertConfig:
     seed: int = 0
     overwrite: bool = False
     verify: bool = True
+    trust: bool = True  # fit and embed the trust parameters (temperature, conformal, OOD)
+    coverage: float = 0.99  # conformal target coverage
+    ood_retention: float = 0.99  # share of validation frames the OOD threshold keeps
+    ood_dims: int | None = None  # whitened Mahalanobis dimensions; None: trust_fit.auto_dims
+    ood_cap: float = 4.0  # int8 OOD branch saturates at this multiple of the float threshold
     notes: dict = field(default_factory=dict)
 
 
@@ -180,6 +186,15 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
     test_pixels = dataset.load_pixels(test, root, size, bar("load test images"))
     y_test = np.array([labels.index(s.label) for s in test], dtype=np.int64)
 
+    fitted = None
+    if config.trust:
+        from leukedge.convert import trust
+
+        try:
+            fitted = trust.fit(model, samples, labels, root, size, config, echo, bar)
+        except FitError as error:
+            raise ConversionError(f"cannot fit the trust parameters: {error}") from None
+
     model_bytes = model_path.read_bytes()
     source_sha = sha256_bytes(model_bytes)
     manifest = Manifest(
@@ -216,14 +231,18 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
     # Staged inside out_dir, so publishing is a rename within one file system.
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir))
     try:
-        keras_probs = (model.predict(test_pixels.astype(np.float32), batch_size=32, verbose=0)
+        # With trust parameters the reference is the wrapper's calibrated output (same argmax).
+        keras_probs = ((fitted.probabilities(test_pixels) if fitted else
+                        model.predict(test_pixels.astype(np.float32), batch_size=32, verbose=0))
                        if len(test) else np.zeros((0, len(labels))))
         if len(test):
             reference = classification_metrics(y_test, keras_probs.argmax(axis=1), labels)
             manifest.reference = Reference("keras", reference["accuracy"], reference["macro"]["f1"],
                                            len(test))
         saved_model = staging / "saved_model"
-        model.export(str(saved_model), verbose=False)
+        (fitted.model if fitted else model).export(str(saved_model), verbose=False)
+        if fitted:
+            manifest.extra["trust_fit"] = fitted.summary()
         for variant in config.variants:
             echo(f"converting {variant}: {DESCRIPTIONS[variant]}")
             t0 = time.monotonic()
@@ -241,14 +260,38 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
                 if shared_scale:
                     echo(f"int8: {len(shared_scale)} kernels trained on one int8 grid stored with one scale "
                          f"({(unpacked - len(tflite)) / 1024:.0f} KB smaller)")
-            tflite = with_metadata(tflite, info)
             path = staging / file_name(variant)
+            trust_entry = None
+            if fitted:
+                tflite, widened = fitted.prepare_outputs(tflite, variant)
+                if widened:
+                    echo(f"{variant}: OOD branch ranges set from the fit ({len(widened)} tensors, "
+                         f"cap {fitted.cap:.4g})")
+                # Thresholds from this variant's own outputs on the validation split.
+                manifests.write_bytes_atomic(path, with_metadata(tflite, fitted.metadata(info, with_trust_file=False)))
+                params = fitted.params_for(Classifier(path, allow_unverified=True, require_trust=False))
+                trust_entry = params.to_dict()
+                echo(f"{variant}: OOD threshold {params.ood.threshold:.4g}, conformal threshold "
+                     f"{params.conformal.threshold:.4g}")
+                tflite = with_metadata(tflite, fitted.metadata(info), fitted.files(params))
+            else:
+                tflite = with_metadata(tflite, info)
             manifests.write_bytes_atomic(path, tflite)
             classifier = Classifier(path, allow_unverified=True)
             entry = VariantEntry(file=path.name, sha256=sha256_bytes(tflite), bytes=len(tflite),
                                  description=DESCRIPTIONS[variant], input=tensor_entry(classifier.input),
                                  output=tensor_entry(classifier.output), status=manifests.STATUS_NOT_VERIFIED,
                                  conversion_seconds=round(time.monotonic() - t0, 1))
+            if trust_entry is not None:
+                entry.trust = trust_entry
+                entry.extra["ood_output"] = tensor_entry(classifier.ood_output).to_dict()
+                far_out = fitted.far_out_check(classifier)
+                entry.extra["far_out_check"] = far_out
+                if far_out["unknown"] < far_out["frames"]:
+                    echo(f"warning: {variant} calls only {far_out['unknown']} of "
+                         f"{far_out['frames']} flat or noise frames unknown")
+                if len(test):
+                    entry.extra["trust_test"] = fitted.test_summary(classifier, test_pixels, y_test)
             if variant == INT8:
                 entry.per_tensor_kernels = shared_scale
             if len(test):

@@ -21,8 +21,9 @@ from leukedge.edge_app.metadata import (
 )
 
 
-def with_metadata(model: bytes, info: ModelMetadata) -> bytes:
-    """`model` with `info` in its TFLITE_METADATA buffer and labels.txt packed after it."""
+def with_metadata(model: bytes, info: ModelMetadata, files: dict[str, bytes] | None = None) -> bytes:
+    """`model` with `info` in its TFLITE_METADATA buffer, and labels.txt and `files` (the model-level
+    associated files `info.model_files` names, e.g. the trust parameters) packed after it."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     schema = flatbuffer_utils.schema_fb
     buffer = schema.BufferT()
@@ -34,4 +35,7 @@ def with_metadata(model: bytes, info: ModelMetadata) -> bytes:
     entry.buffer = len(model_object.buffers) - 1
     model_object.metadata.append(entry)
     packed = flatbuffer_utils.convert_object_to_bytearray(model_object)
-    return append_files(packed, {info.label_file: ("\n".join(info.labels) + "\n").encode()})
+    missing = set(info.model_files) ^ set(files or {})
+    if missing:
+        raise ValueError(f"associated files {sorted(missing)} must be both named in the metadata and given")
+    return append_files(packed, {info.label_file: ("\n".join(info.labels) + "\n").encode(), **(files or {})})

@@ -22,6 +22,25 @@ def verification_table(manifest: Manifest) -> str:
     return "\n".join(rows)
 
 
+def trust_table(manifest: Manifest) -> str:
+    """Markdown: each variant's own thresholds and what its rule does on the test split."""
+    rows = ["| variant | temperature | conformal threshold (LAC) | OOD threshold | test ECE | coverage | "
+            "mean set size | answered | right when answered | unknown | far-out frames unknown |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in manifest.variants.items():
+        trust = entry.trust
+        if not trust:
+            continue
+        test, far = entry.extra.get("trust_test"), entry.extra.get("far_out_check", {})
+        figures = (f"{test['ece_15']:.2%} | {test['coverage']:.2%} | {test['mean_set_size']:.3f} | "
+                   f"{test['answered']:.2%} | "
+                   f"{'-' if test['answered_right'] is None else format(test['answered_right'], '.2%')} | "
+                   f"{test['unknown']:.2%}") if test else "- | - | - | - | - | -"
+        rows.append(f"| {name} | {trust['temperature']:.4g} | {trust['conformal']['threshold']:.4g} | "
+                    f"{trust['ood']['threshold']:.4g} | {figures} | {far.get('unknown', '-')}/{far.get('frames', '-')} |")
+    return "\n".join(rows)
+
+
 def conversion_report(manifest: Manifest) -> str:
     variants = manifest.variants
     sizes = ""
@@ -42,6 +61,21 @@ def conversion_report(manifest: Manifest) -> str:
         quant += (f"\n\nint8 kernels stored with one scale for the whole kernel instead of one per output "
                   f"channel ({len(shared)}; trained on one int8 grid, see `convert/per_tensor.py`): "
                   + ", ".join(f"`{name}`" for name in shared) + ".")
+    fit = manifest.extra.get("trust_fit")
+    trust = ""
+    if fit:
+        first = next(e.trust for e in variants.values() if e.trust)
+        trust = f"""
+## Trust parameters (docs/trust.md)
+Temperature {fit['temperature']:.4g} fit on the val split (NLL {fit['val_nll_before']:.4f} -> {fit['val_nll_after']:.4f},
+ECE {fit['val_ece_before']:.2%} -> {fit['val_ece_after']:.2%}). OOD score: {fit['ood_method']} on the
+{first['ood']['feature']}, statistics from {fit['n_train']} train images (Ledoit-Wolf shrinkage
+{fit['ledoit_wolf_shrinkage']:.3f}), threshold keeping {first['ood']['retention']:.0%} of the {fit['n_val']} val images.
+Conformal: LAC at target coverage {first['conformal']['target_coverage']:g} on the val split. Each variant's
+thresholds come from its own outputs on the val split; test-split figures of each rule:
+
+{trust_table(manifest)}
+"""
     source = manifest.source_model
     return f"""# Conversion report
 
@@ -63,4 +97,4 @@ Keras model. A variant fails if its accuracy is more than {manifest.max_drop_poi
 Each file carries TFLite Model Metadata (name, description, version, author, license, input
 image spec with normalization mean 0 / std 1 on raw 0..255 pixels, output description) and
 `labels.txt` as its associated label file. `manifest.json` holds the hashes.
-"""
+{trust}"""

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from leukedge.edge_app import leukedge_version
-from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNFIT, Decision, Smoother, decide, unfit
+from leukedge.edge_app.decision import (
+    LABEL,
+    UNCERTAIN,
+    UNFIT,
+    UNKNOWN,
+    Decision,
+    DecisionRule,
+    Smoother,
+    decide,
+)
 from leukedge.edge_app.imaging import prepare
 from leukedge.edge_app.preview import Preview
 from leukedge.edge_app.quality import Quality, assess
@@ -46,7 +55,8 @@ class AppError(RuntimeError):
 class Counts:
     processed: int = 0
     skipped: int = 0
-    by_decision: dict[str, int] = field(default_factory=lambda: {LABEL: 0, UNCERTAIN: 0, UNFIT: 0})
+    by_decision: dict[str, int] = field(default_factory=lambda: {LABEL: 0, UNCERTAIN: 0, UNKNOWN: 0,
+                                                                       UNFIT: 0})
     camera_failures: int = 0
 
     def summary(self) -> str:
@@ -71,6 +81,7 @@ class FrameProcessor:
         self.smoother = Smoother(decisions.smoothing if settings.mode == "live" else 1)
         self.version = leukedge_version()
         self.runtime = f"{classifier.runtime.name} {classifier.runtime.version}"
+        self.rule = DecisionRule.for_model(classifier.trust, decisions.min_confidence)
         self._saved = 0
         self._case_sample: str | None = None
         self.saver = None  # a budget.FrameSaver (edge-app run --save-dir); None: save every frame
@@ -87,12 +98,14 @@ class FrameProcessor:
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         return self.classifier.to_input(prepare(rgb, self.classifier.image_size, self.settings.crop_fraction))
 
-    def decide(self, quality: Quality, probabilities: np.ndarray | None) -> Decision:
+    def decide(self, quality: Quality, probabilities: np.ndarray | None,
+               ood_score: float | None = None) -> Decision:
         if not quality.ok or probabilities is None:
             self.smoother.reset()  # the slide moved or went out of focus: do not average across it
-            return unfit()
+            return decide(None, self.classifier.labels, self.rule, fit=False)
+        # Live smoothing averages probabilities; the OOD score is the frame's own.
         smoothed = self.smoother.update(probabilities)
-        return decide(smoothed, self.classifier.labels, self.decisions.min_confidence)
+        return decide(smoothed, self.classifier.labels, self.rule, ood_score)
 
     def record(self, frame: Frame, quality: Quality, decision: Decision, sample_id: str | None,
                timestamp: str) -> dict:
@@ -115,6 +128,8 @@ class FrameProcessor:
             "quality_ok": int(quality.ok), "quality_reason": quality.reason,
             "focus": round(quality.focus, 4), "brightness": round(quality.brightness, 4),
             "contrast": round(quality.contrast, 4), "clipped": round(quality.clipped, 6),
+            "ood_score": decision.ood_score, "decision_rule": decision.rule,
+            "prediction_set": None if decision.prediction_set is None else json.dumps(decision.prediction_set),
             "model_file": self.classifier.path.name, "model_sha256": self.classifier.sha256,
             "model_variant": self.classifier.variant, "model_verified": int(self.classifier.verified),
             "runtime": self.runtime, "app_version": self.version, "image_path": image_path,
@@ -126,8 +141,9 @@ class FrameProcessor:
         timestamp = utc_now()
         self.start_case_if_new(frame, sample_id)
         quality = self.gate(frame.rgb)
-        probabilities = self.classifier.invoke(self.prepare(frame.rgb)) if quality.ok else None
-        decision = self.decide(quality, probabilities)
+        probabilities, ood_score = (self.classifier.invoke_outputs(self.prepare(frame.rgb)) if quality.ok
+                                    else (None, None))
+        decision = self.decide(quality, probabilities, ood_score)
         return self.record(frame, quality, decision, sample_id, timestamp), decision, quality
 
 
@@ -137,6 +153,8 @@ def json_line(row: dict, decision: Decision, quality: Quality, frame_number: int
         "sample_id": row["sample_id"], "source": row["source"], "origin": row["frame_origin"],
         "decision": decision.kind, "label": decision.label, "top_label": decision.top_label,
         "confidence": row["confidence"], "probabilities": decision.probabilities,
+        "ood_score": decision.ood_score, "decision_rule": decision.rule,
+        "prediction_set": decision.prediction_set,
         "message": decision.message if quality.ok else f"unfit: {quality.reason}",
         "quality": quality.as_dict(), "image_path": row["image_path"],
     }, separators=(",", ":"))

@@ -114,9 +114,10 @@ def main() -> None:
 @click.option("--sample-id", default=None, help="Sample ID: frames are filed under this sample (record created/updated).")
 @click.option("--operator", default=None, help="Sample field: who captured the sample (stored on its record).")
 @click.option("--site", default=None, help="Sample field: where the sample was captured (clinic, lab).")
-@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=D.min_confidence,
-              show_default=True, help="Below this top probability the answer is "
-                                     "'uncertain: refer for expert review'.")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Override: answer when the top probability reaches this, instead of the model's "
+                   "conformal rule (the OOD check still applies). Default: the rule the model carries "
+                   "(older models without trust parameters: 0.80).")
 @click.option("--smooth", type=click.IntRange(1, 100), default=D.smoothing, show_default=True,
               help="Live mode: average probabilities over the last N classified frames.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
@@ -210,6 +211,7 @@ def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, m
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     log.info("model %s", classifier.describe())
+    log_decision_rule(classifier, min_confidence)
     if not classifier.verified:
         log.warning("warning: %s is not verified (--allow-unverified): every result is stored with "
                     "model_verified = 0", classifier.path.name)
@@ -242,6 +244,24 @@ def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, m
     if save_dir is not None:
         log.info(saver.summary() if saver is not None else f"no images saved: --save-dir {save_dir} "
                  "could not take them (see the warning above)")
+
+
+def log_decision_rule(classifier, min_confidence: float | None) -> None:
+    """Say at start-up which rule will decide (stored with every frame as decision_rule)."""
+    from leukedge.edge_app.decision import DecisionRule
+
+    rule = DecisionRule.for_model(classifier.trust, min_confidence)
+    if rule.legacy and min_confidence is None:
+        log.warning("warning: %s carries no trust parameters (an older release): no out-of-distribution "
+                    "check, answers on the legacy rule top probability >= %.2f; convert it again with "
+                    "edge-convert for calibrated, conformal referral", classifier.path.name, rule.min_confidence)
+    elif rule.trust is not None:
+        ood, conformal = classifier.trust.ood, classifier.trust.conformal
+        log.info("decision rule: %s (OOD threshold %.4g keeps %.0f%% of validation frames; conformal "
+                 "threshold %.4g, target coverage %.0f%%)", rule.text, ood.threshold, 100 * ood.retention,
+                 conformal.threshold, 100 * conformal.target_coverage)
+    else:
+        log.info("decision rule: %s", rule.text)
 
 
 @main.command()

@@ -47,6 +47,11 @@ class ModelMetadata:
     input_description: str = ""
     output_description: str = ""
     label_file: str = "labels.txt"
+    # A second output (the OOD score) gets its own tensor metadata when this is set.
+    score_output: str = ""
+    score_description: str = ""
+    # Model-level associated files other than the labels (e.g. the trust parameters): name -> description.
+    model_files: dict[str, str] = field(default_factory=dict)
 
 
 def is_tflite(data: bytes) -> bool:
@@ -83,6 +88,9 @@ def read_metadata(data: bytes) -> ModelMetadata | None:
     result = ModelMetadata(name=text(root.Name()), description=text(root.Description()),
                            version=text(root.Version()), author=text(root.Author()),
                            license=text(root.License()))
+    for file_index in range(root.AssociatedFilesLength()):
+        associated = root.AssociatedFiles(file_index)
+        result.model_files[text(associated.Name())] = text(associated.Description())
     if not root.SubgraphMetadataLength():
         return result
     subgraph = root.SubgraphMetadata(0)
@@ -110,6 +118,9 @@ def read_metadata(data: bytes) -> ModelMetadata | None:
                 result.label_file = text(associated.Name())
                 content = files.get(result.label_file, b"").decode()
                 result.labels = [line.strip() for line in content.splitlines() if line.strip()]
+    if subgraph.OutputTensorMetadataLength() > 1:
+        score = subgraph.OutputTensorMetadata(1)
+        result.score_output, result.score_description = text(score.Name()), text(score.Description())
     return result
 
 
@@ -149,12 +160,30 @@ def metadata_flatbuffer(info: ModelMetadata) -> bytes:
     output_meta.stats = output_stats
     output_meta.associatedFiles = [labels]
 
+    outputs = [output_meta]
+    if info.score_output:
+        # MediaPipe reads one metadata entry per output tensor, in order: probabilities first.
+        score_meta = meta_fb.TensorMetadataT()
+        score_meta.name = info.score_output
+        score_meta.description = info.score_description
+        score_meta.content = meta_fb.ContentT()
+        score_meta.content.contentProperties = meta_fb.FeaturePropertiesT()
+        score_meta.content.contentPropertiesType = meta_fb.ContentProperties.FeatureProperties
+        outputs.append(score_meta)
+
     subgraph = meta_fb.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [input_meta]
-    subgraph.outputTensorMetadata = [output_meta]
+    subgraph.outputTensorMetadata = outputs
     model = meta_fb.ModelMetadataT()
     model.name, model.description, model.version = info.name, info.description, info.version
     model.author, model.license = info.author, info.license
+    if info.model_files:
+        model.associatedFiles = []
+        for name, description in info.model_files.items():
+            associated = meta_fb.AssociatedFileT()
+            associated.name, associated.description = name, description
+            associated.type = meta_fb.AssociatedFileType.DESCRIPTIONS
+            model.associatedFiles.append(associated)
     model.subgraphMetadata = [subgraph]
     model.minParserVersion = MIN_PARSER_VERSION
     builder = flatbuffers.Builder(0)

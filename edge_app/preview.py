@@ -12,12 +12,12 @@ import os
 import cv2
 import numpy as np
 
-from leukedge.edge_app.decision import LABEL, UNCERTAIN, Decision
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNKNOWN, Decision
 from leukedge.edge_app.quality import Quality
 
 log = logging.getLogger("leukedge.edge_app")
 WINDOW = "LeukEdge (research aid, not a diagnosis)"
-COLOURS = {LABEL: (0, 160, 0), UNCERTAIN: (0, 140, 255)}  # BGR; unfit is red
+COLOURS = {LABEL: (0, 160, 0), UNCERTAIN: (0, 140, 255), UNKNOWN: (200, 0, 200)}  # BGR; unfit is red
 
 
 def display_available() -> bool:

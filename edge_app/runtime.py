@@ -19,6 +19,13 @@ from leukedge.edge_app import metadata as tflite_metadata
 from leukedge.edge_app import verification
 from leukedge.edge_app.imaging import prepare
 from leukedge.edge_app.manifest import INT8, ManifestError, file_name
+from leukedge.edge_app.trust import (
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    TRUST_FILE,
+    TrustError,
+    TrustParams,
+)
 from leukedge.models import release_dir
 
 # Most maintained first. tensorflow.lite comes last and is imported only if nothing else is.
@@ -88,11 +95,24 @@ def _tensor_spec(detail: dict) -> TensorSpec:
                       float(scale), int(zero_point))
 
 
+def _dequantize(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.quantized:
+        return (raw.astype(np.float32) - spec.zero_point) * spec.scale
+    return raw.astype(np.float32)
+
+
 class Classifier:
-    """A loaded model: `classify(rgb_frame)` gives probabilities in `labels` order."""
+    """A loaded model: `classify(rgb_frame)` gives probabilities in `labels` order.
+
+    A model converted with trust parameters has two outputs, found by name: "probabilities"
+    (calibrated) and "ood_score"; `trust` then holds the rule the model carries (None for an
+    older single-output model). `require_trust=False` only serves the converter, which runs a
+    fresh model on the validation split to compute the thresholds it is about to embed.
+    """
 
     def __init__(self, model_path: str | Path, threads: int | None = None,
-                 allow_unverified: bool = False, runtime: str | None = None):
+                 allow_unverified: bool = False, runtime: str | None = None,
+                 require_trust: bool = True):
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"model file {self.path} does not exist")
@@ -121,9 +141,12 @@ class Classifier:
             raise ModelError(f"{self.path} could not be loaded by {self.runtime.name} "
                              f"({str(error).splitlines()[0][:200]}): the file may be truncated or corrupt") from None
         input_detail = self.interpreter.get_input_details()[0]
-        output_detail = self.interpreter.get_output_details()[0]
+        output_detail, score_detail = self._outputs()
         self._input_index, self._output_index = input_detail["index"], output_detail["index"]
         self.input, self.output = _tensor_spec(input_detail), _tensor_spec(output_detail)
+        self._score_index = None if score_detail is None else score_detail["index"]
+        self.ood_output = None if score_detail is None else _tensor_spec(score_detail)
+        self.trust = self._read_trust(data, require_trust)
         if len(self.input.shape) != 4 or self.input.shape[3] != 3 or self.input.shape[1] != self.input.shape[2]:
             raise ModelError(f"{self.path} input shape {self.input.shape} is not a square RGB image batch")
         if self.output.shape[-1] != len(self.labels):
@@ -137,6 +160,56 @@ class Classifier:
         # uint8 pixels map 1:1 onto a uint8 input quantized with scale 1, zero point 0.
         self._raw_uint8 = (self.input.dtype == "uint8" and self.input.scale == 1.0
                            and self.input.zero_point == 0 and not self._mean.any() and (self._std == 1).all())
+
+    def _outputs(self) -> tuple[dict, dict | None]:
+        """(probabilities, ood_score or None) output details: one unnamed output (older models),
+        or the two named outputs of a model converted with trust parameters."""
+        details = self.interpreter.get_output_details()
+        if len(details) == 1:
+            return details[0], None
+        by_name = {detail["name"]: detail for detail in details}
+        if len(details) != 2 or set(by_name) != {PROBABILITIES_OUTPUT, OOD_OUTPUT}:
+            raise ModelError(f"{self.path} has outputs {sorted(by_name)}, expected one output or exactly "
+                             f"{PROBABILITIES_OUTPUT!r} and {OOD_OUTPUT!r}: convert it with edge-convert")
+        if details[0]["name"] != PROBABILITIES_OUTPUT:
+            raise ModelError(f"{self.path}: output 0 is {details[0]['name']!r}, expected {PROBABILITIES_OUTPUT!r} "
+                             "(Android and MediaPipe read output 0): convert it with edge-convert")
+        score = by_name[OOD_OUTPUT]
+        if tuple(score["shape"]) != (1, 1):
+            raise ModelError(f"{self.path}: output {OOD_OUTPUT!r} has shape {tuple(score['shape'])}, expected (1, 1)")
+        return by_name[PROBABILITIES_OUTPUT], score
+
+    def _read_trust(self, data: bytes, require_trust: bool) -> TrustParams | None:
+        """The trust parameters embedded in the model, checked against its outputs and manifest."""
+        embedded = tflite_metadata.associated_files(data).get(TRUST_FILE)
+        if not require_trust:
+            return None
+        listed_entry = (self._manifest.variants.get(self.variant)
+                        if self._manifest is not None and self.variant else None)
+        manifest_trust = listed_entry.trust if listed_entry is not None else None
+        if embedded is None:
+            if self._score_index is not None:
+                raise ModelError(f"{self.path} has an {OOD_OUTPUT!r} output but no {TRUST_FILE} in its metadata: "
+                                 "its thresholds are unknown; convert it again with edge-convert")
+            if manifest_trust is not None:
+                raise ModelError(f"{self.path}: manifest.json gives trust parameters but the model carries none: "
+                                 "the manifest belongs to another model; restore the matching files")
+            return None
+        try:
+            trust = TrustParams.from_json(embedded, f"{self.path} {TRUST_FILE}")
+        except TrustError as error:
+            raise ModelError(str(error)) from None
+        if self._score_index is None:
+            raise ModelError(f"{self.path} carries {TRUST_FILE} but has no {OOD_OUTPUT!r} output: "
+                             "its trust parameters do not fit the graph; convert it again with edge-convert")
+        try:
+            listed = None if manifest_trust is None else TrustParams.from_dict(manifest_trust, "manifest.json")
+        except TrustError as error:
+            raise ModelError(f"{self.path}: {error}") from None
+        if listed is not None and listed != trust:
+            raise ModelError(f"{self.path}: the trust parameters in manifest.json differ from those embedded "
+                             "in the model: restore the matching manifest.json or convert again")
+        return trust
 
     def _read_metadata(self, data: bytes) -> tflite_metadata.ModelMetadata:
         try:
@@ -158,7 +231,9 @@ class Classifier:
 
     def describe(self) -> str:
         vouched = f"verified by {self.vouched_by}" if self.verified else "NOT verified"
-        return (f"{self.path.name} ({self.variant or 'unlisted variant'}, {vouched}), "
+        trust = (f"trust: {self.trust.conformal.method} at {self.trust.conformal.target_coverage:g}, "
+                 f"ood {self.trust.ood.method}" if self.trust else "no trust parameters")
+        return (f"{self.path.name} ({self.variant or 'unlisted variant'}, {vouched}, {trust}), "
                 f"{self.runtime.name} {self.runtime.version}, {self.threads} thread(s), "
                 f"input {self.input.dtype} {self.image_size}x{self.image_size}")
 
@@ -174,12 +249,17 @@ class Classifier:
 
     def invoke(self, input_tensor: np.ndarray) -> np.ndarray:
         """Run the model on a ready input tensor; returns float probabilities."""
+        return self.invoke_outputs(input_tensor)[0]
+
+    def invoke_outputs(self, input_tensor: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Run the model once; (float probabilities, OOD score or None for older models)."""
         self.interpreter.set_tensor(self._input_index, input_tensor)
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self._output_index)[0]
-        if self.output.quantized:
-            return (raw.astype(np.float32) - self.output.zero_point) * self.output.scale
-        return raw.astype(np.float32)
+        probabilities = _dequantize(self.interpreter.get_tensor(self._output_index)[0], self.output)
+        if self._score_index is None:
+            return probabilities, None
+        score = _dequantize(self.interpreter.get_tensor(self._score_index)[0], self.ood_output)
+        return probabilities, float(score[0])
 
     def classify(self, rgb: np.ndarray, crop_fraction: float = 1.0) -> np.ndarray:
         """Probabilities for one uint8 RGB frame of any size (centre-cropped and resized)."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 DISCLAIMER = ("LeukEdge is a research and screening aid, not a diagnostic device: every result "
               "must be reviewed by a qualified hematologist.")
 UNCERTAIN_MESSAGE = "uncertain: refer for expert review"
+UNKNOWN_MESSAGE = ("not like the images this model was trained on (check magnification, stain, focus): "
+                   "refer for expert review")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class QualitySettings:
 class DecisionSettings:
     """How probabilities become an answer."""
 
-    min_confidence: float = 0.80  # below this top probability the answer is "uncertain"
+    # None: the model's own rule (its conformal set; 0.80 top probability for an older model
+    # without trust parameters). A value overrides the conformal set with that confidence rule.
+    min_confidence: float | None = None
     smoothing: int = 1  # live mode: average the probabilities of the last N classified frames
 
 

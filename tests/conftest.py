@@ -59,10 +59,18 @@ TINY_TRAIN_ARGS = ("--alpha", "0.35", "--image-size", "96", "--limit-per-class",
                    "--epochs", "8", "--fine-tune-epochs", "2", "--batch-size", "16", "--seed", "1")
 
 
+# The tiny run has 15 validation images: enough for 90% conformal coverage and OOD retention
+# (a 0.99 guarantee needs 99). Its 124 training images give a 60-dimensional OOD subspace.
+TINY_TRUST_ARGS = ("--coverage", "0.9", "--ood-retention", "0.9")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, data_dir) -> Path:
     """A real edge-train run on 40 real images per class (alpha 0.35, 96 px, a few epochs)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
+    reuse = os.environ.get("LEUKEDGE_TEST_TINY_RUN")  # a finished run made with TINY_TRAIN_ARGS
+    if reuse:  # saves minutes on a loaded machine; the run is copied, never changed
+        return Path(shutil.copytree(reuse, out))
     run_cli("edge-train", "--data", data_dir, "--out", out, *TINY_TRAIN_ARGS)
     return out
 
@@ -78,7 +86,7 @@ def converted_dir(tmp_path_factory, tiny_run, data_dir) -> Path:
     """edge-convert output (all four variants, manifest, split) of the tiny run."""
     out = tmp_path_factory.mktemp("converted") / "tflite"
     run_cli("edge-convert", tiny_run, "--out", out, "--calibration-samples", "64", "--data", data_dir,
-            "--max-drop", "100")
+            "--max-drop", "100", *TINY_TRUST_ARGS)
     return out
 
 

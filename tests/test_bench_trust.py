@@ -141,7 +141,7 @@ def test_trust_parameters_are_read_from_the_model_file(tmp_path):
     shutil.copy(MODELS / "labels.txt", tmp_path / "labels.txt")
     result = run_cli("edge-bench", "trust", model, "--allow-unverified", "--data", MODELS / "split.csv", "--limit-per-class", "2",
                      "--quiet", check=False)
-    assert_clean_error(result, "no ood_score output")
+    assert_clean_error(result, "no 'ood_score' output")
 
 
 def test_command_on_the_released_model(data_dir, tmp_path):

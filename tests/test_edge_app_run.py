@@ -112,10 +112,16 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=0.02)
         top = classifier.labels[int(np.argmax(expected))]
         assert row["top_label"] == top
+        # The converted model carries trust parameters: its own rule decides (docs/trust.md).
+        line = next(line for line in emitted if line["id"] == row["id"])
+        unknown = classifier.trust.ood.is_unknown(line["ood_score"])
+        one_label = classifier.trust.conformal.prediction_set(expected) == [int(np.argmax(expected))]
         if row["decision"] == "label":
-            assert row["label"] == top and row["confidence"] >= 0.8
+            assert row["label"] == top and one_label and not unknown
+        elif row["decision"] == "unknown":
+            assert unknown and row["label"] is None
         else:
-            assert row["decision"] == "uncertain" and row["label"] is None and row["confidence"] < 0.8
+            assert row["decision"] == "uncertain" and row["label"] is None and not one_label and not unknown
         saved = Path(row["image_path"])
         assert saved.is_file() and stat.S_IMODE(saved.stat().st_mode) == 0o600
         assert load_rgb(saved).shape == (224, 224, 3)

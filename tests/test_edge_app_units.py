@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from leukedge.edge_app.decision import LABEL, UNCERTAIN, Smoother, decide
+from leukedge.edge_app.decision import LABEL, UNCERTAIN, DecisionRule, Smoother, decide
 from leukedge.edge_app.imaging import load_rgb
 from leukedge.edge_app.quality import assess
 from leukedge.edge_app.settings import QualitySettings
@@ -81,9 +81,10 @@ def test_quality_metrics_do_not_depend_on_frame_resolution(real_images):
 
 def test_decisions_never_give_a_confident_label_below_threshold():
     labels = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
-    confident = decide(np.array([0.05, 0.9, 0.03, 0.02]), labels, 0.8)
+    rule = DecisionRule.for_model(None, 0.8)
+    confident = decide(np.array([0.05, 0.9, 0.03, 0.02]), labels, rule)
     assert (confident.kind, confident.label, confident.top_label) == (LABEL, "Early Pre-B", "Early Pre-B")
-    unsure = decide(np.array([0.1, 0.5, 0.3, 0.1]), labels, 0.8)
+    unsure = decide(np.array([0.1, 0.5, 0.3, 0.1]), labels, rule)
     assert unsure.kind == UNCERTAIN and unsure.label is None and unsure.top_label == "Early Pre-B"
     assert unsure.message.startswith("uncertain: refer for expert review")
 
