@@ -41,8 +41,13 @@ from leukedge.edge_app.storage import ResultStore
 TARGET_RATIO = 1.3  # issue 14: the camera path costs at most 1.3x the bare invoke
 # The FrameProcessor / Classifier / ResultStore methods timed as each stage (decode is timed
 # directly, "other" is the remainder).
-WRAPPED = {"quality": ("processor", "gate"), "prepare": ("processor", "prepare"),
-           "invoke": ("classifier", "invoke_outputs"), "decision": ("processor", "decide"), "sqlite": ("store", "add")}
+WRAPPED = {
+    "quality": ("processor", "gate"),
+    "prepare": ("processor", "prepare"),
+    "invoke": ("classifier", "invoke_outputs"),
+    "decision": ("processor", "decide"),
+    "sqlite": ("store", "add"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,15 @@ def _pass(classifier: Classifier, path: str, frames: Sequence, count: int, warmu
     with tempfile.TemporaryDirectory(prefix="edge-bench-app-") as folder:
         store = ResultStore(Path(folder) / "bench.sqlite")
         settings = RunSettings(headless=True)
-        processor = FrameProcessor(classifier, store, None, settings, QualitySettings(), DecisionSettings(),
-                                   "edge-bench app")
+        processor = FrameProcessor(
+            classifier,
+            store,
+            None,
+            settings,
+            QualitySettings(),
+            DecisionSettings(),
+            "edge-bench app",
+        )
         stages = _StageClock()
         owners = {"processor": processor, "classifier": classifier, "store": store}
         for stage, (owner, method) in WRAPPED.items():
@@ -127,42 +139,71 @@ def _pass(classifier: Classifier, path: str, frames: Sequence, count: int, warmu
             stages.unwrap()
             store.close()
     return {
-        "stage_ms": {stage: (float(np.median(values)) if values and None not in values else None)
-                     for stage, values in per_stage.items()},
-        "frame_ms": float(np.median(totals)), "invoke_ms": float(np.median(invokes)),
+        "stage_ms": {
+            stage: (float(np.median(values)) if values and None not in values else None)
+            for stage, values in per_stage.items()
+        },
+        "frame_ms": float(np.median(totals)),
+        "invoke_ms": float(np.median(invokes)),
         "seconds": float(np.sum(totals)) / 1000.0,
     }
 
 
-def bench_model(model: Path, images: Sequence[Path], settings: AppBenchSettings,
-                progress: Callable[[str], None] | None = None) -> list[AppRow]:
+def bench_model(
+    model: Path,
+    images: Sequence[Path],
+    settings: AppBenchSettings,
+    progress: Callable[[str], None] | None = None,
+) -> list[AppRow]:
     """One AppRow per path for this model: medians over `settings.repeats` alternating passes."""
-    classifier = Classifier(model, threads=settings.threads, allow_unverified=settings.allow_unverified)
+    classifier = Classifier(
+        model, threads=settings.threads, allow_unverified=settings.allow_unverified
+    )
     inputs = {"file": list(images)}
     if "camera" in settings.paths:
         # What picamera2 hands the app: decoded RGB arrays. Decoded once here, outside timing.
-        inputs["camera"] = [load_rgb(path) for path in images[: max(1, min(len(images), settings.frames))]]
+        inputs["camera"] = [
+            load_rgb(path) for path in images[: max(1, min(len(images), settings.frames))]
+        ]
     passes: dict[str, list[dict]] = {path: [] for path in settings.paths}
     for repeat in range(settings.repeats):
         for path in settings.paths:  # alternating, so both paths see the same machine load
             if progress:
                 progress(f"{model.name} {path} pass {repeat + 1}/{settings.repeats}")
-            passes[path].append(_pass(classifier, path, inputs[path], settings.frames, settings.warmup))
+            passes[path].append(
+                _pass(classifier, path, inputs[path], settings.frames, settings.warmup)
+            )
     rows = []
     runtime = f"{classifier.runtime.name} {classifier.runtime.version}"
     for path, done in passes.items():
         ratios = [p["frame_ms"] / p["invoke_ms"] for p in done]
-        stage_ms = {stage: (float(np.median([p["stage_ms"][stage] for p in done]))
-                            if all(p["stage_ms"][stage] is not None for p in done) else None)
-                    for stage in APP_STAGES}
+        stage_ms = {
+            stage: (
+                float(np.median([p["stage_ms"][stage] for p in done]))
+                if all(p["stage_ms"][stage] is not None for p in done)
+                else None
+            )
+            for stage in APP_STAGES
+        }
         seconds = sum(p["seconds"] for p in done)
-        rows.append(app_row(model=str(model), variant=classifier.variant, path=path, threads=classifier.threads,
-                            runtime=runtime, frames=settings.frames, repeats=settings.repeats, stage_ms=stage_ms,
-                            frame_ms=float(np.median([p["frame_ms"] for p in done])),
-                            invoke_ms=float(np.median([p["invoke_ms"] for p in done])),
-                            overhead_ms=float(np.median([p["frame_ms"] - p["invoke_ms"] for p in done])),
-                            ratio=float(np.median(ratios)), ratios=[round(r, 4) for r in ratios],
-                            fps=settings.frames * len(done) / seconds if seconds else 0.0))
+        rows.append(
+            app_row(
+                model=str(model),
+                variant=classifier.variant,
+                path=path,
+                threads=classifier.threads,
+                runtime=runtime,
+                frames=settings.frames,
+                repeats=settings.repeats,
+                stage_ms=stage_ms,
+                frame_ms=float(np.median([p["frame_ms"] for p in done])),
+                invoke_ms=float(np.median([p["invoke_ms"] for p in done])),
+                overhead_ms=float(np.median([p["frame_ms"] - p["invoke_ms"] for p in done])),
+                ratio=float(np.median(ratios)),
+                ratios=[round(r, 4) for r in ratios],
+                fps=settings.frames * len(done) / seconds if seconds else 0.0,
+            )
+        )
     return rows
 
 
@@ -180,13 +221,21 @@ class SoakResult:
 
     def describe(self) -> str:
         growth = (self.rss_end_mb or 0.0) - (self.rss_start_mb or 0.0)
-        return (f"soak: {self.frames} frames in {self.seconds:.1f} s ({self.frames / self.seconds:.0f} FPS), "
-                f"{self.stored} results stored, RSS {self.rss_start_mb:.1f} MiB at start -> "
-                f"{self.rss_end_mb:.1f} MiB at end ({growth:+.1f} MiB)")
+        return (
+            f"soak: {self.frames} frames in {self.seconds:.1f} s ({self.frames / self.seconds:.0f} FPS), "
+            f"{self.stored} results stored, RSS {self.rss_start_mb:.1f} MiB at start -> "
+            f"{self.rss_end_mb:.1f} MiB at end ({growth:+.1f} MiB)"
+        )
 
 
-def soak(model: Path, images: str, frames: int, threads: int | None, warmup: int = 200,
-         allow_unverified: bool = False) -> SoakResult:
+def soak(
+    model: Path,
+    images: str,
+    frames: int,
+    threads: int | None,
+    warmup: int = 200,
+    allow_unverified: bool = False,
+) -> SoakResult:
     """The real app loop (file source, looping) for `frames` frames; RSS after warm-up and at the end."""
     classifier = Classifier(model, threads=threads, allow_unverified=allow_unverified)
     with tempfile.TemporaryDirectory(prefix="edge-bench-soak-") as folder:
@@ -194,8 +243,9 @@ def soak(model: Path, images: str, frames: int, threads: int | None, warmup: int
 
         def run(count: int) -> None:
             settings = RunSettings(headless=True, loop=True, max_frames=count)
-            processor = FrameProcessor(classifier, store, None, settings, QualitySettings(),
-                                       DecisionSettings(), images)
+            processor = FrameProcessor(
+                classifier, store, None, settings, QualitySettings(), DecisionSettings(), images
+            )
             app = App(lambda: open_source(images, loop=True), processor, settings)
             with contextlib.redirect_stdout(io.StringIO()):  # the JSON lines are not the point here
                 app.run()
@@ -216,17 +266,37 @@ def soak(model: Path, images: str, frames: int, threads: int | None, warmup: int
 def table(rows: Sequence[AppRow], markdown: bool = False) -> str:
     from leukedge.benchmarks.report import format_table
 
-    headers = ["model", "variant", "path", *[f"{s} ms" for s in APP_STAGES], "frame ms", "bare invoke ms",
-               "overhead ms", "frame/invoke", "range", "FPS"]
+    headers = [
+        "model",
+        "variant",
+        "path",
+        *[f"{s} ms" for s in APP_STAGES],
+        "frame ms",
+        "bare invoke ms",
+        "overhead ms",
+        "frame/invoke",
+        "range",
+        "FPS",
+    ]
     cells = []
     for row in rows:
-        cells.append([f"{Path(row['model']).parent.name}/{Path(row['model']).name}", row["variant"] or "-",
-                      row["path"],
-                      *["-" if row["stage_ms"][s] is None else f"{row['stage_ms'][s]:.3f}" for s in APP_STAGES],
-                      f"{row['frame_ms']:.3f}", f"{row['invoke_ms']:.3f}", f"{row['overhead_ms']:.3f}",
-                      f"**{row['ratio']:.2f}**" if markdown
-                      else f"{row['ratio']:.2f}", f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}",
-                      f"{row['fps']:.1f}"])
+        cells.append(
+            [
+                f"{Path(row['model']).parent.name}/{Path(row['model']).name}",
+                row["variant"] or "-",
+                row["path"],
+                *[
+                    "-" if row["stage_ms"][s] is None else f"{row['stage_ms'][s]:.3f}"
+                    for s in APP_STAGES
+                ],
+                f"{row['frame_ms']:.3f}",
+                f"{row['invoke_ms']:.3f}",
+                f"{row['overhead_ms']:.3f}",
+                f"**{row['ratio']:.2f}**" if markdown else f"{row['ratio']:.2f}",
+                f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}",
+                f"{row['fps']:.1f}",
+            ]
+        )
     return format_table(headers, cells, markdown=markdown)
 
 
@@ -237,8 +307,10 @@ def verdicts(rows: Sequence[AppRow]) -> list[str]:
         if row["path"] != "camera":
             continue
         verdict = "meets" if row["ratio"] <= TARGET_RATIO else "misses"
-        lines.append(f"{Path(row['model']).name} ({row['variant'] or 'unlisted'}), camera path: frame/invoke "
-                     f"{row['ratio']:.2f} (median of {row['repeats']}, range {min(row['ratios']):.2f}-"
-                     f"{max(row['ratios']):.2f}) {verdict} the {TARGET_RATIO} target "
-                     f"({row['frame_ms']:.3f} ms vs {row['invoke_ms']:.3f} ms, {row['threads']} thread(s))")
+        lines.append(
+            f"{Path(row['model']).name} ({row['variant'] or 'unlisted'}), camera path: frame/invoke "
+            f"{row['ratio']:.2f} (median of {row['repeats']}, range {min(row['ratios']):.2f}-"
+            f"{max(row['ratios']):.2f}) {verdict} the {TARGET_RATIO} target "
+            f"({row['frame_ms']:.3f} ms vs {row['invoke_ms']:.3f} ms, {row['threads']} thread(s))"
+        )
     return lines

@@ -24,8 +24,11 @@ def _default_images() -> str:
     except DatasetError:
         folder = None
     if folder is None or not folder.is_dir():
-        raise click.BadParameter("no default images ($LEUKEDGE_DATA or ../shared/data/all-leukemia/Original "
-                                 "not found): pass --images FOLDER", param_hint="--images")
+        raise click.BadParameter(
+            "no default images ($LEUKEDGE_DATA or ../shared/data/all-leukemia/Original "
+            "not found): pass --images FOLDER",
+            param_hint="--images",
+        )
     return str(folder)
 
 
@@ -39,35 +42,91 @@ def _paths_option(ctx, param, value: str) -> tuple[str, ...]:
 
 def _writable(path: Path | None, option: str) -> None:
     if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist: create it first", param_hint=option)
+        raise click.BadParameter(
+            f"folder {path.parent} does not exist: create it first", param_hint=option
+        )
 
 
 @click.command("app")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--images", default=None,
-              help="Image file, folder or quoted glob fed through the pipeline (replayed in a loop). "
-                   "Default: the dataset's Original folder ($LEUKEDGE_DATA or ../shared/data/all-leukemia).")
-@click.option("--frames", type=click.IntRange(min=10), default=300, show_default=True,
-              help="Timed frames per pass (after --warmup untimed ones).")
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Passes per path, alternating camera/file; the ratio is their median.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Untimed frames before each pass.")
-@click.option("--paths", "paths", default="camera,file", show_default=True, callback=_paths_option,
-              help="Which paths: camera (decoded arrays, no JPEG decode), file (decode each JPEG), or both.")
-@click.option("--soak", "soak_frames", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also run the real app loop over this many frames of the first model (e.g. 5000) "
-                   "and report RSS at start and end.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="Interpreter threads. Default: the app's, min(4, cores).")
-@click.option("--allow-unverified", is_flag=True, help="Bench models that do not match their manifest.json.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write every figure as JSON.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the table as Markdown.")
-def app_command(models: tuple[Path, ...], images: str | None, frames: int, repeats: int, warmup: int,
-                paths: tuple[str, ...], soak_frames: int, threads: int | None, allow_unverified: bool,
-                json_path: Path | None, markdown_path: Path | None) -> None:
+@click.option(
+    "--images",
+    default=None,
+    help="Image file, folder or quoted glob fed through the pipeline (replayed in a loop). "
+    "Default: the dataset's Original folder ($LEUKEDGE_DATA or ../shared/data/all-leukemia).",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(min=10),
+    default=300,
+    show_default=True,
+    help="Timed frames per pass (after --warmup untimed ones).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Passes per path, alternating camera/file; the ratio is their median.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Untimed frames before each pass.",
+)
+@click.option(
+    "--paths",
+    "paths",
+    default="camera,file",
+    show_default=True,
+    callback=_paths_option,
+    help="Which paths: camera (decoded arrays, no JPEG decode), file (decode each JPEG), or both.",
+)
+@click.option(
+    "--soak",
+    "soak_frames",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also run the real app loop over this many frames of the first model (e.g. 5000) "
+    "and report RSS at start and end.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Interpreter threads. Default: the app's, min(4, cores).",
+)
+@click.option(
+    "--allow-unverified", is_flag=True, help="Bench models that do not match their manifest.json."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every figure as JSON.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the table as Markdown.",
+)
+def app_command(
+    models: tuple[Path, ...],
+    images: str | None,
+    frames: int,
+    repeats: int,
+    warmup: int,
+    paths: tuple[str, ...],
+    soak_frames: int,
+    threads: int | None,
+    allow_unverified: bool,
+    json_path: Path | None,
+    markdown_path: Path | None,
+) -> None:
     """Per-frame cost of the Pi app's pipeline against a bare invoke, camera and file paths apart.
 
     MODELS are .tflite files or edge-convert folders (every variant); default: the released
@@ -92,8 +151,14 @@ def app_command(models: tuple[Path, ...], images: str | None, frames: int, repea
         raise click.ClickException(str(error)) from None
     except SourceError as error:
         raise click.ClickException(str(error).replace("--source", "--images")) from None
-    settings = AppBenchSettings(frames=frames, repeats=repeats, warmup=warmup, threads=threads, paths=paths,
-                                allow_unverified=allow_unverified)
+    settings = AppBenchSettings(
+        frames=frames,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        paths=paths,
+        allow_unverified=allow_unverified,
+    )
     environment = describe_environment()
     rows, failed = [], []
     for entry in entries:
@@ -101,26 +166,42 @@ def app_command(models: tuple[Path, ...], images: str | None, frames: int, repea
             failed.append(f"{entry.path}: the app runs .tflite models only")
             continue
         try:
-            rows += bench_model(entry.path, image_files, settings,
-                                progress=lambda text: click.echo(f"edge-bench app: {text}", err=True))
+            rows += bench_model(
+                entry.path,
+                image_files,
+                settings,
+                progress=lambda text: click.echo(f"edge-bench app: {text}", err=True),
+            )
         except ModelError as error:  # one bad model must not hide the others' figures
             failed.append(str(error).splitlines()[0])
             click.echo(f"edge-bench app: skipped {entry.path}: {failed[-1]}", err=True)
     if not rows:
-        raise click.ClickException("no model could be benchmarked" + (f": {failed[0]}" if failed else ""))
-    click.echo(f"{environment['cpu']} ({environment['cores']} cores; SIMD {' '.join(environment['simd'])}), "
-               f"load average {' '.join(f'{v:.1f}' for v in environment['load_average'] or [])}; "
-               f"{len(image_files)} image(s) from {images}")
+        raise click.ClickException(
+            "no model could be benchmarked" + (f": {failed[0]}" if failed else "")
+        )
+    click.echo(
+        f"{environment['cpu']} ({environment['cores']} cores; SIMD {' '.join(environment['simd'])}), "
+        f"load average {' '.join(f'{v:.1f}' for v in environment['load_average'] or [])}; "
+        f"{len(image_files)} image(s) from {images}"
+    )
     click.echo(table(rows))
     for line in verdicts(rows):
         click.echo(line)
-    report = {"environment": environment, "settings": {**settings.__dict__, "images": images,
-                                                        "n_images": len(image_files)},
-              "rows": rows, "failed": failed, "soak": None}
+    report = {
+        "environment": environment,
+        "settings": {**settings.__dict__, "images": images, "n_images": len(image_files)},
+        "rows": rows,
+        "failed": failed,
+        "soak": None,
+    }
     if soak_frames:
-        click.echo(f"edge-bench app: soak, {soak_frames} frames through the app loop with {entries[0].path}",
-                   err=True)
-        outcome = soak(entries[0].path, images, soak_frames, threads, allow_unverified=allow_unverified)
+        click.echo(
+            f"edge-bench app: soak, {soak_frames} frames through the app loop with {entries[0].path}",
+            err=True,
+        )
+        outcome = soak(
+            entries[0].path, images, soak_frames, threads, allow_unverified=allow_unverified
+        )
         report["soak"] = outcome.as_dict()
         click.echo(outcome.describe())
     if json_path is not None:

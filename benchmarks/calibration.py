@@ -18,7 +18,9 @@ def _checked(probabilities, y) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if p.ndim != 2 or y.shape != (p.shape[0],):
-        raise ValueError(f"need probabilities (n, classes) and labels (n,), got {p.shape} and {y.shape}")
+        raise ValueError(
+            f"need probabilities (n, classes) and labels (n,), got {p.shape} and {y.shape}"
+        )
     return p, y
 
 
@@ -35,9 +37,15 @@ def reliability_bins(probabilities, y, bins: int = ECE_BINS) -> list[dict]:
     for i in range(bins):
         members = index == i
         n = int(members.sum())
-        out.append({"lower": i / bins, "upper": (i + 1) / bins, "n": n,
-                    "confidence": float(confidence[members].mean()) if n else None,
-                    "accuracy": float(correct[members].mean()) if n else None})
+        out.append(
+            {
+                "lower": i / bins,
+                "upper": (i + 1) / bins,
+                "n": n,
+                "confidence": float(confidence[members].mean()) if n else None,
+                "accuracy": float(correct[members].mean()) if n else None,
+            }
+        )
     return out
 
 
@@ -47,8 +55,13 @@ def expected_calibration_error(probabilities, y, bins: int = ECE_BINS) -> float:
     n = p.shape[0]
     if n == 0:
         return float("nan")
-    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability_bins(probabilities, y, bins) if b["n"]))
+    return float(
+        sum(
+            b["n"] / n * abs(b["accuracy"] - b["confidence"])
+            for b in reliability_bins(probabilities, y, bins)
+            if b["n"]
+        )
+    )
 
 
 def negative_log_likelihood(probabilities, y, floor: float = 1e-12) -> float:
@@ -83,11 +96,18 @@ def conformal_summary(sets, y, labels: Sequence[str]) -> dict:
     for index, label in enumerate(labels):
         members = y == index
         if members.any():
-            per_class[label] = {"n": int(members.sum()), "coverage": float(covered[members].mean()),
-                                "mean_set_size": float(size[members].mean())}
-    return {"n": int(len(y)), "coverage": float(covered.mean()) if len(y) else None,
-            "mean_set_size": float(size.mean()) if len(y) else None,
-            "singleton_share": float((size == 1).mean()) if len(y) else None, "per_class": per_class}
+            per_class[label] = {
+                "n": int(members.sum()),
+                "coverage": float(covered[members].mean()),
+                "mean_set_size": float(size[members].mean()),
+            }
+    return {
+        "n": int(len(y)),
+        "coverage": float(covered.mean()) if len(y) else None,
+        "mean_set_size": float(size.mean()) if len(y) else None,
+        "singleton_share": float((size == 1).mean()) if len(y) else None,
+        "per_class": per_class,
+    }
 
 
 def risk_coverage(confidence, correct) -> dict:
@@ -131,7 +151,7 @@ def auroc(in_scores, out_scores) -> float | None:
     sums = np.zeros(len(unique))
     np.add.at(sums, inverse, ranks)
     ranks = (sums / counts)[inverse]
-    u = ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2
     return float(u / (len(a) * len(b)))
 
 

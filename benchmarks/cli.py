@@ -32,7 +32,9 @@ def _check_writable(path: Path | None, option: str) -> None:
     if path.is_dir():
         raise click.BadParameter(f"{path} is a folder: give a file name", param_hint=option)
     if not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist: create it first", param_hint=option)
+        raise click.BadParameter(
+            f"folder {path.parent} does not exist: create it first", param_hint=option
+        )
 
 
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,37 +58,99 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Labelled images: a dataset folder (class folders) or a split.csv. "
-                   "Default: the test split of the split.csv beside the models.")
-@click.option("--data-root", type=click.Path(path_type=Path),
-              help="Dataset root that split.csv paths are relative to. Default: manifest data_dir, "
-                   "else $LEUKEDGE_DATA / ../shared/data/all-leukemia.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Which rows of a split.csv to score on.")
-@click.option("--limit-per-class", type=click.IntRange(min=1), help="Score on the first N images per class only.")
-@click.option("--threads", type=ThreadCounts(), default=default_threads(), show_default=True,
-              help="Interpreter thread counts, one row each.")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Timed invocations per row (also the number of end-to-end images).")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed invocations before timing.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
-              help="Stop a row's timed runs after this many seconds (fewer than --runs on a slow board).")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1),
-              help="Exit 3 if any row's top-1 accuracy is below this fraction (e.g. 0.99), or a row failed.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write one CSV line per row.")
-@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write accuracy vs latency as PNG.")
-@click.option("--allow-unverified", is_flag=True,
-              help="Also benchmark .tflite files no manifest vouches for (changed, failed their "
-                   "conversion check, unlisted or renamed).")
-def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None, split: str,
-                limit_per_class: int | None, threads: tuple[int, ...], runs: int, warmup: int,
-                max_seconds: float | None, min_accuracy: float | None, json_path: Path | None,
-                csv_path: Path | None, markdown_path: Path | None, plot_path: Path | None,
-                allow_unverified: bool) -> None:
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Labelled images: a dataset folder (class folders) or a split.csv. "
+    "Default: the test split of the split.csv beside the models.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    help="Dataset root that split.csv paths are relative to. Default: manifest data_dir, "
+    "else $LEUKEDGE_DATA / ../shared/data/all-leukemia.",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test"]),
+    help="Which rows of a split.csv to score on.",
+)
+@click.option(
+    "--limit-per-class",
+    type=click.IntRange(min=1),
+    help="Score on the first N images per class only.",
+)
+@click.option(
+    "--threads",
+    type=ThreadCounts(),
+    default=default_threads(),
+    show_default=True,
+    help="Interpreter thread counts, one row each.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed invocations per row (also the number of end-to-end images).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed invocations before timing.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop a row's timed runs after this many seconds (fewer than --runs on a slow board).",
+)
+@click.option(
+    "--min-accuracy",
+    type=click.FloatRange(0, 1),
+    help="Exit 3 if any row's top-1 accuracy is below this fraction (e.g. 0.99), or a row failed.",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Write every figure as JSON."
+)
+@click.option(
+    "--csv", "csv_path", type=click.Path(path_type=Path), help="Write one CSV line per row."
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path),
+    help="Write the table as Markdown.",
+)
+@click.option(
+    "--plot", "plot_path", type=click.Path(path_type=Path), help="Write accuracy vs latency as PNG."
+)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Also benchmark .tflite files no manifest vouches for (changed, failed their "
+    "conversion check, unlisted or renamed).",
+)
+def run_command(
+    models: tuple[Path, ...],
+    data: Path | None,
+    data_root: Path | None,
+    split: str,
+    limit_per_class: int | None,
+    threads: tuple[int, ...],
+    runs: int,
+    warmup: int,
+    max_seconds: float | None,
+    min_accuracy: float | None,
+    json_path: Path | None,
+    csv_path: Path | None,
+    markdown_path: Path | None,
+    plot_path: Path | None,
+    allow_unverified: bool,
+) -> None:
     """Benchmark MODEL_OR_DIR... (.tflite, .keras, or edge-convert folders).
 
     Without a model, the released default (models/model_int8.tflite).
@@ -95,8 +159,12 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
     edge-bench runs/default_converted --json bench.json --csv bench.csv --markdown bench.md --plot bench.png
     edge-bench models/model_int8.tflite --data ../shared/data/all-leukemia --limit-per-class 20
     """
-    for path, option in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"),
-                         (plot_path, "--plot")):
+    for path, option in (
+        (json_path, "--json"),
+        (csv_path, "--csv"),
+        (markdown_path, "--markdown"),
+        (plot_path, "--plot"),
+    ):
         _check_writable(path, option)
     try:
         entries = discover_models(models)
@@ -106,17 +174,33 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
     except KeyboardInterrupt:
         click.echo("edge-bench: interrupted before any row was measured", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    click.echo(f"edge-bench: {len(entries)} model(s) x {len(threads)} thread count(s) on {eval_set.describe()}",
-               err=True)
-    settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, max_seconds=max_seconds,
-                             allow_unverified=allow_unverified)
-    result = run_benchmark(entries, eval_set, settings,
-                           progress=lambda plan: tqdm(plan, desc="edge-bench", unit="row", file=sys.stderr,
-                                                      disable=None),
-                           on_row=_log_row)
+    click.echo(
+        f"edge-bench: {len(entries)} model(s) x {len(threads)} thread count(s) on {eval_set.describe()}",
+        err=True,
+    )
+    settings = BenchSettings(
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        max_seconds=max_seconds,
+        allow_unverified=allow_unverified,
+    )
+    result = run_benchmark(
+        entries,
+        eval_set,
+        settings,
+        progress=lambda plan: tqdm(
+            plan, desc="edge-bench", unit="row", file=sys.stderr, disable=None
+        ),
+        on_row=_log_row,
+    )
     click.echo(report.console_table(result))
-    writers = ((json_path, report.write_json), (csv_path, report.write_csv),
-               (markdown_path, report.write_markdown), (plot_path, report.write_plot))
+    writers = (
+        (json_path, report.write_json),
+        (csv_path, report.write_csv),
+        (markdown_path, report.write_markdown),
+        (plot_path, report.write_plot),
+    )
     for path, write in writers:
         if path is not None:
             write(result, path)
@@ -126,10 +210,15 @@ def run_command(models: tuple[Path, ...], data: Path | None, data_root: Path | N
 
 def _log_row(row: dict) -> None:
     """One line per finished row on stderr, so logs of long runs show progress without a TTY."""
-    figures = (f"p50 {row['latency_ms']['p50']:.2f} ms, accuracy {row['accuracy'] * 100:.2f}%"
-               if row["status"] == "ok" and row["accuracy"] is not None else row["error"])
-    tqdm.write(f"row done: {row['name']} ({row['variant']}), {row['threads']} thread(s): {row['status']}, {figures}",
-               file=sys.stderr)
+    figures = (
+        f"p50 {row['latency_ms']['p50']:.2f} ms, accuracy {row['accuracy'] * 100:.2f}%"
+        if row["status"] == "ok" and row["accuracy"] is not None
+        else row["error"]
+    )
+    tqdm.write(
+        f"row done: {row['name']} ({row['variant']}), {row['threads']} thread(s): {row['status']}, {figures}",
+        file=sys.stderr,
+    )
 
 
 def exit_code(result, min_accuracy: float | None) -> int:
@@ -138,15 +227,23 @@ def exit_code(result, min_accuracy: float | None) -> int:
         click.echo("edge-bench: interrupted; the rows above are what was measured", err=True)
         return EXIT_INTERRUPTED
     if min_accuracy is not None:
-        below = [r for r in result.rows if r["status"] == "ok" and (r["accuracy"] or 0.0) < min_accuracy]
+        below = [
+            r for r in result.rows if r["status"] == "ok" and (r["accuracy"] or 0.0) < min_accuracy
+        ]
         if below or result.failed:
             names = [f"{r['name']} ({r['threads']}t) {r['accuracy'] * 100:.2f}%" for r in below]
             names += [f"{r['name']} ({r['threads']}t) failed" for r in result.failed]
-            click.echo(f"edge-bench: below --min-accuracy {min_accuracy:.4f}: " + "; ".join(names), err=True)
+            click.echo(
+                f"edge-bench: below --min-accuracy {min_accuracy:.4f}: " + "; ".join(names),
+                err=True,
+            )
             return EXIT_BELOW_MIN_ACCURACY
     if result.failed:
-        click.echo(f"edge-bench: {len(result.failed)} of {len(result.rows)} row(s) failed: "
-                   f"{result.failed[0]['name']}: {result.failed[0]['error']}", err=True)
+        click.echo(
+            f"edge-bench: {len(result.failed)} of {len(result.rows)} row(s) failed: "
+            f"{result.failed[0]['name']}: {result.failed[0]['error']}",
+            err=True,
+        )
         return EXIT_ROWS_FAILED
     return 0
 

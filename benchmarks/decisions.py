@@ -40,7 +40,9 @@ def trust_params(model: Path, classifier: Classifier | None = None) -> TrustPara
     manifest = manifests.find(Path(model).parent)
     found = manifest.entry_for_file(Path(model).name) if manifest is not None else None
     if found is not None and isinstance(found[1].trust, dict):
-        return TrustParams.from_dict(found[1].trust, f"{manifests.manifest_path(Path(model).parent)} ({found[0]})")
+        return TrustParams.from_dict(
+            found[1].trust, f"{manifests.manifest_path(Path(model).parent)} ({found[0]})"
+        )
     return None
 
 
@@ -70,11 +72,17 @@ class ModelOutputs:
                 if name not in named and name in str(detail.get("name", "")):
                     named[name] = detail
         n_labels = len(classifier.labels)
-        if PROBABILITIES_OUTPUT not in named:  # an older model: its one output (or the labels-wide one)
+        if (
+            PROBABILITIES_OUTPUT not in named
+        ):  # an older model: its one output (or the labels-wide one)
             wide = [d for d in details if int(d["shape"][-1]) == n_labels]
             named[PROBABILITIES_OUTPUT] = wide[0] if wide else details[0]
         if OOD_OUTPUT not in named:
-            single = [d for d in details if d is not named[PROBABILITIES_OUTPUT] and int(np.prod(d["shape"])) == 1]
+            single = [
+                d
+                for d in details
+                if d is not named[PROBABILITIES_OUTPUT] and int(np.prod(d["shape"])) == 1
+            ]
             if single and len(details) == 2:
                 named[OOD_OUTPUT] = single[0]
         self.probabilities_detail = named[PROBABILITIES_OUTPUT]
@@ -88,10 +96,13 @@ class ModelOutputs:
         """(probabilities, ood score or None) for one prepared uint8 RGB image (size x size x 3)."""
         classifier = self.classifier
         interpreter = classifier.interpreter
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], classifier.to_input(prepared))
+        interpreter.set_tensor(
+            interpreter.get_input_details()[0]["index"], classifier.to_input(prepared)
+        )
         interpreter.invoke()
-        probabilities = _dequantize(interpreter.get_tensor(self.probabilities_detail["index"])[0],
-                                    self.probabilities_detail)
+        probabilities = _dequantize(
+            interpreter.get_tensor(self.probabilities_detail["index"])[0], self.probabilities_detail
+        )
         if self.ood_detail is None:
             return probabilities, None
         score = _dequantize(interpreter.get_tensor(self.ood_detail["index"]), self.ood_detail)
@@ -100,14 +111,19 @@ class ModelOutputs:
     def run_all(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Stacked outputs for (n, size, size, 3) images: probabilities (n, classes), scores (n,) or None."""
         outputs = [self.run(image) for image in prepared]
-        probabilities = (np.stack([p for p, _ in outputs]) if outputs
-                         else np.zeros((0, len(self.classifier.labels)), np.float32))
+        probabilities = (
+            np.stack([p for p, _ in outputs])
+            if outputs
+            else np.zeros((0, len(self.classifier.labels)), np.float32)
+        )
         if not self.has_ood:
             return probabilities, None
         return probabilities, np.array([s for _, s in outputs], dtype=np.float64)
 
 
-def ood_scores(probabilities: np.ndarray, model_scores: np.ndarray | None) -> tuple[np.ndarray, str]:
+def ood_scores(
+    probabilities: np.ndarray, model_scores: np.ndarray | None
+) -> tuple[np.ndarray, str]:
     """The OOD score used for AUROC: the model's own, else 1 - max probability (and which it is)."""
     if model_scores is not None:
         return np.asarray(model_scores, dtype=np.float64), "the model's ood_score output"
@@ -124,11 +140,15 @@ class DecisionRule:
     @property
     def name(self) -> str:
         if self.trust is None:
-            return f"legacy min-confidence {self.min_confidence:.2f} (model has no trust parameters)"
+            return (
+                f"legacy min-confidence {self.min_confidence:.2f} (model has no trust parameters)"
+            )
         conformal, ood = self.trust.conformal, self.trust.ood
         return f"conformal-{conformal.method}@{conformal.target_coverage:g}+ood-{ood.method}"
 
-    def decide(self, probabilities: np.ndarray, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def decide(
+        self, probabilities: np.ndarray, scores: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(kinds (n,) of LABEL/UNCERTAIN/UNKNOWN, answered label index (n,), -1 where not answered)."""
         p = np.asarray(probabilities, dtype=np.float64)
         n = len(p)
@@ -141,8 +161,10 @@ class DecisionRule:
             answer[sure] = top[sure]
             return kinds, answer
         if scores is None:
-            raise ValueError("the model carries trust parameters but no ood_score output: "
-                             "re-convert it with edge-convert")
+            raise ValueError(
+                "the model carries trust parameters but no ood_score output: "
+                "re-convert it with edge-convert"
+            )
         for i in range(n):
             if self.trust.ood.is_unknown(scores[i]):
                 kinds[i] = UNKNOWN

@@ -36,8 +36,23 @@ def cpu_model() -> str:
 
 # The instruction-set flags that decide which XNNPACK kernels run: without VNNI (avx512_vnni or
 # avx_vnni on x86, asimddp "dotprod" on ARM) int8 convolutions gain little over fp16/fp32.
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "amx_int8", "neon", "asimd", "asimdhp", "asimddp", "fphp")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "asimdhp",
+    "asimddp",
+    "fphp",
+)
 
 
 def simd_flags() -> list[str]:
@@ -56,7 +71,9 @@ def board_state() -> dict:
     throttled = None
     if shutil.which("vcgencmd"):
         try:
-            out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5
+            )
             throttled = out.stdout.strip().split("=")[-1] or None  # "throttled=0x0" -> "0x0"
         except (OSError, subprocess.SubprocessError):
             throttled = None

@@ -59,11 +59,14 @@ class EvalSet:
 
     def describe(self) -> str:
         counts = {label: sum(s.label == label for s in self.samples) for label in self.labels}
-        return f"{len(self.samples)} images ({self.source}): " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        return f"{len(self.samples)} images ({self.source}): " + ", ".join(
+            f"{k} {v}" for k, v in counts.items()
+        )
 
 
-def data_root_for(manifest: Manifest | None, data_root: str | Path | None = None,
-                  manifest_dir: Path | None = None) -> Path:
+def data_root_for(
+    manifest: Manifest | None, data_root: str | Path | None = None, manifest_dir: Path | None = None
+) -> Path:
     """Where split.csv paths are resolved: --data-root, else the manifest's data_dir (relative to
     the manifest's folder), else the default."""
     if data_root is not None:
@@ -88,9 +91,13 @@ def _limit(samples: list[Sample], limit_per_class: int | None) -> list[Sample]:
     return kept
 
 
-def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
-                     data_root: str | Path | None = None, split: str = "test",
-                     limit_per_class: int | None = None) -> EvalSet:
+def resolve_eval_set(
+    data: str | Path | None,
+    models: Sequence[ModelEntry] = (),
+    data_root: str | Path | None = None,
+    split: str = "test",
+    limit_per_class: int | None = None,
+) -> EvalSet:
     """The labelled images: `data` is a folder of class folders or a split.csv.
 
     Without `data`, the `split` rows of the split.csv beside the models (an edge-convert or
@@ -104,15 +111,19 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
     if data is None:
         found = split_file_of(models)
         if found is None:
-            raise DatasetError("no labelled images: no split.csv beside the model(s); "
-                               "pass --data DATASET_DIR or --data SPLIT_CSV")
+            raise DatasetError(
+                "no labelled images: no split.csv beside the model(s); "
+                "pass --data DATASET_DIR or --data SPLIT_CSV"
+            )
         if found[1] is not None:
             manifest, manifest_dir = found[1], Path(found[0]).parent
         data = found[0]
     data = Path(data)
     if data.is_dir():
         samples = labelled_folder(data)
-        limited = f"the first {limit_per_class} images per class" if limit_per_class else "every image"
+        limited = (
+            f"the first {limit_per_class} images per class" if limit_per_class else "every image"
+        )
         return EvalSet(_limit(samples, limit_per_class), data, f"{limited} in {data}")
     if not data.exists():
         raise DatasetError(f"--data {data} does not exist: pass a dataset folder or a split.csv")
@@ -122,8 +133,10 @@ def resolve_eval_set(data: str | Path | None, models: Sequence[ModelEntry] = (),
         raise DatasetError(f"split file {data} lists no {split!r} images")
     missing = [s.path for s in wanted if not (root / s.path).is_file()]
     if missing:
-        raise DatasetError(f"split file {data} names {len(missing)} file(s) missing under {root}, "
-                           f"e.g. {missing[0]}: pass --data-root DATASET_DIR")
+        raise DatasetError(
+            f"split file {data} names {len(missing)} file(s) missing under {root}, "
+            f"e.g. {missing[0]}: pass --data-root DATASET_DIR"
+        )
     limited = f" (first {limit_per_class} per class)" if limit_per_class else ""
     return EvalSet(_limit(wanted, limit_per_class), root, f"{split} split of {data}{limited}")
 
@@ -150,13 +163,16 @@ def label_indices(eval_set: EvalSet | Sequence[Sample], model_labels: Sequence[s
     known = {label: index for index, label in enumerate(model_labels)}
     unknown = sorted({s.label for s in samples} - set(known))
     if unknown:
-        raise LabelMismatchError(f"the data has label(s) {', '.join(map(repr, unknown))} that the model does not "
-                                 f"know (its labels: {', '.join(model_labels)})")
+        raise LabelMismatchError(
+            f"the data has label(s) {', '.join(map(repr, unknown))} that the model does not "
+            f"know (its labels: {', '.join(model_labels)})"
+        )
     return np.array([known[s.label] for s in samples], dtype=np.int64)
 
 
-def predict(classifier: Classifier, prepared: np.ndarray,
-            progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    classifier: Classifier, prepared: np.ndarray, progress: Progress = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(top-1 indices (n,), probabilities (n, classes) float32) for prepared uint8 images."""
     probabilities = np.empty((len(prepared), len(classifier.labels)), dtype=np.float32)
     indices = range(len(prepared))
@@ -173,7 +189,9 @@ def score(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -
         "n": metrics["n"],
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro"]["f1"],
-        "per_class_recall": {label: metrics["per_class"][label]["recall"] for label in labels if label in present},
+        "per_class_recall": {
+            label: metrics["per_class"][label]["recall"] for label in labels if label in present
+        },
         "metrics": metrics,
     }
 

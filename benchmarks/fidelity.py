@@ -29,21 +29,46 @@ LITERT_TOOL = "ai_edge_litert.tools.benchmark_litert_model"
 def litert_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdir: Path) -> float:
     """Mean latency (ms) reported by LiteRT's benchmark_litert_model in its --result_json."""
     out = Path(tempfile.mkstemp(suffix=".json", dir=workdir)[1])
-    command = [sys.executable, "-m", LITERT_TOOL, "--model", str(model), "--num_runs", str(runs),
-               "--warmup_runs", str(warmup), "--num_threads", str(threads), "--result_json", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        LITERT_TOOL,
+        "--model",
+        str(model),
+        "--num_runs",
+        str(runs),
+        "--warmup_runs",
+        str(warmup),
+        "--num_threads",
+        str(threads),
+        "--result_json",
+        str(out),
+    ]
     process = subprocess.run(command, capture_output=True, text=True, timeout=900)
     try:
         return float(json.loads(out.read_text())["latency"]["avg_ms"])
     except (OSError, ValueError, KeyError):
         last = (process.stderr or process.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise click.ClickException(f"LiteRT's benchmark tool failed on {model}: {last[0][:200]}") from None
+        raise click.ClickException(
+            f"LiteRT's benchmark tool failed on {model}: {last[0][:200]}"
+        ) from None
 
 
 def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdir: Path) -> float:
     """Mean invoke latency (ms) measured by edge-bench's own worker (no data: random input)."""
-    spec = {"model": str(model), "kind": "tflite", "threads": threads, "runs": runs, "warmup": warmup,
-            "max_seconds": None, "allow_unverified": BenchSettings.allow_unverified, "cache_dir": str(workdir),
-            "data_root": "", "image_paths": [], "image_labels": []}
+    spec = {
+        "model": str(model),
+        "kind": "tflite",
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "max_seconds": None,
+        "allow_unverified": BenchSettings.allow_unverified,
+        "cache_dir": str(workdir),
+        "data_root": "",
+        "image_paths": [],
+        "image_labels": [],
+    }
     result, _ = run_worker(spec, workdir, timeout_s=900)
     if result["status"] != "ok":
         raise click.ClickException(f"edge-bench could not measure {model}: {result['error']}")
@@ -52,19 +77,48 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
 
 @click.command("fidelity")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--variants", default="int8,fp32", show_default=True,
-              help="Which variants of an edge-convert folder to compare (comma-separated).")
+@click.option(
+    "--variants",
+    default="int8,fp32",
+    show_default=True,
+    help="Which variants of an edge-convert folder to compare (comma-separated).",
+)
 @click.option("--threads", type=ThreadCounts(), default=default_threads(), show_default=True)
-@click.option("--runs", type=click.IntRange(min=2), default=200, show_default=True,
-              help="Timed invocations per measurement, for both tools.")
+@click.option(
+    "--runs",
+    type=click.IntRange(min=2),
+    default=200,
+    show_default=True,
+    help="Timed invocations per measurement, for both tools.",
+)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Alternating measurements per tool; the median of their means is reported.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.10, show_default=True,
-              help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the comparison as JSON.")
-def fidelity_command(models: tuple[Path, ...], variants: str, threads: tuple[int, ...], runs: int,
-                     warmup: int, repeats: int, tolerance: float, json_path: Path | None) -> None:
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Alternating measurements per tool; the median of their means is reported.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0, 1),
+    default=0.10,
+    show_default=True,
+    help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Write the comparison as JSON."
+)
+def fidelity_command(
+    models: tuple[Path, ...],
+    variants: str,
+    threads: tuple[int, ...],
+    runs: int,
+    warmup: int,
+    repeats: int,
+    tolerance: float,
+    json_path: Path | None,
+) -> None:
     """Compare edge-bench's mean invoke latency with LiteRT's benchmark tool on the same models.
 
     \b
@@ -77,9 +131,13 @@ def fidelity_command(models: tuple[Path, ...], variants: str, threads: tuple[int
     except ModelDiscoveryError as error:
         raise click.ClickException(str(error)) from None
     in_folders = [e for e in entries if e.manifest is not None]
-    entries = [e for e in entries if e.manifest is None or e.variant in wanted] if in_folders else entries
+    entries = (
+        [e for e in entries if e.manifest is None or e.variant in wanted] if in_folders else entries
+    )
     if not entries:
-        raise click.ClickException(f"no .tflite model of variant(s) {variants} among the given paths")
+        raise click.ClickException(
+            f"no .tflite model of variant(s) {variants} among the given paths"
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-fidelity-") as scratch:
         for entry in entries:
@@ -88,19 +146,31 @@ def fidelity_command(models: tuple[Path, ...], variants: str, threads: tuple[int
                 for _ in range(repeats):
                     ours.append(edge_bench_mean_ms(entry.path, count, runs, warmup, Path(scratch)))
                     theirs.append(litert_mean_ms(entry.path, count, runs, warmup, Path(scratch)))
-                row = {"model": str(entry.path), "variant": entry.variant, "threads": count, "runs": runs,
-                       "repeats": repeats, "edge_bench_mean_ms": statistics.median(ours),
-                       "litert_tool_mean_ms": statistics.median(theirs),
-                       "edge_bench_means_ms": ours, "litert_tool_means_ms": theirs}
+                row = {
+                    "model": str(entry.path),
+                    "variant": entry.variant,
+                    "threads": count,
+                    "runs": runs,
+                    "repeats": repeats,
+                    "edge_bench_mean_ms": statistics.median(ours),
+                    "litert_tool_mean_ms": statistics.median(theirs),
+                    "edge_bench_means_ms": ours,
+                    "litert_tool_means_ms": theirs,
+                }
                 row["ratio"] = row["edge_bench_mean_ms"] / row["litert_tool_mean_ms"]
                 rows.append(row)
-                click.echo(f"{entry.name:40s} {entry.variant:8s} {count} thread(s): edge-bench "
-                           f"{row['edge_bench_mean_ms']:8.3f} ms  LiteRT tool {row['litert_tool_mean_ms']:8.3f} ms  "
-                           f"ratio {row['ratio']:.3f}")
+                click.echo(
+                    f"{entry.name:40s} {entry.variant:8s} {count} thread(s): edge-bench "
+                    f"{row['edge_bench_mean_ms']:8.3f} ms  LiteRT tool {row['litert_tool_mean_ms']:8.3f} ms  "
+                    f"ratio {row['ratio']:.3f}"
+                )
     if json_path is not None:
         json_path.write_text(json.dumps({"tolerance": tolerance, "rows": rows}, indent=2) + "\n")
     outside = [r for r in rows if abs(r["ratio"] - 1) > tolerance]
     if outside:
-        click.echo(f"edge-bench fidelity: {len(outside)} comparison(s) differ by more than "
-                   f"{tolerance:.0%}", err=True)
+        click.echo(
+            f"edge-bench fidelity: {len(outside)} comparison(s) differ by more than "
+            f"{tolerance:.0%}",
+            err=True,
+        )
         sys.exit(1)

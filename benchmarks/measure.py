@@ -30,7 +30,9 @@ def summarize(times_ms: Sequence[float]) -> dict:
     }
 
 
-def time_runs(run: Callable[[], object], runs: int, max_seconds: float | None = None) -> list[float]:
+def time_runs(
+    run: Callable[[], object], runs: int, max_seconds: float | None = None
+) -> list[float]:
     """Milliseconds of each call: `runs` calls, stopping early once `max_seconds` have passed."""
     times: list[float] = []
     started = time.perf_counter()

@@ -35,7 +35,9 @@ class ModelEntry:
     @property
     def name(self) -> str:
         """A short unique-enough name for tables: parent folder / file name."""
-        return f"{self.path.parent.name}/{self.path.name}" if self.path.parent.name else self.path.name
+        return (
+            f"{self.path.parent.name}/{self.path.name}" if self.path.parent.name else self.path.name
+        )
 
     @property
     def manifest_dir(self) -> Path | None:
@@ -44,7 +46,11 @@ class ModelEntry:
     @property
     def precision_rank(self) -> int:
         """0 for the most precise variant; unknown variants rank after int8."""
-        return PRECISION_ORDER.index(self.variant) if self.variant in PRECISION_ORDER else len(PRECISION_ORDER)
+        return (
+            PRECISION_ORDER.index(self.variant)
+            if self.variant in PRECISION_ORDER
+            else len(PRECISION_ORDER)
+        )
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -62,7 +68,7 @@ def _variant_of(path: Path, manifest: Manifest | None) -> str:
     if found is not None:
         return found[0]
     stem = path.stem
-    return stem[len("model_"):] if stem.startswith("model_") else stem
+    return stem[len("model_") :] if stem.startswith("model_") else stem
 
 
 def entry_for_file(path: Path) -> ModelEntry:
@@ -83,14 +89,21 @@ def entries_in_folder(folder: Path) -> list[ModelEntry]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is not None and manifest.variants:
-        entries = [ModelEntry(folder / entry.file, variant, "tflite", manifest)
-                   for variant, entry in manifest.variants.items()]
+        entries = [
+            ModelEntry(folder / entry.file, variant, "tflite", manifest)
+            for variant, entry in manifest.variants.items()
+        ]
     else:
-        entries = [entry_for_file(path) for path in sorted(folder.iterdir())
-                   if path.is_file() and path.suffix in MODEL_SUFFIXES]
+        entries = [
+            entry_for_file(path)
+            for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix in MODEL_SUFFIXES
+        ]
     if not entries:
-        raise ModelDiscoveryError(f"{folder} has no manifest.json and no .tflite or .keras model: "
-                                  "pass model files or a folder written by edge-convert")
+        raise ModelDiscoveryError(
+            f"{folder} has no manifest.json and no .tflite or .keras model: "
+            "pass model files or a folder written by edge-convert"
+        )
     return sorted(entries, key=lambda e: (e.precision_rank, e.path.name))
 
 
@@ -102,8 +115,10 @@ def discover_models(paths: Sequence[str | Path]) -> list[ModelEntry]:
     if not paths:
         default = default_model_path()  # $LEUKEDGE_MODEL, else the released int8 model
         if default is None or not default.is_file():
-            raise ModelDiscoveryError(f"no model given and the default {default or RELEASED_MODEL} does not "
-                                      "exist: pass a .tflite file or an edge-convert folder")
+            raise ModelDiscoveryError(
+                f"no model given and the default {default or RELEASED_MODEL} does not "
+                "exist: pass a .tflite file or an edge-convert folder"
+            )
         paths = [default]
     found: list[ModelEntry] = []
     seen: set[Path] = set()

@@ -17,7 +17,11 @@ class ThreadCounts(click.ParamType):
             return value
         parts = [part.strip() for part in str(value).split(",")]
         if not all(part.isdigit() and int(part) > 0 for part in parts):
-            self.fail(f"{value!r} is not a comma-separated list of positive integers, e.g. 1,2,4", param, ctx)
+            self.fail(
+                f"{value!r} is not a comma-separated list of positive integers, e.g. 1,2,4",
+                param,
+                ctx,
+            )
         return tuple(dict.fromkeys(int(part) for part in parts))
 
 

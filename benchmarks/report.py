@@ -40,7 +40,9 @@ def format_table(headers: list[str], rows: list[list[str]], markdown: bool = Fal
     if markdown:
         out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         return "\n".join(out + ["| " + " | ".join(row) + " |" for row in rows])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
@@ -48,13 +50,17 @@ def format_table(headers: list[str], rows: list[list[str]], markdown: bool = Fal
 
 
 def _cells(result: BenchResult) -> tuple[list[str], list[list[str]]]:
-    return [name for name, _ in COLUMNS], [[cell(row) for _, cell in COLUMNS] for row in result.rows]
+    return [name for name, _ in COLUMNS], [
+        [cell(row) for _, cell in COLUMNS] for row in result.rows
+    ]
 
 
 def environment_lines(result: BenchResult) -> list[str]:
     env = result.environment
-    lines = [f"{env['cpu']} ({env['cores']} cores, {env['machine']}), {env['os']}, Python {env['python']}, "
-             f"{env['runtime']} {env['runtime_version']}"]
+    lines = [
+        f"{env['cpu']} ({env['cores']} cores, {env['machine']}), {env['os']}, Python {env['python']}, "
+        f"{env['runtime']} {env['runtime_version']}"
+    ]
     if env.get("simd") is not None:
         lines.append("SIMD: " + (" ".join(env["simd"]) or "none of " + ", ".join(SIMD_FLAGS[:4])))
     if env.get("board_model"):
@@ -75,9 +81,11 @@ def console_table(result: BenchResult) -> str:
         out.append(f"{row['name']} ({row['threads']} thread(s)) failed: {row['error']}")
     out += [f"note: {note}" for note in result.notes]
     settings = result.settings
-    out.append(f"latency: interpreter.invoke() over {settings['runs']} runs after {settings['warmup']} warm-up; "
-               f"e2e: decode + crop/resize + invoke per image; RSS: peak of each row's own process; "
-               f"{result.wall_s:.1f} s in all")
+    out.append(
+        f"latency: interpreter.invoke() over {settings['runs']} runs after {settings['warmup']} warm-up; "
+        f"e2e: decode + crop/resize + invoke per image; RSS: peak of each row's own process; "
+        f"{result.wall_s:.1f} s in all"
+    )
     return "\n".join(out)
 
 
@@ -98,7 +106,10 @@ def write_csv(result: BenchResult, path: Path) -> None:
 def markdown(result: BenchResult) -> str:
     out = [format_table(*_cells(result), markdown=True), ""]
     out += [f"- {line}" for line in environment_lines(result)]
-    out += [f"- {row['name']} ({row['threads']} thread(s)) failed: {row['error']}" for row in result.failed]
+    out += [
+        f"- {row['name']} ({row['threads']} thread(s)) failed: {row['error']}"
+        for row in result.failed
+    ]
     out += [f"- note: {note}" for note in result.notes]
     return "\n".join(out) + "\n"
 
@@ -117,8 +128,11 @@ def write_plot(result: BenchResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result.rows
-            if r["status"] == "ok" and r["accuracy"] is not None and r["latency_ms"]["p50"] is not None]
+    rows = [
+        r
+        for r in result.rows
+        if r["status"] == "ok" and r["accuracy"] is not None and r["latency_ms"]["p50"] is not None
+    ]
     names = list(dict.fromkeys(r["name"] for r in rows))
     threads = sorted({r["threads"] for r in rows})
     colours = plt.get_cmap("tab10")
@@ -128,14 +142,29 @@ def write_plot(result: BenchResult, path: Path) -> None:
         p50, p90 = row["latency_ms"]["p50"], row["latency_ms"]["p90"]
         colour = colours(names.index(row["name"]) % 10)
         marker = markers[threads.index(row["threads"]) % len(markers)]
-        axes.errorbar(p50, row["accuracy"] * 100, xerr=[[0], [max(0.0, p90 - p50)]], fmt=marker, color=colour,
-                      markersize=7, capsize=3, label=f"{row['name']} ({row['variant']}), {row['threads']} thread(s)")
-        axes.annotate(f"{row['variant']} {row['threads']}t", (p50, row["accuracy"] * 100), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")
+        axes.errorbar(
+            p50,
+            row["accuracy"] * 100,
+            xerr=[[0], [max(0.0, p90 - p50)]],
+            fmt=marker,
+            color=colour,
+            markersize=7,
+            capsize=3,
+            label=f"{row['name']} ({row['variant']}), {row['threads']} thread(s)",
+        )
+        axes.annotate(
+            f"{row['variant']} {row['threads']}t",
+            (p50, row["accuracy"] * 100),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     axes.set_xlabel("invoke latency (ms): point p50, bar to p90")
     axes.set_ylabel("top-1 accuracy (%)")
     n = (result.data or {}).get("n")
-    axes.set_title(f"edge-bench: accuracy vs latency ({n} images)" if n else "edge-bench: accuracy vs latency")
+    axes.set_title(
+        f"edge-bench: accuracy vs latency ({n} images)" if n else "edge-bench: accuracy vs latency"
+    )
     axes.grid(True, alpha=0.3)
     if rows:
         axes.legend(fontsize=6, loc="best")

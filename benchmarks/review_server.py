@@ -54,8 +54,15 @@ def real_rows(model: Path, image_paths: list[Path]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         store = ResultStore(Path(folder) / "rows.sqlite")
-        processor = FrameProcessor(classifier, store, None, RunSettings(mode="capture", headless=True),
-                                   QualitySettings(), DecisionSettings(), "edge-bench review-server")
+        processor = FrameProcessor(
+            classifier,
+            store,
+            None,
+            RunSettings(mode="capture", headless=True),
+            QualitySettings(),
+            DecisionSettings(),
+            "edge-bench review-server",
+        )
         for path in image_paths:
             row, _decision, _quality = processor.process(Frame(load_rgb(path), str(path)), None)
             rows.append(row)
@@ -93,8 +100,11 @@ def server_times(db: Path, requests: int, sample_id: str) -> dict:
     for warm_up in ("/?page=19", "/samples/B-00000", "/api/samples?limit=1"):  # compile templates
         client.get(warm_up)
     out = {}
-    for name, path in (("sample list", "/"), ("sample page", f"/samples/{sample_id}"),
-                       ("api samples (all)", "/api/samples")):
+    for name, path in (
+        ("sample list", "/"),
+        ("sample page", f"/samples/{sample_id}"),
+        ("api samples (all)", "/api/samples"),
+    ):
         times = []
         for _ in range(requests + 1):
             start = time.perf_counter()
@@ -103,8 +113,12 @@ def server_times(db: Path, requests: int, sample_id: str) -> dict:
             if response.status_code != 200:
                 raise click.ClickException(f"{path}: HTTP {response.status_code}")
         first, times = times[0], times[1:]
-        out[name] = {"path": path, "first_ms": first, "median_ms": statistics.median(times),
-                     "max_ms": max(times)}
+        out[name] = {
+            "path": path,
+            "first_ms": first,
+            "median_ms": statistics.median(times),
+            "max_ms": max(times),
+        }
     return out
 
 
@@ -124,11 +138,31 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
     out_path, err_path = db.with_suffix(".run.jsonl"), db.with_suffix(".run.log")
-    out_file, err_file = out_path.open("w"), err_path.open("w")  # files: a full pipe would stall the run
-    run = subprocess.Popen([str(Path(sys.executable).parent / "edge-app"), "run", "--model", str(model),
-                            "--source", str(images), "--loop", "--max-frames", str(run_frames),
-                            "--headless", "--db", str(db), "--sample-id", "RUN-BESIDE",
-                            "--allow-unverified"], stdout=out_file, stderr=err_file)
+    out_file, err_file = (
+        out_path.open("w"),
+        err_path.open("w"),
+    )  # files: a full pipe would stall the run
+    run = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "edge-app"),
+            "run",
+            "--model",
+            str(model),
+            "--source",
+            str(images),
+            "--loop",
+            "--max-frames",
+            str(run_frames),
+            "--headless",
+            "--db",
+            str(db),
+            "--sample-id",
+            "RUN-BESIDE",
+            "--allow-unverified",
+        ],
+        stdout=out_file,
+        stderr=err_file,
+    )
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     pages = accepted = 0
@@ -153,10 +187,18 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
             except urllib.error.URLError as error:
                 errors.append(f"GET {path}: {error}")
         if token:
-            form = urllib.parse.urlencode({"csrf_token": token, "action": "confirm", "reviewer": "bench",
-                                           "reason": f"concurrency check {accepted}"}).encode()
+            form = urllib.parse.urlencode(
+                {
+                    "csrf_token": token,
+                    "action": "confirm",
+                    "reviewer": "bench",
+                    "reason": f"concurrency check {accepted}",
+                }
+            ).encode()
             try:
-                with opener.open(urllib.request.Request(url + "/review/B-00002", data=form), timeout=60):
+                with opener.open(
+                    urllib.request.Request(url + "/review/B-00002", data=form), timeout=60
+                ):
                     accepted += 1
             except urllib.error.HTTPError as error:
                 errors.append(f"POST review: HTTP {error.code} {error.read()[:200]!r}")
@@ -169,35 +211,71 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
     import sqlite3
 
     connection = sqlite3.connect(db)
-    stored = connection.execute("SELECT COUNT(*) FROM results WHERE sample_id = 'RUN-BESIDE'").fetchone()[0]
-    reviews = connection.execute("SELECT COUNT(*) FROM reviews WHERE sample_id = 'B-00002' AND "
-                                 "reason LIKE 'concurrency check %'").fetchone()[0]
+    stored = connection.execute(
+        "SELECT COUNT(*) FROM results WHERE sample_id = 'RUN-BESIDE'"
+    ).fetchone()[0]
+    reviews = connection.execute(
+        "SELECT COUNT(*) FROM reviews WHERE sample_id = 'B-00002' AND "
+        "reason LIKE 'concurrency check %'"
+    ).fetchone()[0]
     connection.close()
     locked = [line for line in stderr.splitlines() + errors if "locked" in line.lower()]
-    return {"run_exit": run.returncode, "run_frames_printed": printed, "run_frames_stored": stored,
-            "pages_served": pages, "reviews_accepted": accepted, "reviews_stored": reviews,
-            "errors": errors, "locked_messages": locked,
-            "page_median_ms_under_load": statistics.median(latencies) if latencies else None,
-            "run_stderr_tail": stderr.splitlines()[-3:]}
+    return {
+        "run_exit": run.returncode,
+        "run_frames_printed": printed,
+        "run_frames_stored": stored,
+        "pages_served": pages,
+        "reviews_accepted": accepted,
+        "reviews_stored": reviews,
+        "errors": errors,
+        "locked_messages": locked,
+        "page_median_ms_under_load": statistics.median(latencies) if latencies else None,
+        "run_stderr_tail": stderr.splitlines()[-3:],
+    }
 
 
 @click.command("review-server", epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The .tflite model for the frame rows and the run beside. Default: the released one.")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="split.csv whose test images are used. Default: models/split.csv.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None,
-              help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The .tflite model for the frame rows and the run beside. Default: the released one.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="split.csv whose test images are used. Default: models/split.csv.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.",
+)
 @click.option("--samples", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--frames-per-sample", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--requests", type=click.IntRange(1), default=20, show_default=True,
-              help="Timed requests per page (median reported).")
-@click.option("--run-frames", type=click.IntRange(10), default=1500, show_default=True,
-              help="Frames the edge-app run beside the server writes.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port.")
+@click.option(
+    "--requests",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Timed requests per page (median reported).",
+)
+@click.option(
+    "--run-frames",
+    type=click.IntRange(10),
+    default=1500,
+    show_default=True,
+    help="Frames the edge-app run beside the server writes.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port."
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def review_server_command(model, data, data_root, samples, frames_per_sample, requests, run_frames, port,
-                          json_out) -> None:
+def review_server_command(
+    model, data, data_root, samples, frames_per_sample, requests, run_frames, port, json_out
+) -> None:
     """Server time of the review page on a large database, and `edge-app run` writing beside it."""
     from leukedge.edge_app.runtime import default_model_path
     from leukedge.models import release_dir
@@ -207,7 +285,9 @@ def review_server_command(model, data, data_root, samples, frames_per_sample, re
     if model is None:
         raise click.ClickException("no --model given and no released model: pass --model")
     try:
-        eval_set = resolve_eval_set(data or release_dir() / "split.csv", split="test", data_root=data_root)
+        eval_set = resolve_eval_set(
+            data or release_dir() / "split.csv", split="test", data_root=data_root
+        )
     except DatasetError as error:
         raise click.ClickException(str(error)) from None
     paths = [eval_set.data_root / s.path for s in eval_set.samples[:100]]
@@ -217,8 +297,11 @@ def review_server_command(model, data, data_root, samples, frames_per_sample, re
         rows = real_rows(Path(model), paths)
         start = time.perf_counter()
         fill(db, rows, samples, frames_per_sample)
-        click.echo(f"database: {samples} samples, {samples * frames_per_sample} frames "
-                   f"(filled in {time.perf_counter() - start:.1f} s)", err=True)
+        click.echo(
+            f"database: {samples} samples, {samples * frames_per_sample} frames "
+            f"(filled in {time.perf_counter() - start:.1f} s)",
+            err=True,
+        )
         times = server_times(db, requests, "B-00500" if samples > 500 else "B-00000")
         images = Path(folder) / "images"
         images.mkdir()
@@ -226,23 +309,45 @@ def review_server_command(model, data, data_root, samples, frames_per_sample, re
             shutil.copy(path, images / path.name)
         click.echo(f"edge-app run writing {run_frames} frames beside the server", err=True)
         beside = concurrent(db, Path(model), images, run_frames, port)
-    click.echo(f"server time, median (max) of {requests} requests, {samples} samples / "
-               f"{samples * frames_per_sample} frames:")
+    click.echo(
+        f"server time, median (max) of {requests} requests, {samples} samples / "
+        f"{samples * frames_per_sample} frames:"
+    )
     for name, figures in times.items():
-        verdict = "" if name.startswith("api") else (
-            "  meets <= 300 ms" if figures["median_ms"] <= GOAL_MS else "  MISSES <= 300 ms")
-        click.echo(f"  {name:18s} {figures['median_ms']:7.1f} ms (max {figures['max_ms']:.1f}, first "
-                   f"{figures['first_ms']:.1f}){verdict}")
+        verdict = (
+            ""
+            if name.startswith("api")
+            else ("  meets <= 300 ms" if figures["median_ms"] <= GOAL_MS else "  MISSES <= 300 ms")
+        )
+        click.echo(
+            f"  {name:18s} {figures['median_ms']:7.1f} ms (max {figures['max_ms']:.1f}, first "
+            f"{figures['first_ms']:.1f}){verdict}"
+        )
     lost = beside["run_frames_printed"] - beside["run_frames_stored"]
-    click.echo(f"beside edge-app run: {beside['run_frames_stored']} of {beside['run_frames_printed']} frames "
-               f"stored (run exit {beside['run_exit']}), {beside['pages_served']} pages served "
-               f"(median {beside['page_median_ms_under_load'] or 0:.1f} ms client time), "
-               f"{beside['reviews_stored']} of {beside['reviews_accepted']} accepted reviews stored, "
-               f"{len(beside['errors'])} error(s), {len(beside['locked_messages'])} 'database is locked'")
-    report = {"samples": samples, "frames": samples * frames_per_sample, "requests": requests,
-              "server_time": times, "beside_run": beside, "goal_ms": GOAL_MS}
+    click.echo(
+        f"beside edge-app run: {beside['run_frames_stored']} of {beside['run_frames_printed']} frames "
+        f"stored (run exit {beside['run_exit']}), {beside['pages_served']} pages served "
+        f"(median {beside['page_median_ms_under_load'] or 0:.1f} ms client time), "
+        f"{beside['reviews_stored']} of {beside['reviews_accepted']} accepted reviews stored, "
+        f"{len(beside['errors'])} error(s), {len(beside['locked_messages'])} 'database is locked'"
+    )
+    report = {
+        "samples": samples,
+        "frames": samples * frames_per_sample,
+        "requests": requests,
+        "server_time": times,
+        "beside_run": beside,
+        "goal_ms": GOAL_MS,
+    }
     if json_out:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
-    if (lost or beside["errors"] or beside["locked_messages"] or beside["run_exit"] != 0
-            or beside["reviews_stored"] != beside["reviews_accepted"]):
-        raise click.ClickException("the server and edge-app run did not coexist cleanly (see above)")
+    if (
+        lost
+        or beside["errors"]
+        or beside["locked_messages"]
+        or beside["run_exit"] != 0
+        or beside["reviews_stored"] != beside["reviews_accepted"]
+    ):
+        raise click.ClickException(
+            "the server and edge-app run did not coexist cleanly (see above)"
+        )

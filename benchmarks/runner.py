@@ -31,7 +31,9 @@ class BenchSettings:
     runs: int = 50  # timed invocations per row (after warm-up)
     warmup: int = 5  # untimed invocations before timing
     max_seconds: float | None = None  # stop a row's timed runs early after this many seconds
-    allow_unverified: bool = False  # benchmark .tflite files whose sha256 differs from manifest.json
+    allow_unverified: bool = (
+        False  # benchmark .tflite files whose sha256 differs from manifest.json
+    )
     row_timeout_s: float = 900.0  # a worker running longer than this is stopped and its row failed
 
 
@@ -47,8 +49,15 @@ class BenchResult:
 
     def to_json(self) -> dict:
         rows = [public(row) for row in self.rows]
-        return {"environment": self.environment, "settings": self.settings, "data": self.data,
-                "notes": self.notes, "interrupted": self.interrupted, "wall_s": self.wall_s, "rows": rows}
+        return {
+            "environment": self.environment,
+            "settings": self.settings,
+            "data": self.data,
+            "notes": self.notes,
+            "interrupted": self.interrupted,
+            "wall_s": self.wall_s,
+            "rows": rows,
+        }
 
     @property
     def failed(self) -> list[dict]:
@@ -60,7 +69,9 @@ def group_key(entry: ModelEntry) -> str:
     if entry.manifest is not None:
         listed = entry.manifest.variants.get(entry.variant)
         # a variant from another training run (the release's fast model) names its own source
-        source = (listed.source_model if listed is not None else None) or entry.manifest.source_model
+        source = (
+            listed.source_model if listed is not None else None
+        ) or entry.manifest.source_model
         return source.sha256
     if entry.kind == "keras" and entry.path.is_file():
         return hashlib.sha256(entry.path.read_bytes()).hexdigest()
@@ -68,8 +79,14 @@ def group_key(entry: ModelEntry) -> str:
 
 
 def _empty_row(entry: ModelEntry, threads: int) -> BenchRow:
-    row = bench_row(str(entry.path), entry.name, entry.variant, entry.kind, threads,
-                    entry.path.stat().st_size if entry.path.is_file() else None)
+    row = bench_row(
+        str(entry.path),
+        entry.name,
+        entry.variant,
+        entry.kind,
+        threads,
+        entry.path.stat().st_size if entry.path.is_file() else None,
+    )
     # The runner's bookkeeping, never written out (see schema.public).
     row.update(_group=group_key(entry), _rank=entry.precision_rank)  # type: ignore[typeddict-unknown-key]
     return row
@@ -83,44 +100,82 @@ def run_worker(spec: dict, workdir: Path, timeout_s: float) -> tuple[dict, np.nd
     result_path = spec_path.with_name(spec_path.stem + "_result.json")
     spec_path.write_text(json.dumps(spec))
     try:
-        process = subprocess.run([sys.executable, "-P", "-m", "leukedge.benchmarks.worker", str(spec_path), str(result_path)],
-                                 capture_output=True, text=True, timeout=timeout_s)
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "leukedge.benchmarks.worker",
+                str(spec_path),
+                str(result_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return {"status": "failed", "error": f"did not finish within {timeout_s:.0f} s"}, None
     if not result_path.is_file():
         tail = [line for line in (process.stderr or "").splitlines() if line.strip()][-1:] or [""]
-        how = (f"signal {-process.returncode}" if process.returncode < 0 else f"exit code {process.returncode}")
-        return {"status": "failed", "error": f"the runtime crashed ({how}) {tail[0][:200]}".strip()}, None
+        how = (
+            f"signal {-process.returncode}"
+            if process.returncode < 0
+            else f"exit code {process.returncode}"
+        )
+        return {
+            "status": "failed",
+            "error": f"the runtime crashed ({how}) {tail[0][:200]}".strip(),
+        }, None
     result = json.loads(result_path.read_text())
     probabilities_path = result_path.with_suffix(".npy")
     probabilities = np.load(probabilities_path) if probabilities_path.is_file() else None
     return result, probabilities
 
 
-def _spec(entry: ModelEntry, threads: int, eval_set: EvalSet | None, settings: BenchSettings,
-          cache_dir: Path) -> dict:
+def _spec(
+    entry: ModelEntry,
+    threads: int,
+    eval_set: EvalSet | None,
+    settings: BenchSettings,
+    cache_dir: Path,
+) -> dict:
     return {
-        "model": str(entry.path), "kind": entry.kind, "threads": threads,
-        "runs": settings.runs, "warmup": settings.warmup, "max_seconds": settings.max_seconds,
-        "allow_unverified": settings.allow_unverified, "cache_dir": str(cache_dir),
+        "model": str(entry.path),
+        "kind": entry.kind,
+        "threads": threads,
+        "runs": settings.runs,
+        "warmup": settings.warmup,
+        "max_seconds": settings.max_seconds,
+        "allow_unverified": settings.allow_unverified,
+        "cache_dir": str(cache_dir),
         "data_root": str(eval_set.data_root) if eval_set else "",
         "image_paths": [s.path for s in eval_set.samples] if eval_set else [],
         "image_labels": [s.label for s in eval_set.samples] if eval_set else [],
     }
 
 
-def measure_row(entry: ModelEntry, threads: int, eval_set: EvalSet | None, settings: BenchSettings,
-                cache_dir: Path) -> dict:
+def measure_row(
+    entry: ModelEntry,
+    threads: int,
+    eval_set: EvalSet | None,
+    settings: BenchSettings,
+    cache_dir: Path,
+) -> dict:
     """One finished row: timings from the worker, scores computed here from its probabilities."""
     row = _empty_row(entry, threads)
-    result, probabilities = run_worker(_spec(entry, threads, eval_set, settings, cache_dir), cache_dir,
-                                       settings.row_timeout_s)
+    result, probabilities = run_worker(
+        _spec(entry, threads, eval_set, settings, cache_dir), cache_dir, settings.row_timeout_s
+    )
     row.update({k: v for k, v in result.items() if k in WORKER_KEYS})
     if row["status"] == "ok" and eval_set is not None and probabilities is not None:
         predictions = probabilities.argmax(axis=1)
         scores = score(label_indices(eval_set, row["labels"]), predictions, row["labels"])
-        row.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"],
-                   per_class_recall=scores["per_class_recall"], n_images=scores["n"])
+        row.update(
+            accuracy=scores["accuracy"],
+            macro_f1=scores["macro_f1"],
+            per_class_recall=scores["per_class_recall"],
+            n_images=scores["n"],
+        )
         row["_predictions"] = predictions
     return row
 
@@ -133,19 +188,33 @@ def add_agreement(rows: Sequence[dict]) -> None:
         peers = [r for r in rows if r["_group"] == row["_group"] and "_predictions" in r]
         reference = min(peers, key=lambda r: (r["_rank"], r["threads"]))
         row["agreement"] = agreement(row["_predictions"], reference["_predictions"])
-        row["agreement_reference"] = f"{reference['variant']} ({reference['name']}, {reference['threads']} thread(s))"
+        row["agreement_reference"] = (
+            f"{reference['variant']} ({reference['name']}, {reference['threads']} thread(s))"
+        )
 
 
-def run_benchmark(entries: Sequence[ModelEntry], eval_set: EvalSet | None, settings: BenchSettings,
-                  progress: Callable[[Iterable], Iterable] | None = None,
-                  on_row: Callable[[dict], None] | None = None) -> BenchResult:
+def run_benchmark(
+    entries: Sequence[ModelEntry],
+    eval_set: EvalSet | None,
+    settings: BenchSettings,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> BenchResult:
     """Measure every (model, threads) row. Never raises for one model's failure."""
     started = time.perf_counter()
     result = BenchResult(
         environment={**describe_environment(), "before": board_state()},
         settings=asdict(settings),
-        data=({"source": eval_set.source, "data_root": str(eval_set.data_root), "n": len(eval_set.samples),
-               "labels": eval_set.labels} if eval_set else None),
+        data=(
+            {
+                "source": eval_set.source,
+                "data_root": str(eval_set.data_root),
+                "n": len(eval_set.samples),
+                "labels": eval_set.labels,
+            }
+            if eval_set
+            else None
+        ),
     )
     plan = [(entry, threads) for entry in entries for threads in settings.threads]
     skipped_models: set[Path] = set()

@@ -51,12 +51,17 @@ class FramePool:
             for row in rows:
                 out[row["decision"]] = out.get(row["decision"], 0) + 1
             return out
+
         clean = [row for rows in self.clean.values() for row in rows]
         blurred = [row for rows in self.blurred.values() for row in rows]
         right = sum(row["decision"] == LABEL and row["label"] == row["true_label"] for row in clean)
         answered = sum(row["decision"] == LABEL for row in clean)
-        return {"clean": kinds(clean), "blurred": kinds(blurred), "foreign": kinds(self.foreign),
-                "clean_answered_accuracy": right / answered if answered else None}
+        return {
+            "clean": kinds(clean),
+            "blurred": kinds(blurred),
+            "foreign": kinds(self.foreign),
+            "clean_answered_accuracy": right / answered if answered else None,
+        }
 
 
 def external_images(folder: Path, limit: int | None, seed: int) -> list[Path]:
@@ -66,8 +71,9 @@ def external_images(folder: Path, limit: int | None, seed: int) -> list[Path]:
     return paths
 
 
-def classify_frames(model: Path, eval_set, external: list[Path], min_confidence: float | None,
-                    progress: bool = True) -> FramePool:
+def classify_frames(
+    model: Path, eval_set, external: list[Path], min_confidence: float | None, progress: bool = True
+) -> FramePool:
     """Every image (and a blurred copy of each labelled one) through the app's frame pipeline."""
     from leukedge.edge_app.app import FrameProcessor
     from leukedge.edge_app.imaging import load_rgb
@@ -77,16 +83,31 @@ def classify_frames(model: Path, eval_set, external: list[Path], min_confidence:
     from leukedge.edge_app.storage import ResultStore
 
     classifier = Classifier(model, allow_unverified=True)
-    decisions = DecisionSettings() if min_confidence is None else DecisionSettings(min_confidence=min_confidence)
+    decisions = (
+        DecisionSettings()
+        if min_confidence is None
+        else DecisionSettings(min_confidence=min_confidence)
+    )
     clean: dict[str, list[dict]] = {}
     blurred: dict[str, list[dict]] = {}
     foreign: list[dict] = []
-    jobs = [(s.label, eval_set.data_root / s.path) for s in eval_set.samples] + [(None, p) for p in external]
+    jobs = [(s.label, eval_set.data_root / s.path) for s in eval_set.samples] + [
+        (None, p) for p in external
+    ]
     with tempfile.TemporaryDirectory() as folder:
         store = ResultStore(Path(folder) / "simulation.sqlite")
-        processor = FrameProcessor(classifier, store, None, RunSettings(mode="capture", headless=True),
-                                   QualitySettings(), decisions, "edge-bench samples")
-        with click.progressbar(jobs, label="classifying fields", file=None if progress else open("/dev/null", "w")) as bar:  # noqa: SIM115
+        processor = FrameProcessor(
+            classifier,
+            store,
+            None,
+            RunSettings(mode="capture", headless=True),
+            QualitySettings(),
+            decisions,
+            "edge-bench samples",
+        )
+        with click.progressbar(
+            jobs, label="classifying fields", file=None if progress else open("/dev/null", "w")
+        ) as bar:  # noqa: SIM115
             for label, path in bar:
                 rgb = load_rgb(path)
                 row, _decision, _quality = processor.process(Frame(rgb, str(path)), None)
@@ -103,8 +124,15 @@ def classify_frames(model: Path, eval_set, external: list[Path], min_confidence:
     return FramePool(clean, blurred, foreign, model.name, classifier.sha256, legacy)
 
 
-def simulate(pool: FramePool, rule: SampleRule, ks=KS, trials: int = 2000, unfit_rate: float = 0.2,
-             foreign_rate: float = 0.1, seed: int = 0) -> list[dict]:
+def simulate(
+    pool: FramePool,
+    rule: SampleRule,
+    ks=KS,
+    trials: int = 2000,
+    unfit_rate: float = 0.2,
+    foreign_rate: float = 0.1,
+    seed: int = 0,
+) -> list[dict]:
     """Per (kind, k): samples, referral rate and accuracy of the answered samples."""
     rng = random.Random(seed)
     classes = sorted(pool.clean)
@@ -130,10 +158,18 @@ def simulate(pool: FramePool, rule: SampleRule, ks=KS, trials: int = 2000, unfit
                 if result.decision == LABEL:
                     answered += 1
                     right += kind != "foreign" and result.label == truth
-            rows.append({"kind": kind, "k": k, "samples": trials, "answered": answered,
-                         "right": right, "referred_rate": 1 - answered / trials,
-                         "unknown_rate": unknown / trials,
-                         "answered_accuracy": right / answered if answered else None})
+            rows.append(
+                {
+                    "kind": kind,
+                    "k": k,
+                    "samples": trials,
+                    "answered": answered,
+                    "right": right,
+                    "referred_rate": 1 - answered / trials,
+                    "unknown_rate": unknown / trials,
+                    "answered_accuracy": right / answered if answered else None,
+                }
+            )
     return rows
 
 
@@ -143,10 +179,16 @@ def goal_verdicts(rows: list[dict], k: int = 5) -> list[str]:
         if row["k"] != k or row["kind"] == "foreign":
             continue
         accuracy = row["answered_accuracy"]
-        ok = accuracy is not None and accuracy >= GOAL_ACCURACY and row["referred_rate"] <= GOAL_REFERRAL
-        lines.append(f"{row['kind']} k={k}: {'meets' if ok else 'misses'} the goal (>= 99.9% of answered "
-                     f"samples right, <= 5% referred): {_pct(accuracy)} right, "
-                     f"{row['referred_rate']:.2%} referred")
+        ok = (
+            accuracy is not None
+            and accuracy >= GOAL_ACCURACY
+            and row["referred_rate"] <= GOAL_REFERRAL
+        )
+        lines.append(
+            f"{row['kind']} k={k}: {'meets' if ok else 'misses'} the goal (>= 99.9% of answered "
+            f"samples right, <= 5% referred): {_pct(accuracy)} right, "
+            f"{row['referred_rate']:.2%} referred"
+        )
     return lines
 
 
@@ -155,12 +197,16 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| samples | k | n | answered | right | referred | unknown: refer | answered accuracy |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| samples | k | n | answered | right | referred | unknown: refer | answered accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row['kind']} | {row['k']} | {row['samples']} | {row['answered']} | "
-                     f"{row['right']} | {row['referred_rate']:.2%} | {row['unknown_rate']:.2%} | "
-                     f"{_pct(row['answered_accuracy'])} |")
+        lines.append(
+            f"| {row['kind']} | {row['k']} | {row['samples']} | {row['answered']} | "
+            f"{row['right']} | {row['referred_rate']:.2%} | {row['unknown_rate']:.2%} | "
+            f"{_pct(row['answered_accuracy'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -171,16 +217,28 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, colour in (("clean", "tab:blue"), ("contaminated", "tab:orange"), ("foreign", "tab:red")):
+    for kind, colour in (
+        ("clean", "tab:blue"),
+        ("contaminated", "tab:orange"),
+        ("foreign", "tab:red"),
+    ):
         mine = [row for row in rows if row["kind"] == kind]
         ks = [row["k"] for row in mine]
         if kind != "foreign":
-            left.plot(ks, [100 * (row["answered_accuracy"] or np.nan) for row in mine], "o-",
-                      color=colour, label=kind)
+            left.plot(
+                ks,
+                [100 * (row["answered_accuracy"] or np.nan) for row in mine],
+                "o-",
+                color=colour,
+                label=kind,
+            )
         right.plot(ks, [100 * row["referred_rate"] for row in mine], "o-", color=colour, label=kind)
     left.axhline(100 * GOAL_ACCURACY, color="grey", ls="--", lw=1, label="goal 99.9%")
-    shown = [100 * row["answered_accuracy"] for row in rows
-             if row["kind"] != "foreign" and row["answered_accuracy"] is not None]
+    shown = [
+        100 * row["answered_accuracy"]
+        for row in rows
+        if row["kind"] != "foreign" and row["answered_accuracy"] is not None
+    ]
     left.set_ylim(min([99.0, *shown]) - 0.2, 100.1)
     right.axhline(100 * GOAL_REFERRAL, color="grey", ls="--", lw=1, label="goal 5% (clean)")
     left.set(xlabel="fields per sample (k)", ylabel="answered samples right (%)", title="accuracy")
@@ -209,41 +267,113 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
         if not ks or min(ks) < 1:
             raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected field counts like 1,3,5,10", param=param) from None
+        raise click.BadParameter(
+            f"{value!r}: expected field counts like 1,3,5,10", param=param
+        ) from None
     return ks
 
 
 @click.command("samples", epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The .tflite model. Default: the released int8 model.")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="split.csv (its --split rows) or a folder of class folders. Default: models/split.csv.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None,
-              help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Which split's images form the samples (tune on val, report on test).")
-@click.option("--limit-per-class", type=click.IntRange(1), default=None,
-              help="Only the first N images per class of the split (quick checks).")
-@click.option("--external", type=click.Path(path_type=Path), default=None,
-              help="Foreign frames (evaluation only). Default: ../shared/data/external beside the data.")
-@click.option("--external-limit", type=click.IntRange(1), default=300, show_default=True,
-              help="At most this many foreign frames (a seeded random subset).")
-@click.option("--ks", default="1,3,5,10", show_default=True, callback=_ks, help="Fields per sample.")
-@click.option("--trials", type=click.IntRange(10), default=4000, show_default=True,
-              help="Simulated samples per kind and k.")
-@click.option("--unfit-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-              help="Contaminated samples: chance that a field is blurred (unfit).")
-@click.option("--foreign-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-              help="Contaminated samples: chance that a field is a foreign frame.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
-              help="Per-frame rule override (default: the app's default / the model's trust rule).")
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The .tflite model. Default: the released int8 model.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="split.csv (its --split rows) or a folder of class folders. Default: models/split.csv.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test"]),
+    help="Which split's images form the samples (tune on val, report on test).",
+)
+@click.option(
+    "--limit-per-class",
+    type=click.IntRange(1),
+    default=None,
+    help="Only the first N images per class of the split (quick checks).",
+)
+@click.option(
+    "--external",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Foreign frames (evaluation only). Default: ../shared/data/external beside the data.",
+)
+@click.option(
+    "--external-limit",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="At most this many foreign frames (a seeded random subset).",
+)
+@click.option(
+    "--ks", default="1,3,5,10", show_default=True, callback=_ks, help="Fields per sample."
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(10),
+    default=4000,
+    show_default=True,
+    help="Simulated samples per kind and k.",
+)
+@click.option(
+    "--unfit-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Contaminated samples: chance that a field is blurred (unfit).",
+)
+@click.option(
+    "--foreign-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Contaminated samples: chance that a field is a foreign frame.",
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Per-frame rule override (default: the app's default / the model's trust rule).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path), default=None
+)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def samples_command(model, data, data_root, split, limit_per_class, external, external_limit, ks, trials, unfit_rate,
-                    foreign_rate, min_confidence, seed, json_out, markdown_out, plot_out, quiet) -> None:
+def samples_command(
+    model,
+    data,
+    data_root,
+    split,
+    limit_per_class,
+    external,
+    external_limit,
+    ks,
+    trials,
+    unfit_rate,
+    foreign_rate,
+    min_confidence,
+    seed,
+    json_out,
+    markdown_out,
+    plot_out,
+    quiet,
+) -> None:
     """Sample-level accuracy and referral of the sample rule, by simulation on a split.
 
     Prints a table per kind of sample (clean, contaminated, foreign) and k, and whether k = 5
@@ -254,13 +384,19 @@ def samples_command(model, data, data_root, split, limit_per_class, external, ex
     from leukedge.train.dataset import DatasetError
 
     if unfit_rate + foreign_rate > 1:
-        raise click.BadParameter("--unfit-rate + --foreign-rate must be <= 1", param_hint="--foreign-rate")
+        raise click.BadParameter(
+            "--unfit-rate + --foreign-rate must be <= 1", param_hint="--foreign-rate"
+        )
     model = model or default_model_path()
     if model is None:
         raise click.ClickException("no --model given and no released model: pass --model")
     try:
-        eval_set = resolve_eval_set(data or release_dir() / "split.csv", split=split, data_root=data_root,
-                                    limit_per_class=limit_per_class)
+        eval_set = resolve_eval_set(
+            data or release_dir() / "split.csv",
+            split=split,
+            data_root=data_root,
+            limit_per_class=limit_per_class,
+        )
     except DatasetError as error:
         raise click.ClickException(str(error)) from None
     external = external or data_root_for(None, data_root).parent / "external"
@@ -274,17 +410,28 @@ def samples_command(model, data, data_root, split, limit_per_class, external, ex
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     if min(len(rows) for rows in pool.clean.values()) < max(ks):
-        raise click.ClickException(f"a class of the {split} split has fewer images than k={max(ks)}")
+        raise click.ClickException(
+            f"a class of the {split} split has fewer images than k={max(ks)}"
+        )
     rows = simulate(pool, DEFAULT_RULE, ks, trials, unfit_rate, foreign_rate, seed)
-    recorded = Counter(row.get("decision_rule") for rows in pool.clean.values() for row in rows
-                       if row.get("decision_rule")).most_common(1)
-    frame_rule = ("legacy per-frame rule: the model has no OOD output, so no frame is 'unknown' and "
-                  "foreign frames are caught only by confidence and disagreement" if pool.legacy
-                  else "per-frame trust rule of the model (OOD + conformal)")
+    recorded = Counter(
+        row.get("decision_rule")
+        for rows in pool.clean.values()
+        for row in rows
+        if row.get("decision_rule")
+    ).most_common(1)
+    frame_rule = (
+        "legacy per-frame rule: the model has no OOD output, so no frame is 'unknown' and "
+        "foreign frames are caught only by confidence and disagreement"
+        if pool.legacy
+        else "per-frame trust rule of the model (OOD + conformal)"
+    )
     if recorded:
         frame_rule += f" [{recorded[0][0]}]"
-    header = (f"{pool.model} ({pool.model_sha256[:12]}), {eval_set.source}, {trials} samples per "
-              f"row, seed {seed}; contaminated: unfit {unfit_rate:.0%}, foreign {foreign_rate:.0%} of fields")
+    header = (
+        f"{pool.model} ({pool.model_sha256[:12]}), {eval_set.source}, {trials} samples per "
+        f"row, seed {seed}; contaminated: unfit {unfit_rate:.0%}, foreign {foreign_rate:.0%} of fields"
+    )
     click.echo(header)
     click.echo(f"frame rule: {frame_rule}")
     click.echo(f"sample rule: {DEFAULT_RULE.describe()}")
@@ -293,16 +440,36 @@ def samples_command(model, data, data_root, split, limit_per_class, external, ex
     verdicts = goal_verdicts(rows)
     for line in verdicts:
         click.echo(line)
-    report = {"model": pool.model, "model_sha256": pool.model_sha256, "split": split,
-              "images": eval_set.source, "external": len(foreign), "trials": trials, "seed": seed,
-              "unfit_rate": unfit_rate, "foreign_rate": foreign_rate, "legacy_frame_rule": pool.legacy,
-              "frame_rule": frame_rule, "sample_rule": DEFAULT_RULE.describe(),
-              "rule_parameters": DEFAULT_RULE.__dict__, "frames": pool.frame_summary(),
-              "rows": rows, "goal": verdicts}
+    report = {
+        "model": pool.model,
+        "model_sha256": pool.model_sha256,
+        "split": split,
+        "images": eval_set.source,
+        "external": len(foreign),
+        "trials": trials,
+        "seed": seed,
+        "unfit_rate": unfit_rate,
+        "foreign_rate": foreign_rate,
+        "legacy_frame_rule": pool.legacy,
+        "frame_rule": frame_rule,
+        "sample_rule": DEFAULT_RULE.describe(),
+        "rule_parameters": DEFAULT_RULE.__dict__,
+        "frames": pool.frame_summary(),
+        "rows": rows,
+        "goal": verdicts,
+    }
     if json_out:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
     if markdown_out:
-        markdown_out.write_text(f"{header}\n\nFrame rule: {frame_rule}.\n\nSample rule: "
-                                f"{DEFAULT_RULE.describe()}.\n\n{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+        markdown_out.write_text(
+            f"{header}\n\nFrame rule: {frame_rule}.\n\nSample rule: "
+            f"{DEFAULT_RULE.describe()}.\n\n{table}\n\n"
+            + "\n".join(f"- {v}" for v in verdicts)
+            + "\n"
+        )
     if plot_out:
-        plot(rows, plot_out, f"{pool.model}: sample rule on the {split} split ({'legacy frame rule' if pool.legacy else 'trust rule'})")
+        plot(
+            rows,
+            plot_out,
+            f"{pool.model}: sample rule on the {split} split ({'legacy frame rule' if pool.legacy else 'trust rule'})",
+        )

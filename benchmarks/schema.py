@@ -62,12 +62,39 @@ class BenchRow(TypedDict):
 
 
 # What a worker process measures and returns to the runner (the parent scores the rest).
-WORKER_KEYS = ("status", "error", "labels", "image_size", "runtime", "latency_ms", "runs", "fps",
-               "peak_rss_mb", "model_rss_mb", "peak_rss_method", "end_to_end_ms")
+WORKER_KEYS = (
+    "status",
+    "error",
+    "labels",
+    "image_size",
+    "runtime",
+    "latency_ms",
+    "runs",
+    "fps",
+    "peak_rss_mb",
+    "model_rss_mb",
+    "peak_rss_method",
+    "end_to_end_ms",
+)
 # The scalar fields of a row, in CSV column order (latency, e2e and recall are flattened after).
-FLAT_KEYS = ("model", "name", "variant", "threads", "status", "error", "size_bytes", "accuracy",
-             "macro_f1", "agreement", "fps", "peak_rss_mb", "model_rss_mb", "runs", "n_images",
-             "runtime")
+FLAT_KEYS = (
+    "model",
+    "name",
+    "variant",
+    "threads",
+    "status",
+    "error",
+    "size_bytes",
+    "accuracy",
+    "macro_f1",
+    "agreement",
+    "fps",
+    "peak_rss_mb",
+    "model_rss_mb",
+    "runs",
+    "n_images",
+    "runtime",
+)
 
 
 def empty_latency() -> Latency:
@@ -78,14 +105,41 @@ def empty_end_to_end() -> EndToEnd:
     return EndToEnd(**dict.fromkeys(END_TO_END_KEYS))
 
 
-def bench_row(model: str = "", name: str = "", variant: str = "", kind: str = "tflite",
-              threads: int = 0, size_bytes: int | None = None) -> BenchRow:
+def bench_row(
+    model: str = "",
+    name: str = "",
+    variant: str = "",
+    kind: str = "tflite",
+    threads: int = 0,
+    size_bytes: int | None = None,
+) -> BenchRow:
     """A row before measuring: every figure None, status "failed" until the worker says otherwise."""
-    return BenchRow(model=model, name=name, variant=variant, kind=kind, threads=threads, status="failed",
-                    error=None, size_bytes=size_bytes, accuracy=None, macro_f1=None, per_class_recall=None,
-                    agreement=None, agreement_reference=None, n_images=None, latency_ms=empty_latency(),
-                    end_to_end_ms=empty_end_to_end(), fps=None, runs=None, peak_rss_mb=None,
-                    model_rss_mb=None, runtime=None, labels=None, peak_rss_method=None, image_size=None)
+    return BenchRow(
+        model=model,
+        name=name,
+        variant=variant,
+        kind=kind,
+        threads=threads,
+        status="failed",
+        error=None,
+        size_bytes=size_bytes,
+        accuracy=None,
+        macro_f1=None,
+        per_class_recall=None,
+        agreement=None,
+        agreement_reference=None,
+        n_images=None,
+        latency_ms=empty_latency(),
+        end_to_end_ms=empty_end_to_end(),
+        fps=None,
+        runs=None,
+        peak_rss_mb=None,
+        model_rss_mb=None,
+        runtime=None,
+        labels=None,
+        peak_rss_method=None,
+        image_size=None,
+    )
 
 
 def public(row: dict) -> dict:
@@ -97,8 +151,12 @@ def flat_row(row: dict, labels: list[str]) -> dict:
     """One CSV line: scalars, then latency_*_ms, end_to_end_*_ms and recall_<label>."""
     flat = {key: row.get(key) for key in FLAT_KEYS}
     flat.update({f"latency_{k}_ms": (row.get("latency_ms") or {}).get(k) for k in LATENCY_KEYS})
-    flat.update({f"end_to_end_{k}_ms": (row.get("end_to_end_ms") or {}).get(k) for k in END_TO_END_KEYS})
-    flat.update({f"recall_{label}": (row.get("per_class_recall") or {}).get(label) for label in labels})
+    flat.update(
+        {f"end_to_end_{k}_ms": (row.get("end_to_end_ms") or {}).get(k) for k in END_TO_END_KEYS}
+    )
+    flat.update(
+        {f"recall_{label}": (row.get("per_class_recall") or {}).get(label) for label in labels}
+    )
     return flat
 
 
@@ -119,7 +177,9 @@ class AppRow(TypedDict):
     runtime: str
     frames: int  # timed frames per repeat
     repeats: int
-    stage_ms: dict[str, float | None]  # median per stage (median over repeats of per-repeat medians)
+    stage_ms: dict[
+        str, float | None
+    ]  # median per stage (median over repeats of per-repeat medians)
     frame_ms: float  # median per-frame total of the app's work (all stages)
     invoke_ms: float  # median bare interpreter.invoke(), measured right after each frame
     overhead_ms: float  # frame_ms - invoke_ms (median over repeats): what the app adds per frame
@@ -133,6 +193,7 @@ def app_row(**fields) -> AppRow:
 
 
 # --- edge-bench robustness: one row per (model, shift, severity) ---------------------------
+
 
 class RobustnessRow(TypedDict):
     model: str
@@ -158,9 +219,25 @@ class RobustnessRow(TypedDict):
     decision_rule: str
 
 
-ROBUSTNESS_CSV_KEYS = ("model", "variant", "shift", "severity", "parameter", "n", "accuracy", "macro_f1",
-                       "gate_reject_fraction", "accuracy_on_accepted", "answered_right", "answered_wrong",
-                       "referred", "uncertain", "unknown", "unfit", "decision_rule")
+ROBUSTNESS_CSV_KEYS = (
+    "model",
+    "variant",
+    "shift",
+    "severity",
+    "parameter",
+    "n",
+    "accuracy",
+    "macro_f1",
+    "gate_reject_fraction",
+    "accuracy_on_accepted",
+    "answered_right",
+    "answered_wrong",
+    "referred",
+    "uncertain",
+    "unknown",
+    "unfit",
+    "decision_rule",
+)
 
 
 def robustness_row(**fields) -> RobustnessRow:
@@ -172,12 +249,15 @@ def robustness_row(**fields) -> RobustnessRow:
 
 # --- edge-bench trust: one row per model ---------------------------------------------------
 
+
 class OodRow(TypedDict):
     folder: str
     n: int
     auroc: float | None  # in-distribution test frames vs this folder, by the OOD score
     fpr_at_95_tpr: float | None  # share of this folder kept when 95% of test frames are kept
-    answered: float  # share of this folder's frames answered with a label (gate passed, rule answered)
+    answered: (
+        float  # share of this folder's frames answered with a label (gate passed, rule answered)
+    )
     outcome_shares: dict[str, float]  # label / uncertain / unknown / unfit shares
     answered_labels: dict[str, int]  # which labels those answers were
 
@@ -198,6 +278,8 @@ class TrustRow(TypedDict):
     conformal: dict | None  # coverage, mean_set_size, per_class (None without trust parameters)
     answered: float  # share of test frames answered with a label by the decision rule
     answered_accuracy: float | None  # accuracy of those answers
-    outcome_shares: dict[str, float]  # label / uncertain / unknown / unfit shares on the test frames
+    outcome_shares: dict[
+        str, float
+    ]  # label / uncertain / unknown / unfit shares on the test frames
     risk_coverage: dict  # coverage and accuracy arrays (answer the most confident first)
     ood: list[OodRow]

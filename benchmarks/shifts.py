@@ -58,11 +58,18 @@ class Shift:
 def check_severity(severity: int, allow_zero: bool = False) -> None:
     lowest = 0 if allow_zero else 1
     if not isinstance(severity, (int, np.integer)) or not lowest <= severity <= len(SEVERITIES):
-        raise ValueError(f"severity must be an integer from {lowest} to {len(SEVERITIES)}, got {severity!r}")
+        raise ValueError(
+            f"severity must be an integer from {lowest} to {len(SEVERITIES)}, got {severity!r}"
+        )
 
 
 def check_rgb8(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if (
+        not isinstance(rgb, np.ndarray)
+        or rgb.dtype != np.uint8
+        or rgb.ndim != 3
+        or rgb.shape[2] != 3
+    ):
         raise ValueError("shifts take uint8 RGB images of shape (height, width, 3)")
 
 
@@ -89,6 +96,7 @@ def _from_linear(linear: np.ndarray) -> np.ndarray:
 
 # --- optics -------------------------------------------------------------------------------
 
+
 def disk_kernel(radius: float) -> np.ndarray:
     """A normalised, anti-aliased disk (the point spread function of a defocused lens)."""
     half = int(math.ceil(radius))
@@ -114,8 +122,13 @@ def line_kernel(length: float, angle_degrees: float) -> np.ndarray:
     centre = size * supersample / 2
     dx = math.cos(math.radians(angle_degrees)) * length * supersample / 2
     dy = math.sin(math.radians(angle_degrees)) * length * supersample / 2
-    cv2.line(kernel, (int(round(centre - dx)), int(round(centre - dy))),
-             (int(round(centre + dx)), int(round(centre + dy))), 1.0, thickness=supersample)
+    cv2.line(
+        kernel,
+        (int(round(centre - dx)), int(round(centre - dy))),
+        (int(round(centre + dx)), int(round(centre + dy))),
+        1.0,
+        thickness=supersample,
+    )
     kernel = kernel.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
     return kernel / kernel.sum()
 
@@ -127,6 +140,7 @@ def motion_blur(rgb: np.ndarray, length: float, rng: np.random.Generator) -> np.
 
 
 # --- illumination -------------------------------------------------------------------------
+
 
 def exposure(rgb: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
     """Lamp or exposure time: light scaled by `gain`, highlights clip as a camera's would."""
@@ -141,6 +155,7 @@ def low_contrast(rgb: np.ndarray, factor: float, rng: np.random.Generator) -> np
 
 
 # --- stain and colour ---------------------------------------------------------------------
+
 
 def _hsv(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees
@@ -181,6 +196,7 @@ def white_balance(rgb: np.ndarray, log_gain: float, rng: np.random.Generator) ->
 
 # --- camera -------------------------------------------------------------------------------
 
+
 def jpeg(rgb: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
     """Re-encoded as JPEG at `quality` (a phone or a messaging app on the way)."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -192,7 +208,9 @@ def jpeg(rgb: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarra
 
 def gaussian_noise(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Read noise: additive Gaussian noise of standard deviation `sigma` (0..255 scale)."""
-    return _to_uint8(rgb.astype(np.float32) + rng.normal(0.0, sigma, size=rgb.shape).astype(np.float32))
+    return _to_uint8(
+        rgb.astype(np.float32) + rng.normal(0.0, sigma, size=rgb.shape).astype(np.float32)
+    )
 
 
 def poisson_noise(rgb: np.ndarray, full_well: float, rng: np.random.Generator) -> np.ndarray:
@@ -211,11 +229,13 @@ def low_resolution(rgb: np.ndarray, factor: float, rng: np.random.Generator) -> 
 
 # --- geometry -----------------------------------------------------------------------------
 
+
 def _warp(rgb: np.ndarray, angle: float, scale: float) -> np.ndarray:
     height, width = rgb.shape[:2]
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, scale)
-    return cv2.warpAffine(rgb, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(
+        rgb, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
 
 
 def rotation(rgb: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
@@ -233,38 +253,110 @@ def zoom(rgb: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     return _warp(rgb, 0.0, scale)
 
 
-SHIFTS: dict[str, Shift] = {shift.name: shift for shift in (
-    Shift("defocus", "out-of-focus optics (disk blur)", "disk radius, px at 224",
-          (1.0, 1.5, 2.0, 3.0, 4.0), defocus),
-    Shift("motion-blur", "camera or stage shake during exposure", "blur length, px at 224",
-          (3.0, 5.0, 7.0, 11.0, 15.0), motion_blur),
-    Shift("brighter", "lamp too bright or exposure too long", "exposure gain",
-          (1.15, 1.3, 1.5, 1.75, 2.0), exposure),
-    Shift("darker", "lamp too dim or exposure too short", "exposure gain",
-          (0.85, 0.7, 0.55, 0.4, 0.25), exposure),
-    Shift("low-contrast", "glare, stray light or a dirty condenser", "contrast factor",
-          (0.85, 0.7, 0.55, 0.4, 0.25), low_contrast),
-    Shift("hue", "stain batch or staining time", "hue rotation, degrees (either way)",
-          (5.0, 10.0, 20.0, 30.0, 45.0), hue),
-    Shift("saturation", "faded or heavy stain", "log saturation factor (either way)",
-          (0.15, 0.3, 0.5, 0.75, 1.0), saturation),
-    Shift("white-balance", "lamp colour or camera white balance", "log per-channel gain",
-          (0.05, 0.1, 0.2, 0.3, 0.45), white_balance),
-    Shift("jpeg", "JPEG re-compression", "JPEG quality",
-          (80.0, 60.0, 40.0, 20.0, 10.0), jpeg),
-    Shift("gaussian-noise", "sensor read noise", "noise sigma, 0..255",
-          (3.0, 6.0, 10.0, 15.0, 25.0), gaussian_noise),
-    Shift("poisson-noise", "shot noise in dim light", "photons at full scale",
-          (4000.0, 1500.0, 600.0, 250.0, 100.0), poisson_noise),
-    Shift("rotation", "slide or camera turned", "degrees (either way)",
-          (5.0, 10.0, 15.0, 25.0, 35.0), rotation),
-    Shift("zoom-in", "higher magnification than the training images", "scale",
-          (1.1, 1.2, 1.35, 1.5, 1.75), zoom),
-    Shift("zoom-out", "lower magnification than the training images", "scale",
-          (0.9, 0.8, 0.7, 0.6, 0.5), zoom),
-    Shift("low-resolution", "a camera with fewer pixels", "downsampling factor per side",
-          (1.5, 2.0, 3.0, 4.0, 6.0), low_resolution),
-)}
+SHIFTS: dict[str, Shift] = {
+    shift.name: shift
+    for shift in (
+        Shift(
+            "defocus",
+            "out-of-focus optics (disk blur)",
+            "disk radius, px at 224",
+            (1.0, 1.5, 2.0, 3.0, 4.0),
+            defocus,
+        ),
+        Shift(
+            "motion-blur",
+            "camera or stage shake during exposure",
+            "blur length, px at 224",
+            (3.0, 5.0, 7.0, 11.0, 15.0),
+            motion_blur,
+        ),
+        Shift(
+            "brighter",
+            "lamp too bright or exposure too long",
+            "exposure gain",
+            (1.15, 1.3, 1.5, 1.75, 2.0),
+            exposure,
+        ),
+        Shift(
+            "darker",
+            "lamp too dim or exposure too short",
+            "exposure gain",
+            (0.85, 0.7, 0.55, 0.4, 0.25),
+            exposure,
+        ),
+        Shift(
+            "low-contrast",
+            "glare, stray light or a dirty condenser",
+            "contrast factor",
+            (0.85, 0.7, 0.55, 0.4, 0.25),
+            low_contrast,
+        ),
+        Shift(
+            "hue",
+            "stain batch or staining time",
+            "hue rotation, degrees (either way)",
+            (5.0, 10.0, 20.0, 30.0, 45.0),
+            hue,
+        ),
+        Shift(
+            "saturation",
+            "faded or heavy stain",
+            "log saturation factor (either way)",
+            (0.15, 0.3, 0.5, 0.75, 1.0),
+            saturation,
+        ),
+        Shift(
+            "white-balance",
+            "lamp colour or camera white balance",
+            "log per-channel gain",
+            (0.05, 0.1, 0.2, 0.3, 0.45),
+            white_balance,
+        ),
+        Shift("jpeg", "JPEG re-compression", "JPEG quality", (80.0, 60.0, 40.0, 20.0, 10.0), jpeg),
+        Shift(
+            "gaussian-noise",
+            "sensor read noise",
+            "noise sigma, 0..255",
+            (3.0, 6.0, 10.0, 15.0, 25.0),
+            gaussian_noise,
+        ),
+        Shift(
+            "poisson-noise",
+            "shot noise in dim light",
+            "photons at full scale",
+            (4000.0, 1500.0, 600.0, 250.0, 100.0),
+            poisson_noise,
+        ),
+        Shift(
+            "rotation",
+            "slide or camera turned",
+            "degrees (either way)",
+            (5.0, 10.0, 15.0, 25.0, 35.0),
+            rotation,
+        ),
+        Shift(
+            "zoom-in",
+            "higher magnification than the training images",
+            "scale",
+            (1.1, 1.2, 1.35, 1.5, 1.75),
+            zoom,
+        ),
+        Shift(
+            "zoom-out",
+            "lower magnification than the training images",
+            "scale",
+            (0.9, 0.8, 0.7, 0.6, 0.5),
+            zoom,
+        ),
+        Shift(
+            "low-resolution",
+            "a camera with fewer pixels",
+            "downsampling factor per side",
+            (1.5, 2.0, 3.0, 4.0, 6.0),
+            low_resolution,
+        ),
+    )
+}
 
 
 def closest_shift(name: str) -> str | None:
@@ -300,8 +392,10 @@ def parse_severities(text: str) -> list[int]:
     severities: list[int] = []
     for part in parts:
         if not part.isdigit() or int(part) not in SEVERITIES:
-            raise ValueError(f"severity {part!r} is not one of {', '.join(map(str, SEVERITIES))} "
-                             "(the clean image, severity 0, is always scored)")
+            raise ValueError(
+                f"severity {part!r} is not one of {', '.join(map(str, SEVERITIES))} "
+                "(the clean image, severity 0, is always scored)"
+            )
         if int(part) not in severities:
             severities.append(int(part))
     return sorted(severities)

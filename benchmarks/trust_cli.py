@@ -27,34 +27,80 @@ from leukedge.train.dataset import DatasetError
 
 def _writable(path: Path | None, option: str) -> None:
     if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist: create it first", param_hint=option)
+        raise click.BadParameter(
+            f"folder {path.parent} does not exist: create it first", param_hint=option
+        )
 
 
 @click.command("trust")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Labelled in-distribution images: a split.csv (its --split rows) or a folder of class "
-                   "folders. Default: the test split of the split.csv beside the models.")
-@click.option("--data-root", type=click.Path(path_type=Path),
-              help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the dataset.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Which rows of a split.csv.")
-@click.option("--limit-per-class", type=click.IntRange(min=1), help="At most N labelled images per class.")
-@click.option("--ood", "ood_folders", multiple=True, type=click.Path(path_type=Path),
-              help="A folder of images the model was not trained on (recursive). Repeatable.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Labelled in-distribution images: a split.csv (its --split rows) or a folder of class "
+    "folders. Default: the test split of the split.csv beside the models.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the dataset.",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test"]),
+    help="Which rows of a split.csv.",
+)
+@click.option(
+    "--limit-per-class", type=click.IntRange(min=1), help="At most N labelled images per class."
+)
+@click.option(
+    "--ood",
+    "ood_folders",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A folder of images the model was not trained on (recursive). Repeatable.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure as JSON.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the tables as Markdown.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write reliability.png and risk_coverage.png into this folder (created).")
-@click.option("--allow-unverified", is_flag=True,
-              help="Also evaluate models not listed (status ok) in a manifest beside them.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every figure as JSON.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the tables as Markdown.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write reliability.png and risk_coverage.png into this folder (created).",
+)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Also evaluate models not listed (status ok) in a manifest beside them.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def trust_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None, split: str,
-                  limit_per_class: int | None, ood_folders: tuple[Path, ...], threads: int | None,
-                  json_path: Path | None, markdown_path: Path | None, plots_dir: Path | None,
-                  allow_unverified: bool, quiet: bool) -> None:
+def trust_command(
+    models: tuple[Path, ...],
+    data: Path | None,
+    data_root: Path | None,
+    split: str,
+    limit_per_class: int | None,
+    ood_folders: tuple[Path, ...],
+    threads: int | None,
+    json_path: Path | None,
+    markdown_path: Path | None,
+    plots_dir: Path | None,
+    allow_unverified: bool,
+    quiet: bool,
+) -> None:
     """Calibration, conformal referral and out-of-distribution rejection of each model.
 
     MODELS are .tflite files or edge-convert folders (default: the released int8 model). Per
@@ -83,31 +129,51 @@ def trust_command(models: tuple[Path, ...], data: Path | None, data_root: Path |
         try:
             plots_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise click.BadParameter(f"cannot create {plots_dir} ({error.strerror})", param_hint="--plots") from None
+            raise click.BadParameter(
+                f"cannot create {plots_dir} ({error.strerror})", param_hint="--plots"
+            ) from None
     for folder in folders:
         if folder.skipped:
-            click.echo(f"edge-bench trust: {folder.path}: {folder.skipped} file(s) did not decode, skipped", err=True)
-    click.echo(f"edge-bench trust: {len(entries)} model(s) on {eval_set.describe()}; "
-               f"{len(folders)} OOD folder(s)", err=True)
+            click.echo(
+                f"edge-bench trust: {folder.path}: {folder.skipped} file(s) did not decode, skipped",
+                err=True,
+            )
+    click.echo(
+        f"edge-bench trust: {len(entries)} model(s) on {eval_set.describe()}; "
+        f"{len(folders)} OOD folder(s)",
+        err=True,
+    )
     rows, failed = [], []
     for entry in entries:
         if entry.kind != "tflite":
             failed.append(f"{entry.path}: only .tflite models are evaluated")
             continue
         try:
-            progress = (lambda items, name=entry.name: tqdm(items, desc=name, unit="image", file=sys.stderr,
-                                                             disable=quiet or None))
-            rows.append(evaluate_model(entry, eval_set, folders, threads, progress, allow_unverified))
+            progress = lambda items, name=entry.name: tqdm(
+                items, desc=name, unit="image", file=sys.stderr, disable=quiet or None
+            )
+            rows.append(
+                evaluate_model(entry, eval_set, folders, threads, progress, allow_unverified)
+            )
         except (ModelError, LabelMismatchError, TrustError, ValueError) as error:
             failed.append(f"{entry.path}: {str(error).splitlines()[0]}")
             click.echo(f"edge-bench trust: {failed[-1]}", err=True)
     if not rows:
-        raise click.ClickException("no model could be evaluated" + (f": {failed[0]}" if failed else ""))
+        raise click.ClickException(
+            "no model could be evaluated" + (f": {failed[0]}" if failed else "")
+        )
     click.echo(tables(rows))
     if json_path is not None:
-        report = {"environment": describe_environment(), "data": eval_set.source, "n": len(eval_set.samples),
-                  "ood_folders": [{"path": str(f.path), "n": len(f.images), "skipped": f.skipped} for f in folders],
-                  "rows": rows, "failed": failed}
+        report = {
+            "environment": describe_environment(),
+            "data": eval_set.source,
+            "n": len(eval_set.samples),
+            "ood_folders": [
+                {"path": str(f.path), "n": len(f.images), "skipped": f.skipped} for f in folders
+            ],
+            "rows": rows,
+            "failed": failed,
+        }
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {json_path}", err=True)
     if markdown_path is not None:
@@ -116,6 +182,8 @@ def trust_command(models: tuple[Path, ...], data: Path | None, data_root: Path |
     if plots_dir is not None:
         plot_reliability(rows, plots_dir / "reliability.png")
         plot_risk_coverage(rows, plots_dir / "risk_coverage.png")
-        click.echo(f"wrote {plots_dir / 'reliability.png'} and {plots_dir / 'risk_coverage.png'}", err=True)
+        click.echo(
+            f"wrote {plots_dir / 'reliability.png'} and {plots_dir / 'risk_coverage.png'}", err=True
+        )
     if failed:
         sys.exit(1)

@@ -81,8 +81,11 @@ def folder_bytes(folder: Path) -> int:
 
 
 def db_bytes(db: Path) -> int:
-    return sum(Path(f"{db}{suffix}").stat().st_size for suffix in ("", "-wal", "-shm")
-               if Path(f"{db}{suffix}").exists())
+    return sum(
+        Path(f"{db}{suffix}").stat().st_size
+        for suffix in ("", "-wal", "-shm")
+        if Path(f"{db}{suffix}").exists()
+    )
 
 
 @dataclass
@@ -97,8 +100,17 @@ class Chunk:
     simulated_hours: float
 
 
-def simulate(model: Path, images: str, frames: int, chunk: int, rate: float, settings: SaveSettings,
-             work: Path, threads: int | None, progress=None) -> dict:
+def simulate(
+    model: Path,
+    images: str,
+    frames: int,
+    chunk: int,
+    rate: float,
+    settings: SaveSettings,
+    work: Path,
+    threads: int | None,
+    progress=None,
+) -> dict:
     classifier = Classifier(model, threads=threads)
     db, save_dir = work / "results.sqlite", work / "frames"
     store = ResultStore(db)
@@ -107,8 +119,15 @@ def simulate(model: Path, images: str, frames: int, chunk: int, rate: float, set
     if saver is None:
         raise click.ClickException(f"{save_dir}: cannot save images there")
     run = RunSettings(mode="live", headless=True, loop=True)
-    processor = FrameProcessor(classifier, store, saver.writer, run, QualitySettings(), DecisionSettings(),
-                               "simulated camera")
+    processor = FrameProcessor(
+        classifier,
+        store,
+        saver.writer,
+        run,
+        QualitySettings(),
+        DecisionSettings(),
+        "simulated camera",
+    )
     processor.saver = saver
     camera = SimulatedCamera(images, clock)
     camera.open()
@@ -120,13 +139,26 @@ def simulate(model: Path, images: str, frames: int, chunk: int, rate: float, set
     done = 0
     while done < frames:
         size = min(chunk, frames - done)
-        app = App(lambda: camera, processor, RunSettings(mode="live", headless=True, loop=True,
-                                                         max_frames=size))
+        app = App(
+            lambda: camera,
+            processor,
+            RunSettings(mode="live", headless=True, loop=True, max_frames=size),
+        )
         with contextlib.redirect_stdout(counter):  # the app's JSON lines, one per frame
             counts = app.run()
         done += counts.processed
-        chunks.append(Chunk(done, store.count(), db_bytes(db) / MB, folder_bytes(save_dir) / MB,
-                            saver.saved, saver.budget.pruned, rss_mib(), (clock.now - started_clock) / 3600))
+        chunks.append(
+            Chunk(
+                done,
+                store.count(),
+                db_bytes(db) / MB,
+                folder_bytes(save_dir) / MB,
+                saver.saved,
+                saver.budget.pruned,
+                rss_mib(),
+                (clock.now - started_clock) / 3600,
+            )
+        )
         if progress is not None:
             progress(chunks[-1])
         if counts.processed < size:
@@ -135,46 +167,111 @@ def simulate(model: Path, images: str, frames: int, chunk: int, rate: float, set
     rows = store.count()
     store.close()
     return {
-        "model": str(model), "images": images, "frames": done, "rows": rows,
-        "frames_lost": done - rows, "json_lines": counter.lines, "seconds": seconds,
-        "fps": done / seconds if seconds else None, "simulated_rate_fps": rate,
-        "save": settings.__dict__, "rss_start_mib": rss_start, "rss_end_mib": rss_mib(),
-        "chunks": [c.__dict__ for c in chunks], "summary": saver.summary(),
+        "model": str(model),
+        "images": images,
+        "frames": done,
+        "rows": rows,
+        "frames_lost": done - rows,
+        "json_lines": counter.lines,
+        "seconds": seconds,
+        "fps": done / seconds if seconds else None,
+        "simulated_rate_fps": rate,
+        "save": settings.__dict__,
+        "rss_start_mib": rss_start,
+        "rss_end_mib": rss_mib(),
+        "chunks": [c.__dict__ for c in chunks],
+        "summary": saver.summary(),
     }
 
 
 def markdown(result: dict) -> str:
-    lines = ["| frames | rows | DB MB | images MB | images saved | pruned | RSS MiB | simulated hours |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| frames | rows | DB MB | images MB | images saved | pruned | RSS MiB | simulated hours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in result["chunks"]:
-        lines.append(f"| {c['frames']:,} | {c['rows']:,} | {c['db_mb']:.1f} | {c['images_mb']:.1f} | "
-                     f"{c['images_saved']:,} | {c['images_pruned']:,} | {c['rss_mib']:.1f} | "
-                     f"{c['simulated_hours']:.1f} |")
+        lines.append(
+            f"| {c['frames']:,} | {c['rows']:,} | {c['db_mb']:.1f} | {c['images_mb']:.1f} | "
+            f"{c['images_saved']:,} | {c['images_pruned']:,} | {c['rss_mib']:.1f} | "
+            f"{c['simulated_hours']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 @click.command("unattended")
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The .tflite model. Default: the released int8 model.")
-@click.option("--images", default=None,
-              help="Image folder or glob replayed as the camera. Default: the dataset's Original/ folder.")
-@click.option("--frames", type=click.IntRange(1), default=100_000, show_default=True,
-              help="Frames to run through the app loop.")
-@click.option("--chunk", type=click.IntRange(1), default=10_000, show_default=True,
-              help="Report disk, database and RSS every this many frames.")
-@click.option("--rate", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              help="Simulated camera frames per second (the clock the save policy sees).")
-@click.option("--save-every", "save_every_s", type=float, default=10.0, show_default=True,
-              help="Save policy: seconds between saved frames.")
-@click.option("--max-disk-mb", type=float, default=50.0, show_default=True, help="Budget for saved images.")
-@click.option("--keep-days", type=float, default=None, help="Age limit for saved images (simulated days).")
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The .tflite model. Default: the released int8 model.",
+)
+@click.option(
+    "--images",
+    default=None,
+    help="Image folder or glob replayed as the camera. Default: the dataset's Original/ folder.",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Frames to run through the app loop.",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Report disk, database and RSS every this many frames.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Simulated camera frames per second (the clock the save policy sees).",
+)
+@click.option(
+    "--save-every",
+    "save_every_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Save policy: seconds between saved frames.",
+)
+@click.option(
+    "--max-disk-mb", type=float, default=50.0, show_default=True, help="Budget for saved images."
+)
+@click.option(
+    "--keep-days", type=float, default=None, help="Age limit for saved images (simulated days)."
+)
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the database and images go (default: a temporary folder, removed after).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write every figure as JSON.")
-def unattended_command(model, images, frames, chunk, rate, save_every_s, max_disk_mb, keep_days, threads,
-                       work_dir, json_path) -> None:
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the database and images go (default: a temporary folder, removed after).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write every figure as JSON.",
+)
+def unattended_command(
+    model,
+    images,
+    frames,
+    chunk,
+    rate,
+    save_every_s,
+    max_disk_mb,
+    keep_days,
+    threads,
+    work_dir,
+    json_path,
+) -> None:
     """Simulate a long unattended run (default 100,000 frames) and report the storage it takes.
 
     Disk use and database growth per --chunk frames, RSS at start and end, and frames lost
@@ -196,21 +293,28 @@ def unattended_command(model, images, frames, chunk, rate, save_every_s, max_dis
     settings = SaveSettings("changes", save_every_s, max_disk_mb, keep_days, min_free_mb=0.0)
 
     def report(c: Chunk) -> None:
-        click.echo(f"unattended: {c.frames:,} frames, {c.rows:,} rows, DB {c.db_mb:.1f} MB, images "
-                   f"{c.images_mb:.1f} MB ({c.images_saved:,} saved, {c.images_pruned:,} pruned), "
-                   f"RSS {c.rss_mib:.1f} MiB", err=True)
+        click.echo(
+            f"unattended: {c.frames:,} frames, {c.rows:,} rows, DB {c.db_mb:.1f} MB, images "
+            f"{c.images_mb:.1f} MB ({c.images_saved:,} saved, {c.images_pruned:,} pruned), "
+            f"RSS {c.rss_mib:.1f} MiB",
+            err=True,
+        )
 
     with contextlib.ExitStack() as stack:
-        work = work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="leukedge-unattended-")))
+        work = work_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="leukedge-unattended-"))
+        )
         work.mkdir(parents=True, exist_ok=True)
         try:
             result = simulate(model, images, frames, chunk, rate, settings, work, threads, report)
         except (ModelError, SourceError) as error:
             raise click.ClickException(str(error)) from None
     click.echo(markdown(result))
-    click.echo(f"{result['frames']:,} frames in {result['seconds']:.0f} s ({result['fps']:.0f} FPS); "
-               f"RSS {result['rss_start_mib']:.1f} MiB at start -> {result['rss_end_mib']:.1f} MiB at end; "
-               f"frames lost: {result['frames_lost']}; {result['summary']}")
+    click.echo(
+        f"{result['frames']:,} frames in {result['seconds']:.0f} s ({result['fps']:.0f} FPS); "
+        f"RSS {result['rss_start_mib']:.1f} MiB at start -> {result['rss_end_mib']:.1f} MiB at end; "
+        f"frames lost: {result['frames_lost']}; {result['summary']}"
+    )
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     if result["frames_lost"] != 0 or result["json_lines"] != result["frames"]:

@@ -33,7 +33,10 @@ def _cached_pixels(spec: dict, image_size: int) -> np.ndarray:
     cache = Path(spec["cache_dir"]) / f"pixels_{image_size}.npy"
     if cache.is_file():
         return np.load(cache)
-    samples = [Sample(path, "", label) for path, label in zip(spec["image_paths"], spec["image_labels"], strict=True)]
+    samples = [
+        Sample(path, "", label)
+        for path, label in zip(spec["image_paths"], spec["image_labels"], strict=True)
+    ]
     pixels = load_pixels(samples, Path(spec["data_root"]), image_size)
     partial = cache.with_suffix(".partial.npy")
     np.save(partial, pixels)
@@ -45,8 +48,11 @@ class TFLiteModel:
     """The row's model through the app's own Classifier; latency is interpreter.invoke() alone."""
 
     def __init__(self, spec: dict):
-        self.classifier = Classifier(spec["model"], threads=spec["threads"],
-                                     allow_unverified=spec.get("allow_unverified", False))
+        self.classifier = Classifier(
+            spec["model"],
+            threads=spec["threads"],
+            allow_unverified=spec.get("allow_unverified", False),
+        )
         self.labels = self.classifier.labels
         self.image_size = self.classifier.image_size
         self.runtime = f"{self.classifier.runtime.name} {self.classifier.runtime.version}"
@@ -55,9 +61,14 @@ class TFLiteModel:
         if prepared is None:  # no data given (fidelity runs): random input, as benchmark tools use
             spec = self.classifier.input
             rng = np.random.default_rng(0)
-            tensor = (rng.integers(0, 256, spec.shape).astype(spec.dtype) if spec.dtype in ("uint8", "int8")
-                      else rng.uniform(0, 255, spec.shape).astype(spec.dtype))
-            self.classifier.interpreter.set_tensor(self.classifier.interpreter.get_input_details()[0]["index"], tensor)
+            tensor = (
+                rng.integers(0, 256, spec.shape).astype(spec.dtype)
+                if spec.dtype in ("uint8", "int8")
+                else rng.uniform(0, 255, spec.shape).astype(spec.dtype)
+            )
+            self.classifier.interpreter.set_tensor(
+                self.classifier.interpreter.get_input_details()[0]["index"], tensor
+            )
         else:
             self.classifier.invoke(self.classifier.to_input(prepared))
 
@@ -68,7 +79,11 @@ class TFLiteModel:
         return self.classifier.invoke(self.classifier.to_input(prepared))
 
     def predict_all(self, pixels: np.ndarray) -> np.ndarray:
-        return np.stack([self.classify_prepared(p) for p in pixels]) if len(pixels) else np.zeros((0, len(self.labels)))
+        return (
+            np.stack([self.classify_prepared(p) for p in pixels])
+            if len(pixels)
+            else np.zeros((0, len(self.labels)))
+        )
 
 
 class KerasModel:
@@ -78,8 +93,10 @@ class KerasModel:
         try:
             import tensorflow as tf
         except Exception as error:  # ImportError, or a broken install
-            raise SkipRow(f"TensorFlow is not importable here ({type(error).__name__}): "
-                          "the Keras baseline row needs the train extra") from None
+            raise SkipRow(
+                f"TensorFlow is not importable here ({type(error).__name__}): "
+                "the Keras baseline row needs the train extra"
+            ) from None
         tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
         tf.config.threading.set_inter_op_parallelism_threads(1)
         import keras
@@ -88,11 +105,17 @@ class KerasModel:
         try:
             self.model = keras.models.load_model(path, compile=False)
         except Exception as error:
-            raise ModelError(f"{path} could not be loaded by Keras ({str(error).splitlines()[0][:200]})") from None
+            raise ModelError(
+                f"{path} could not be loaded by Keras ({str(error).splitlines()[0][:200]})"
+            ) from None
         labels_file = path.parent / "labels.txt"
         if not labels_file.is_file():
-            raise ModelError(f"{path} has no labels.txt beside it: pass the edge-train run folder's model.keras")
-        self.labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+            raise ModelError(
+                f"{path} has no labels.txt beside it: pass the edge-train run folder's model.keras"
+            )
+        self.labels = [
+            line.strip() for line in labels_file.read_text().splitlines() if line.strip()
+        ]
         self.image_size = int(self.model.input_shape[1])
         self.runtime = f"tensorflow {tf.__version__}"
         # A traced call, as a served Keras model runs; eager calls would mostly time Python.
@@ -101,7 +124,9 @@ class KerasModel:
 
     def set_input(self, prepared: np.ndarray | None) -> None:
         if prepared is None:
-            prepared = np.random.default_rng(0).integers(0, 256, (self.image_size, self.image_size, 3))
+            prepared = np.random.default_rng(0).integers(
+                0, 256, (self.image_size, self.image_size, 3)
+            )
         self._tensor = prepared[np.newaxis].astype(np.float32)
         np.asarray(self._call(self._tensor))  # the first call traces the graph
 
@@ -119,7 +144,9 @@ def measure_here(spec: dict, result_path: Path) -> dict:
     """Everything edge-bench reports for one row except the scores (the parent computes those)."""
     result: dict = {"status": "ok", "error": None}
     rss_before_model = measure.rss_mb()
-    result["peak_rss_method"] = "VmHWM reset before loading" if measure.reset_peak_rss() else "ru_maxrss of the process"
+    result["peak_rss_method"] = (
+        "VmHWM reset before loading" if measure.reset_peak_rss() else "ru_maxrss of the process"
+    )
     started = time.perf_counter()
     model = KerasModel(spec) if spec["kind"] == "keras" else TFLiteModel(spec)
     init_ms = (time.perf_counter() - started) * 1000.0
@@ -139,11 +166,13 @@ def measure_here(spec: dict, result_path: Path) -> dict:
     result["runs"] = len(times)
     result["fps"] = 1000.0 / result["latency_ms"]["mean"] if result["latency_ms"]["mean"] else None
     result["peak_rss_mb"] = measure.peak_rss_mb()
-    result["model_rss_mb"] = (result["peak_rss_mb"] - rss_before_model) if rss_before_model is not None else None
+    result["model_rss_mb"] = (
+        (result["peak_rss_mb"] - rss_before_model) if rss_before_model is not None else None
+    )
 
     if paths:
         end_to_end = []  # what a user waits for: decode + crop/resize + invoke, one image each
-        for path in paths[:len(times)]:
+        for path in paths[: len(times)]:
             begin = time.perf_counter()
             model.classify_prepared(prepare(load_rgb(path), model.image_size))
             end_to_end.append((time.perf_counter() - begin) * 1000.0)
@@ -167,8 +196,11 @@ def main(argv: list[str]) -> int:
         result = {"status": "failed", "error": str(error).splitlines()[0]}
     except Exception as error:  # an unexpected failure still becomes a row, with its type
         last = traceback.extract_tb(error.__traceback__)[-1]
-        result = {"status": "failed", "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''} "
-                                               f"({Path(last.filename).name}:{last.lineno})"}
+        result = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''} "
+            f"({Path(last.filename).name}:{last.lineno})",
+        }
     # Only the fields the row schema knows travel back (schema.WORKER_KEYS).
     result_path.write_text(json.dumps({key: result[key] for key in WORKER_KEYS if key in result}))
     return 0

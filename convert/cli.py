@@ -18,7 +18,9 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 
             close = difflib.get_close_matches(name, VARIANT_NAMES, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise click.BadParameter(f"unknown variant {name!r}{hint}; choose from {','.join(VARIANT_NAMES)}")
+            raise click.BadParameter(
+                f"unknown variant {name!r}{hint}; choose from {','.join(VARIANT_NAMES)}"
+            )
     if not names:
         raise click.BadParameter("name at least one variant")
     return tuple(dict.fromkeys(names))
@@ -26,36 +28,92 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for model_<variant>.tflite, labels.txt, manifest.json, conversion_report.md.")
-@click.option("--variants", default=",".join(VARIANT_NAMES), callback=_variants,
-              help="Comma-separated variants to write.")
-@click.option("--calibration-samples", type=click.IntRange(1), default=300,
-              help="Training images used to calibrate int8 (stratified by class).")
-@click.option("--int8-io", type=click.Choice(["uint8", "int8", "float32"]), default="uint8",
-              help="Input/output type of the int8 model (uint8: camera pixels go in as they are).")
-@click.option("--max-drop", type=click.FloatRange(0), default=1.0,
-              help="Exit 1 if a variant's test accuracy is more than this many points below Keras.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Dataset root the split's paths are relative to. Default: the run's, else $LEUKEDGE_DATA.")
-@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="split.csv to calibrate and verify with. Default: the one beside the model.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for model_<variant>.tflite, labels.txt, manifest.json, conversion_report.md.",
+)
+@click.option(
+    "--variants",
+    default=",".join(VARIANT_NAMES),
+    callback=_variants,
+    help="Comma-separated variants to write.",
+)
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(1),
+    default=300,
+    help="Training images used to calibrate int8 (stratified by class).",
+)
+@click.option(
+    "--int8-io",
+    type=click.Choice(["uint8", "int8", "float32"]),
+    default="uint8",
+    help="Input/output type of the int8 model (uint8: camera pixels go in as they are).",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0),
+    default=1.0,
+    help="Exit 1 if a variant's test accuracy is more than this many points below Keras.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Dataset root the split's paths are relative to. Default: the run's, else $LEUKEDGE_DATA.",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="split.csv to calibrate and verify with. Default: the one beside the model.",
+)
 @click.option("--seed", type=int, default=0, help="Seed for picking calibration images.")
-@click.option("--no-verify", "verify", flag_value=False, default=True,
-              help="Skip the accuracy check on the test split.")
-@click.option("--no-trust", "trust", flag_value=False, default=True,
-              help="Skip the trust parameters (calibration, conformal referral, OOD score): a "
-                   "single-output model that the app runs on the legacy 0.80 rule.")
-@click.option("--coverage", type=click.FloatRange(0.5, 0.999), default=0.99,
-              help="Conformal target coverage: the prediction set holds the true label this often.")
-@click.option("--ood-retention", type=click.FloatRange(0.5, 0.999), default=0.99,
-              help="Share of validation frames the OOD threshold keeps (the rest would be 'unknown').")
-@click.option("--ood-dims", type=click.IntRange(1, 1280), default=None,
-              help="Whitened dimensions of the Mahalanobis OOD score (features x dims weights in the "
-                   "model). Default: as many as the train split supports, at most 256.")
+@click.option(
+    "--no-verify",
+    "verify",
+    flag_value=False,
+    default=True,
+    help="Skip the accuracy check on the test split.",
+)
+@click.option(
+    "--no-trust",
+    "trust",
+    flag_value=False,
+    default=True,
+    help="Skip the trust parameters (calibration, conformal referral, OOD score): a "
+    "single-output model that the app runs on the legacy 0.80 rule.",
+)
+@click.option(
+    "--coverage",
+    type=click.FloatRange(0.5, 0.999),
+    default=0.99,
+    help="Conformal target coverage: the prediction set holds the true label this often.",
+)
+@click.option(
+    "--ood-retention",
+    type=click.FloatRange(0.5, 0.999),
+    default=0.99,
+    help="Share of validation frames the OOD threshold keeps (the rest would be 'unknown').",
+)
+@click.option(
+    "--ood-dims",
+    type=click.IntRange(1, 1280),
+    default=None,
+    help="Whitened dimensions of the Mahalanobis OOD score (features x dims weights in the "
+    "model). Default: as many as the train split supports, at most 256.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace earlier models in --out.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).",
+)
 def main(source: Path, out_dir: Path, verbose: bool, **options) -> None:
     """Convert a trained model (edge-train RUN_DIR or MODEL.keras) to TFLite.
 
@@ -95,10 +153,15 @@ def main(source: Path, out_dir: Path, verbose: bool, **options) -> None:
     except KeyboardInterrupt:
         raise click.Abort() from None
     click.echo(verification_table(manifest))
-    click.echo(f"wrote {out_dir}/ in {manifest.conversion_seconds:.0f} s "
-               "(model_*.tflite, labels.txt, manifest.json, conversion_report.md)")
+    click.echo(
+        f"wrote {out_dir}/ in {manifest.conversion_seconds:.0f} s "
+        "(model_*.tflite, labels.txt, manifest.json, conversion_report.md)"
+    )
     failed = [name for name, entry in manifest.variants.items() if entry.failed]
     if failed:
-        click.echo(f"error: {', '.join(failed)} lost more than {config.max_drop} accuracy points "
-                   "against Keras (see conversion_report.md)", err=True)
+        click.echo(
+            f"error: {', '.join(failed)} lost more than {config.max_drop} accuracy points "
+            "against Keras (see conversion_report.md)",
+            err=True,
+        )
         sys.exit(1)

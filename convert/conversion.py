@@ -46,7 +46,11 @@ from leukedge.train import dataset
 from leukedge.train.metrics import classification_metrics
 
 OUTPUT_FILES = tuple(file_name(v) for v in VARIANTS) + (
-    "labels.txt", "split.csv", MANIFEST_FILE, "conversion_report.md")
+    "labels.txt",
+    "split.csv",
+    MANIFEST_FILE,
+    "conversion_report.md",
+)
 
 
 class ConversionError(ValueError):
@@ -83,24 +87,42 @@ def locate_source(config: ConvertConfig) -> tuple[Path, Path | None, Path | None
     source = Path(config.source)
     model_path = source / "model.keras" if source.is_dir() else source
     if not model_path.is_file():
-        raise ConversionError(f"{model_path} does not exist: pass an edge-train run folder or a .keras file")
+        raise ConversionError(
+            f"{model_path} does not exist: pass an edge-train run folder or a .keras file"
+        )
     split = config.split_file or model_path.parent / "split.csv"
     metrics = model_path.parent / "metrics.json"
-    return model_path, (split if split.is_file() else None), (metrics if metrics.is_file() else None)
+    return (
+        model_path,
+        (split if split.is_file() else None),
+        (metrics if metrics.is_file() else None),
+    )
 
 
 def load_classifier(model_path: Path) -> keras.Model:
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as error:
-        raise ConversionError(f"{model_path} is not a readable Keras model "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:150]})") from None
+        raise ConversionError(
+            f"{model_path} is not a readable Keras model "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:150]})"
+        ) from None
     shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
-    if shape is None or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] is None:
-        raise ConversionError(f"{model_path} is not an image classifier: input shape {model.input_shape}, "
-                              "expected (None, size, size, 3)")
+    if (
+        shape is None
+        or len(shape) != 4
+        or shape[3] != 3
+        or shape[1] != shape[2]
+        or shape[1] is None
+    ):
+        raise ConversionError(
+            f"{model_path} is not an image classifier: input shape {model.input_shape}, "
+            "expected (None, size, size, 3)"
+        )
     if len(model.output_shape) != 2:
-        raise ConversionError(f"{model_path} is not a classifier: output shape {model.output_shape}")
+        raise ConversionError(
+            f"{model_path} is not a classifier: output shape {model.output_shape}"
+        )
     return model
 
 
@@ -109,8 +131,10 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"--out {out_dir} is a file, not a folder")
     earlier = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
     if earlier and not overwrite:
-        raise ConversionError(f"--out {out_dir} already holds {', '.join(earlier[:3])}"
-                              f"{' ...' if len(earlier) > 3 else ''}: choose another folder or pass --overwrite")
+        raise ConversionError(
+            f"--out {out_dir} already holds {', '.join(earlier[:3])}"
+            f"{' ...' if len(earlier) > 3 else ''}: choose another folder or pass --overwrite"
+        )
 
 
 def data_root(config: ConvertConfig, metrics_path: Path | None) -> Path:
@@ -127,8 +151,10 @@ def calibration_set(samples: list[dataset.Sample], count: int, seed: int) -> lis
     """`count` training images, the same share of each class as the training split."""
     train = sorted((s for s in samples if s.split == "train"), key=lambda s: s.sha256)
     if len(train) < count:
-        raise ConversionError(f"only {len(train)} training images for --calibration-samples {count}: "
-                              "lower --calibration-samples (at least 50 recommended)")
+        raise ConversionError(
+            f"only {len(train)} training images for --calibration-samples {count}: "
+            "lower --calibration-samples (at least 50 recommended)"
+        )
     rng = np.random.default_rng(seed)
     labels = sorted({s.label for s in train})
     chosen = []
@@ -143,14 +169,23 @@ def tensor_entry(spec) -> TensorInfo:
     return TensorInfo(spec.dtype, list(spec.shape), spec.scale, spec.zero_point)
 
 
-def verify(classifier: Classifier, pixels: np.ndarray, y_true: np.ndarray, keras_probs: np.ndarray,
-           labels: list[str]) -> Verification:
+def verify(
+    classifier: Classifier,
+    pixels: np.ndarray,
+    y_true: np.ndarray,
+    keras_probs: np.ndarray,
+    labels: list[str],
+) -> Verification:
     probs = np.stack([classifier.invoke(classifier.to_input(p)) for p in pixels])
     predicted = probs.argmax(axis=1)
     metrics = classification_metrics(y_true, predicted, labels)
-    return Verification(accuracy=metrics["accuracy"], macro_f1=metrics["macro"]["f1"],
-                        agreement=float((predicted == keras_probs.argmax(axis=1)).mean()),
-                        max_abs_prob_diff=float(np.abs(probs - keras_probs).max()), n=int(len(y_true)))
+    return Verification(
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro"]["f1"],
+        agreement=float((predicted == keras_probs.argmax(axis=1)).mean()),
+        max_abs_prob_diff=float(np.abs(probs - keras_probs).max()),
+        n=int(len(y_true)),
+    )
 
 
 def convert(config: ConvertConfig, echo=print) -> Manifest:
@@ -165,23 +200,35 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
     model = load_classifier(model_path)
     size = int(model.input_shape[1])
     labels_file = model_path.parent / "labels.txt"
-    labels = (labels_file.read_text().split("\n") if labels_file.is_file() else [])
+    labels = labels_file.read_text().split("\n") if labels_file.is_file() else []
     labels = [label.strip() for label in labels if label.strip()]
     if len(labels) != model.output_shape[-1]:
-        raise ConversionError(f"{labels_file} must list {model.output_shape[-1]} labels (one per line), "
-                              f"found {len(labels)}")
+        raise ConversionError(
+            f"{labels_file} must list {model.output_shape[-1]} labels (one per line), "
+            f"found {len(labels)}"
+        )
     if split_path is None:
-        raise ConversionError(f"no split.csv beside {model_path}: pass --split-file (from edge-train)")
+        raise ConversionError(
+            f"no split.csv beside {model_path}: pass --split-file (from edge-train)"
+        )
     root = data_root(config, metrics_path)
     samples = dataset.read_split(split_path, root)
     unknown_labels = sorted({s.label for s in samples} - set(labels))
     if unknown_labels:
-        raise ConversionError(f"{split_path} has labels {unknown_labels} that the model does not know")
+        raise ConversionError(
+            f"{split_path} has labels {unknown_labels} that the model does not know"
+        )
 
     needs_calibration = INT8 in config.variants
-    calibration = calibration_set(samples, config.calibration_samples, config.seed) if needs_calibration else []
-    bar = lambda desc: (lambda items: tqdm(items, desc=desc, unit="img", leave=False))  # noqa: E731
-    calibration_pixels = dataset.load_pixels(calibration, root, size, bar("load calibration images"))
+    calibration = (
+        calibration_set(samples, config.calibration_samples, config.seed)
+        if needs_calibration
+        else []
+    )
+    bar = lambda desc: lambda items: tqdm(items, desc=desc, unit="img", leave=False)  # noqa: E731
+    calibration_pixels = dataset.load_pixels(
+        calibration, root, size, bar("load calibration images")
+    )
     test = [s for s in samples if s.split == "test"] if config.verify else []
     test_pixels = dataset.load_pixels(test, root, size, bar("load test images"))
     y_test = np.array([labels.index(s.label) for s in test], dtype=np.int64)
@@ -209,21 +256,26 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
         image_size=size,
         input={"color": "RGB", "layout": "NHWC", "range": [0, 255], "mean": [0.0], "std": [1.0]},
         calibration=Calibration(len(calibration), "train split, stratified", config.seed)
-        if needs_calibration else None,
+        if needs_calibration
+        else None,
         max_drop_points=config.max_drop,
     )
     info = ModelMetadata(
         name="LeukEdge ALL blood-smear classifier",
-        description=("MobileNetV2 classifier of peripheral blood smear images into "
-                     f"{', '.join(labels)} (acute lymphoblastic leukemia subtypes). Research and "
-                     "screening aid, not a diagnostic device: results need expert review."),
+        description=(
+            "MobileNetV2 classifier of peripheral blood smear images into "
+            f"{', '.join(labels)} (acute lymphoblastic leukemia subtypes). Research and "
+            "screening aid, not a diagnostic device: results need expert review."
+        ),
         version=f"{leukedge_version()}+{source_sha[:12]}",
         author="LeukEdge developers",
         license="Apache-2.0. Trained on the ALL image dataset (Aria et al., 2021, doi:10.34740/KAGGLE/DSV/2175623).",
         labels=labels,
-        input_description=(f"RGB image, {size}x{size}, raw pixel values 0..255 (uint8 models take the pixels "
-                           "as they are; float models take the same values as float32). The model "
-                           "scales them internally."),
+        input_description=(
+            f"RGB image, {size}x{size}, raw pixel values 0..255 (uint8 models take the pixels "
+            "as they are; float models take the same values as float32). The model "
+            "scales them internally."
+        ),
         output_description=f"Probabilities of the {len(labels)} classes, in labels.txt order.",
     )
 
@@ -232,13 +284,20 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir))
     try:
         # With trust parameters the reference is the wrapper's calibrated output (same argmax).
-        keras_probs = ((fitted.probabilities(test_pixels) if fitted else
-                        model.predict(test_pixels.astype(np.float32), batch_size=32, verbose=0))
-                       if len(test) else np.zeros((0, len(labels))))
+        keras_probs = (
+            (
+                fitted.probabilities(test_pixels)
+                if fitted
+                else model.predict(test_pixels.astype(np.float32), batch_size=32, verbose=0)
+            )
+            if len(test)
+            else np.zeros((0, len(labels)))
+        )
         if len(test):
             reference = classification_metrics(y_test, keras_probs.argmax(axis=1), labels)
-            manifest.reference = Reference("keras", reference["accuracy"], reference["macro"]["f1"],
-                                           len(test))
+            manifest.reference = Reference(
+                "keras", reference["accuracy"], reference["macro"]["f1"], len(test)
+            )
         saved_model = staging / "saved_model"
         (fitted.model if fitted else model).export(str(saved_model), verbose=False)
         if fitted:
@@ -246,50 +305,72 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
         for variant in config.variants:
             echo(f"converting {variant}: {DESCRIPTIONS[variant]}")
             t0 = time.monotonic()
-            calibrate = (representative_dataset(calibration_pixels, bar("calibrate int8"))
-                         if variant == INT8 else None)
+            calibrate = (
+                representative_dataset(calibration_pixels, bar("calibrate int8"))
+                if variant == INT8
+                else None
+            )
             try:
                 tflite = convert_variant(saved_model, variant, calibrate, config.int8_io)
             except Exception as error:
-                raise ConversionError(f"TFLite conversion of {variant} failed: "
-                                      f"{str(error).splitlines()[0][:200]}") from None
+                raise ConversionError(
+                    f"TFLite conversion of {variant} failed: {str(error).splitlines()[0][:200]}"
+                ) from None
             shared_scale = []
             if variant == INT8:
                 unpacked = len(tflite)
                 tflite, shared_scale = compact_kernels(tflite)
                 if shared_scale:
-                    echo(f"int8: {len(shared_scale)} kernels trained on one int8 grid stored with one scale "
-                         f"({(unpacked - len(tflite)) / 1024:.0f} KB smaller)")
+                    echo(
+                        f"int8: {len(shared_scale)} kernels trained on one int8 grid stored with one scale "
+                        f"({(unpacked - len(tflite)) / 1024:.0f} KB smaller)"
+                    )
             path = staging / file_name(variant)
             trust_entry = None
             if fitted:
                 tflite, widened = fitted.prepare_outputs(tflite, variant)
                 if widened:
-                    echo(f"{variant}: OOD branch ranges set from the fit ({len(widened)} tensors, "
-                         f"cap {fitted.cap:.4g})")
+                    echo(
+                        f"{variant}: OOD branch ranges set from the fit ({len(widened)} tensors, "
+                        f"cap {fitted.cap:.4g})"
+                    )
                 # Thresholds from this variant's own outputs on the validation split.
-                manifests.write_bytes_atomic(path, with_metadata(tflite, fitted.metadata(info, with_trust_file=False)))
-                params = fitted.params_for(Classifier(path, allow_unverified=True, require_trust=False))
+                manifests.write_bytes_atomic(
+                    path, with_metadata(tflite, fitted.metadata(info, with_trust_file=False))
+                )
+                params = fitted.params_for(
+                    Classifier(path, allow_unverified=True, require_trust=False)
+                )
                 trust_entry = params.to_dict()
-                echo(f"{variant}: OOD threshold {params.ood.threshold:.4g}, conformal threshold "
-                     f"{params.conformal.threshold:.4g}")
+                echo(
+                    f"{variant}: OOD threshold {params.ood.threshold:.4g}, conformal threshold "
+                    f"{params.conformal.threshold:.4g}"
+                )
                 tflite = with_metadata(tflite, fitted.metadata(info), fitted.files(params))
             else:
                 tflite = with_metadata(tflite, info)
             manifests.write_bytes_atomic(path, tflite)
             classifier = Classifier(path, allow_unverified=True)
-            entry = VariantEntry(file=path.name, sha256=sha256_bytes(tflite), bytes=len(tflite),
-                                 description=DESCRIPTIONS[variant], input=tensor_entry(classifier.input),
-                                 output=tensor_entry(classifier.output), status=manifests.STATUS_NOT_VERIFIED,
-                                 conversion_seconds=round(time.monotonic() - t0, 1))
+            entry = VariantEntry(
+                file=path.name,
+                sha256=sha256_bytes(tflite),
+                bytes=len(tflite),
+                description=DESCRIPTIONS[variant],
+                input=tensor_entry(classifier.input),
+                output=tensor_entry(classifier.output),
+                status=manifests.STATUS_NOT_VERIFIED,
+                conversion_seconds=round(time.monotonic() - t0, 1),
+            )
             if trust_entry is not None:
                 entry.trust = trust_entry
                 entry.extra["ood_output"] = tensor_entry(classifier.ood_output).to_dict()
                 far_out = fitted.far_out_check(classifier)
                 entry.extra["far_out_check"] = far_out
                 if far_out["unknown"] < far_out["frames"]:
-                    echo(f"warning: {variant} calls only {far_out['unknown']} of "
-                         f"{far_out['frames']} flat or noise frames unknown")
+                    echo(
+                        f"warning: {variant} calls only {far_out['unknown']} of "
+                        f"{far_out['frames']} flat or noise frames unknown"
+                    )
                 if len(test):
                     entry.extra["trust_test"] = fitted.test_summary(classifier, test_pixels, y_test)
             if variant == INT8:
@@ -297,8 +378,11 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
             if len(test):
                 entry.verification = verify(classifier, test_pixels, y_test, keras_probs, labels)
                 drop = 100 * (manifest.reference.accuracy - entry.verification.accuracy)
-                entry.status = (manifests.STATUS_OK if drop <= config.max_drop
-                                else f"{manifests.STATUS_FAILED_PREFIX}: accuracy drop")
+                entry.status = (
+                    manifests.STATUS_OK
+                    if drop <= config.max_drop
+                    else f"{manifests.STATUS_FAILED_PREFIX}: accuracy drop"
+                )
             manifest.variants[variant] = entry
         shutil.rmtree(saved_model)
         manifest.conversion_seconds = round(time.monotonic() - started, 1)

@@ -21,14 +21,18 @@ from leukedge.edge_app.metadata import (
 )
 
 
-def with_metadata(model: bytes, info: ModelMetadata, files: dict[str, bytes] | None = None) -> bytes:
+def with_metadata(
+    model: bytes, info: ModelMetadata, files: dict[str, bytes] | None = None
+) -> bytes:
     """`model` with `info` in its TFLITE_METADATA buffer, and labels.txt and `files` (the model-level
     associated files `info.model_files` names, e.g. the trust parameters) packed after it."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     schema = flatbuffer_utils.schema_fb
     buffer = schema.BufferT()
     buffer.data = list(metadata_flatbuffer(info))
-    model_object.metadata = [m for m in (model_object.metadata or []) if m.name.decode() != METADATA_NAME]
+    model_object.metadata = [
+        m for m in (model_object.metadata or []) if m.name.decode() != METADATA_NAME
+    ]
     model_object.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
@@ -37,5 +41,9 @@ def with_metadata(model: bytes, info: ModelMetadata, files: dict[str, bytes] | N
     packed = flatbuffer_utils.convert_object_to_bytearray(model_object)
     missing = set(info.model_files) ^ set(files or {})
     if missing:
-        raise ValueError(f"associated files {sorted(missing)} must be both named in the metadata and given")
-    return append_files(packed, {info.label_file: ("\n".join(info.labels) + "\n").encode(), **(files or {})})
+        raise ValueError(
+            f"associated files {sorted(missing)} must be both named in the metadata and given"
+        )
+    return append_files(
+        packed, {info.label_file: ("\n".join(info.labels) + "\n").encode(), **(files or {})}
+    )

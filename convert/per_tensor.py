@@ -42,7 +42,9 @@ def compact_kernels(model: bytes) -> tuple[bytes, list[str]]:
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     rewritten = []
     for graph in model_object.subgraphs:
-        buffer_users = np.bincount([t.buffer for t in graph.tensors], minlength=len(model_object.buffers))
+        buffer_users = np.bincount(
+            [t.buffer for t in graph.tensors], minlength=len(model_object.buffers)
+        )
         for op in graph.operators:
             if not is_convolution(model_object, op):
                 continue
@@ -60,8 +62,13 @@ def compact_kernels(model: bytes) -> tuple[bytes, list[str]]:
 
 def _to_per_tensor(model_object, input_tensor, kernel, bias) -> bool:
     quant = kernel.quantization
-    if (kernel.type != SCHEMA.TensorType.INT8 or quant is None or quant.scale is None
-            or len(quant.scale) < 2 or np.any(quant.zeroPoint != 0)):
+    if (
+        kernel.type != SCHEMA.TensorType.INT8
+        or quant is None
+        or quant.scale is None
+        or len(quant.scale) < 2
+        or np.any(quant.zeroPoint != 0)
+    ):
         return False
     scales = np.asarray(quant.scale, dtype=np.float64)
     step = scales.max()
@@ -76,16 +83,23 @@ def _to_per_tensor(model_object, input_tensor, kernel, bias) -> bool:
     if np.any(np.abs(on_grid - shared) > 0.5 * ratio + FLOAT_SLACK):
         return False
     if bias is not None:
-        if (bias.type != SCHEMA.TensorType.INT32 or bias.quantization is None
-                or len(bias.quantization.scale) != len(scales)):
+        if (
+            bias.type != SCHEMA.TensorType.INT32
+            or bias.quantization is None
+            or len(bias.quantization.scale) != len(scales)
+        ):
             return False
         input_scale = float(input_tensor.quantization.scale[0])
-        bias_values = np.asarray(model_object.buffers[bias.buffer].data).view("<i4").astype(np.float64)
+        bias_values = (
+            np.asarray(model_object.buffers[bias.buffer].data).view("<i4").astype(np.float64)
+        )
         new_scale = input_scale * step
         new_bias = np.round(bias_values * np.asarray(bias.quantization.scale) / new_scale)
         model_object.buffers[bias.buffer].data = new_bias.astype("<i4").view(np.uint8)
         _one_scale(bias, new_scale)
-    model_object.buffers[kernel.buffer].data = np.clip(shared, -127, 127).astype(np.int8).reshape(-1).view(np.uint8)
+    model_object.buffers[kernel.buffer].data = (
+        np.clip(shared, -127, 127).astype(np.int8).reshape(-1).view(np.uint8)
+    )
     _one_scale(kernel, step)
     return True
 

@@ -32,14 +32,22 @@ import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
 
 SCHEMA = flatbuffer_utils.schema_fb
-OPS = {SCHEMA.BuiltinOperator.CONV_2D: "CONV_2D",
-       SCHEMA.BuiltinOperator.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
-       SCHEMA.BuiltinOperator.FULLY_CONNECTED: "FULLY_CONNECTED"}
+OPS = {
+    SCHEMA.BuiltinOperator.CONV_2D: "CONV_2D",
+    SCHEMA.BuiltinOperator.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
+    SCHEMA.BuiltinOperator.FULLY_CONNECTED: "FULLY_CONNECTED",
+}
 # The Keras layer class each TFLite op comes from (exact types: DepthwiseConv2D is no Conv2D).
-LAYER_TYPES = {"CONV_2D": keras.layers.Conv2D, "DEPTHWISE_CONV_2D": keras.layers.DepthwiseConv2D,
-               "FULLY_CONNECTED": keras.layers.Dense}
-NUMPY_TYPES = {SCHEMA.TensorType.INT8: np.int8, SCHEMA.TensorType.INT32: np.int32,
-               SCHEMA.TensorType.FLOAT32: np.float32}
+LAYER_TYPES = {
+    "CONV_2D": keras.layers.Conv2D,
+    "DEPTHWISE_CONV_2D": keras.layers.DepthwiseConv2D,
+    "FULLY_CONNECTED": keras.layers.Dense,
+}
+NUMPY_TYPES = {
+    SCHEMA.TensorType.INT8: np.int8,
+    SCHEMA.TensorType.INT32: np.int32,
+    SCHEMA.TensorType.FLOAT32: np.float32,
+}
 
 
 class RebuildError(ValueError):
@@ -61,18 +69,24 @@ def _scales(tensor, channels: int) -> np.ndarray:
     if quant is None or quant.scale is None or len(quant.scale) == 0:
         raise RebuildError(f"tensor {tensor.name.decode()} is not quantized")
     if quant.zeroPoint is not None and np.any(np.asarray(quant.zeroPoint) != 0):
-        raise RebuildError(f"tensor {tensor.name.decode()} has a non-zero zero point (not a weight tensor)")
+        raise RebuildError(
+            f"tensor {tensor.name.decode()} has a non-zero zero point (not a weight tensor)"
+        )
     scale = np.asarray(quant.scale, dtype=np.float64)
     if len(scale) not in (1, channels):
-        raise RebuildError(f"tensor {tensor.name.decode()} has {len(scale)} scales for {channels} channels")
+        raise RebuildError(
+            f"tensor {tensor.name.decode()} has {len(scale)} scales for {channels} channels"
+        )
     return np.broadcast_to(scale, (channels,))
 
 
 def _values(model_object, tensor) -> np.ndarray:
     data = model_object.buffers[tensor.buffer].data
     if tensor.type not in NUMPY_TYPES or data is None or len(data) == 0:
-        raise RebuildError(f"tensor {tensor.name.decode()} is not a stored int8/int32/float32 constant "
-                           "(only int8 and float32 .tflite files can be rebuilt, not fp16)")
+        raise RebuildError(
+            f"tensor {tensor.name.decode()} is not a stored int8/int32/float32 constant "
+            "(only int8 and float32 .tflite files can be rebuilt, not fp16)"
+        )
     return np.asarray(data).view(NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
 
 
@@ -99,7 +113,9 @@ def read_kernels(tflite: bytes) -> list[TfliteKernel]:
             kernel = raw.astype(np.float64)
         else:
             kernel_scale = _scales(weights, channels)
-            axis_shape = [1, 1, 1, -1] if kind == "DEPTHWISE_CONV_2D" else [-1] + [1] * (raw.ndim - 1)
+            axis_shape = (
+                [1, 1, 1, -1] if kind == "DEPTHWISE_CONV_2D" else [-1] + [1] * (raw.ndim - 1)
+            )
             kernel = raw * kernel_scale.reshape(axis_shape)
         bias_values = None
         if bias is not None:
@@ -107,15 +123,27 @@ def read_kernels(tflite: bytes) -> list[TfliteKernel]:
             if bias.type == SCHEMA.TensorType.FLOAT32:
                 bias_values = stored.astype(np.float64)
             else:
-                if kernel_scale is None or source.quantization is None or not len(source.quantization.scale):
-                    raise RebuildError(f"op on {weights.name.decode()}: an int32 bias needs quantized "
-                                       "input and kernel")
+                if (
+                    kernel_scale is None
+                    or source.quantization is None
+                    or not len(source.quantization.scale)
+                ):
+                    raise RebuildError(
+                        f"op on {weights.name.decode()}: an int32 bias needs quantized "
+                        "input and kernel"
+                    )
                 # The int8 kernels add the bias in the accumulator's units: input x kernel scale.
                 bias_values = stored * float(source.quantization.scale[0]) * kernel_scale
         # Keras layouts: Conv2D [h, w, in, out], DepthwiseConv2D [h, w, ch, 1], Dense [in, out].
         kernel = kernel.T if kind == "FULLY_CONNECTED" else kernel.transpose(1, 2, 3, 0)
-        kernels.append(TfliteKernel(kind, weights.name.decode(), kernel.astype(np.float32),
-                                    None if bias_values is None else bias_values.astype(np.float32)))
+        kernels.append(
+            TfliteKernel(
+                kind,
+                weights.name.decode(),
+                kernel.astype(np.float32),
+                None if bias_values is None else bias_values.astype(np.float32),
+            )
+        )
     return kernels
 
 
@@ -158,28 +186,39 @@ def load_tflite_weights(model: keras.Model, tflite: bytes) -> int:
     kernels = read_kernels(tflite)
     layers = kernel_layers(model)
     if len(kernels) != len(layers):
-        raise RebuildError(f"the .tflite has {len(kernels)} convolution/dense ops, the Keras model "
-                           f"{len(layers)} such layers: not the same architecture")
+        raise RebuildError(
+            f"the .tflite has {len(kernels)} convolution/dense ops, the Keras model "
+            f"{len(layers)} such layers: not the same architecture"
+        )
     for index, (tfl, (layer, parent)) in enumerate(zip(kernels, layers, strict=True)):
         where = f"op {index} ({tfl.op} {tfl.name}) -> layer {layer.name}"
         if type(layer) is not LAYER_TYPES[tfl.op]:
             raise RebuildError(f"{where}: the layer is a {type(layer).__name__}")
         if tuple(layer.kernel.shape) != tfl.kernel.shape:
-            raise RebuildError(f"{where}: kernel shape {tfl.kernel.shape} does not fit "
-                               f"{tuple(layer.kernel.shape)} (another --alpha or image size?)")
-        bias = tfl.bias if tfl.bias is not None else np.zeros(tfl.kernel.shape[-2 if tfl.op ==
-                                                              "DEPTHWISE_CONV_2D" else -1], np.float32)
+            raise RebuildError(
+                f"{where}: kernel shape {tfl.kernel.shape} does not fit "
+                f"{tuple(layer.kernel.shape)} (another --alpha or image size?)"
+            )
+        bias = (
+            tfl.bias
+            if tfl.bias is not None
+            else np.zeros(tfl.kernel.shape[-2 if tfl.op == "DEPTHWISE_CONV_2D" else -1], np.float32)
+        )
         norm = following_batch_norm(layer, parent)
         if layer.use_bias:
             if norm is not None:
-                raise RebuildError(f"{where}: a layer with its own bias before a BatchNormalization "
-                                   "is not supported")
+                raise RebuildError(
+                    f"{where}: a layer with its own bias before a BatchNormalization "
+                    "is not supported"
+                )
             layer.set_weights([tfl.kernel, bias])
             continue
         if norm is None:
             if np.any(bias != 0):
-                raise RebuildError(f"{where}: the op has a bias but the layer has none and no "
-                                   "BatchNormalization after it")
+                raise RebuildError(
+                    f"{where}: the op has a bias but the layer has none and no "
+                    "BatchNormalization after it"
+                )
             layer.set_weights([tfl.kernel])
             continue
         layer.set_weights([tfl.kernel])
@@ -200,9 +239,17 @@ def _predict_tflite(model_path: Path, pixels: np.ndarray) -> np.ndarray:
     return np.stack([classifier.invoke(classifier.to_input(p)) for p in pixels])
 
 
-def rebuild_run(tflite_path: Path, out_dir: Path, alpha: float = 1.0, dropout: float = 0.2,
-                labels_file: Path | None = None, split_file: Path | None = None,
-                data_dir: Path | None = None, overwrite: bool = False, echo=print) -> dict:
+def rebuild_run(
+    tflite_path: Path,
+    out_dir: Path,
+    alpha: float = 1.0,
+    dropout: float = 0.2,
+    labels_file: Path | None = None,
+    split_file: Path | None = None,
+    data_dir: Path | None = None,
+    overwrite: bool = False,
+    echo=print,
+) -> dict:
     """Write an edge-train-like run folder (model.keras, labels.txt, split.csv, metrics.json)
     rebuilt from `tflite_path`, verified on the split's test images against the .tflite itself.
     Returns metrics.json's content."""
@@ -223,7 +270,9 @@ def rebuild_run(tflite_path: Path, out_dir: Path, alpha: float = 1.0, dropout: f
     data_dir = Path(data_dir) if data_dir else dataset.default_data_dir()
     samples = dataset.read_split(split_file, data_dir)
     if n_classes != len(labels):
-        raise RebuildError(f"{tflite_path} has {n_classes} outputs but {labels_file} lists {len(labels)} labels")
+        raise RebuildError(
+            f"{tflite_path} has {n_classes} outputs but {labels_file} lists {len(labels)} labels"
+        )
     model = build_classifier(build_backbone(alpha, size, "none"), n_classes, dropout)
     layers = load_tflite_weights(model, data)
     echo(f"set {layers} layers from {tflite_path.name}")
@@ -241,30 +290,46 @@ def rebuild_run(tflite_path: Path, out_dir: Path, alpha: float = 1.0, dropout: f
         metrics[split] = classification_metrics(y_true, keras_probs.argmax(axis=1), labels)
         agreement[split] = {
             "n": len(chosen),
-            "top1_agreement": float((keras_probs.argmax(axis=1) == tflite_probs.argmax(axis=1)).mean()),
+            "top1_agreement": float(
+                (keras_probs.argmax(axis=1) == tflite_probs.argmax(axis=1)).mean()
+            ),
             "max_abs_prob_diff": float(np.abs(keras_probs - tflite_probs).max()),
             "tflite_accuracy": float((tflite_probs.argmax(axis=1) == y_true).mean()),
         }
-        echo(f"{split}: Keras accuracy {metrics[split]['accuracy']:.4f}, .tflite "
-             f"{agreement[split]['tflite_accuracy']:.4f}, top-1 agreement "
-             f"{agreement[split]['top1_agreement']:.4f}, max |prob diff| "
-             f"{agreement[split]['max_abs_prob_diff']:.4f}")
-    metrics.update({
-        "data": {"root": str(data_dir)},
-        "settings": {"alpha": alpha, "image_size": size, "dropout": dropout, "weights": "none",
-                     "split_file": str(split_file)},
-        "rebuilt_from": {"file": str(tflite_path), "sha256": hashlib.sha256(data).hexdigest(),
-                         "layers_set": layers,
-                         "how": "weights dequantized from the int8 file; BatchNormalization folded "
-                                "(identity plus the folded bias)",
-                         "verification_against_tflite": agreement},
-    })
+        echo(
+            f"{split}: Keras accuracy {metrics[split]['accuracy']:.4f}, .tflite "
+            f"{agreement[split]['tflite_accuracy']:.4f}, top-1 agreement "
+            f"{agreement[split]['top1_agreement']:.4f}, max |prob diff| "
+            f"{agreement[split]['max_abs_prob_diff']:.4f}"
+        )
+    metrics.update(
+        {
+            "data": {"root": str(data_dir)},
+            "settings": {
+                "alpha": alpha,
+                "image_size": size,
+                "dropout": dropout,
+                "weights": "none",
+                "split_file": str(split_file),
+            },
+            "rebuilt_from": {
+                "file": str(tflite_path),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "layers_set": layers,
+                "how": "weights dequantized from the int8 file; BatchNormalization folded "
+                "(identity plus the folded bias)",
+                "verification_against_tflite": agreement,
+            },
+        }
+    )
     staging = staging_dir(out_dir)
     try:
         model.save(staging / "model.keras")
         (staging / "labels.txt").write_text("\n".join(labels) + "\n")
         shutil.copyfile(split_file, staging / "split.csv")
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last: run complete
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics, indent=2) + "\n"
+        )  # last: run complete
         publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

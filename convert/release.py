@@ -40,8 +40,14 @@ DEFAULT_VARIANTS = (INT8, FP16)
 CARD = "model_card.md"
 REPORT = "conversion_report.md"
 # What a release folder holds; anything else in it is left alone.
-RELEASE_FILES = (*(file_name(v) for v in (*DEFAULT_VARIANTS, FAST_INT8)), "labels.txt", "split.csv",
-                 REPORT, CARD, MANIFEST_FILE)
+RELEASE_FILES = (
+    *(file_name(v) for v in (*DEFAULT_VARIANTS, FAST_INT8)),
+    "labels.txt",
+    "split.csv",
+    REPORT,
+    CARD,
+    MANIFEST_FILE,
+)
 
 
 class ReleaseError(ValueError):
@@ -58,13 +64,19 @@ def training_settings(run: Path) -> dict:
     try:
         return json.loads(metrics.read_text())["settings"]
     except (OSError, ValueError, KeyError) as error:
-        raise ReleaseError(f"{metrics} is not an edge-train metrics.json ({type(error).__name__}: {error}): "
-                           "pass a finished edge-train run folder") from None
+        raise ReleaseError(
+            f"{metrics} is not an edge-train metrics.json ({type(error).__name__}: {error}): "
+            "pass a finished edge-train run folder"
+        ) from None
 
 
 def differences(settings: dict, default: dict) -> dict:
     """Training settings that differ from the default run's (paths aside)."""
-    return {k: v for k, v in settings.items() if k not in ("out_dir", "data_dir") and default.get(k) != v}
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in ("out_dir", "data_dir") and default.get(k) != v
+    }
 
 
 def check_runs(run: Path, fast: Path | None) -> None:
@@ -72,8 +84,10 @@ def check_runs(run: Path, fast: Path | None) -> None:
         if folder is not None and not (folder / "metrics.json").is_file():
             raise ReleaseError(f"{folder} is not a finished edge-train run (no metrics.json)")
     if fast is not None and (run / "split.csv").read_bytes() != (fast / "split.csv").read_bytes():
-        raise ReleaseError(f"{fast} was trained on another split than {run}: retrain it with "
-                           f"--split-file {run / 'split.csv'}")
+        raise ReleaseError(
+            f"{fast} was trained on another split than {run}: retrain it with "
+            f"--split-file {run / 'split.csv'}"
+        )
 
 
 def check_publishable(models: Path) -> None:
@@ -84,7 +98,9 @@ def check_publishable(models: Path) -> None:
         if models.is_dir():
             manifests.check_writable(models / MANIFEST_FILE)
         elif not models.parent.is_dir() or not manifests.writable(models.parent):
-            raise ManifestError(f"{models.parent} is not a writable folder, so --models {models} cannot be made")
+            raise ManifestError(
+                f"{models.parent} is not a writable folder, so --models {models} cannot be made"
+            )
     except ManifestError as error:
         raise ReleaseError(f"release refused, nothing was replaced: {error}") from None
     for name in RELEASE_FILES:
@@ -99,37 +115,58 @@ def fast_entry(default: Manifest, fast: Manifest, fast_run: Path, default_run: P
         raise ReleaseError(f"{fast_run} has labels {fast.labels}, the default run {default.labels}")
     settings = training_settings(fast_run)
     entry = fast.variants[INT8]
-    return replace(entry, file=file_name(FAST_INT8),
-                   description=f"MobileNetV2 alpha {settings['alpha']} at {fast.image_size} px, int8 weights "
-                               "and activations: the faster, smaller model",
-                   alpha=settings["alpha"], image_size=fast.image_size, source_model=fast.source_model,
-                   reference=fast.reference, calibration=fast.calibration, run=shown(fast_run),
-                   settings_differing_from_default=differences(settings, training_settings(default_run)))
+    return replace(
+        entry,
+        file=file_name(FAST_INT8),
+        description=f"MobileNetV2 alpha {settings['alpha']} at {fast.image_size} px, int8 weights "
+        "and activations: the faster, smaller model",
+        alpha=settings["alpha"],
+        image_size=fast.image_size,
+        source_model=fast.source_model,
+        reference=fast.reference,
+        calibration=fast.calibration,
+        run=shown(fast_run),
+        settings_differing_from_default=differences(settings, training_settings(default_run)),
+    )
 
 
 def fast_card(manifest: Manifest) -> str:
     """The model card section of the fast model."""
     fast, default = manifest.variants[FAST_INT8], manifest.variants[INT8]
     v, d = fast.verification, default.verification
-    changed = ", ".join(f"{k} {x}" for k, x in (fast.settings_differing_from_default or {}).items()) or "none"
-    return "\n".join([
-        "", f"## Fast model (`{fast.file}`)",
-        f"MobileNetV2 alpha {fast.alpha} at {fast.image_size} px, trained by edge-train ({fast.run}) "
-        f"with the default model's seed, split and settings except {changed}, converted to int8 the same "
-        f"way. On the same {v.n} test images: {v.accuracy:.2%} accuracy, macro-F1 {v.macro_f1:.4f} "
-        f"(default int8: {d.accuracy:.2%}, {d.macro_f1:.4f}); Keras reference {fast.reference.accuracy:.2%}, "
-        f"agreement with it {v.agreement:.2%}. {fast.bytes / 1024:.0f} KB "
-        f"(default int8: {default.bytes / 1024:.0f} KB). Latency: see docs/benchmarks.md.", ""])
+    changed = (
+        ", ".join(f"{k} {x}" for k, x in (fast.settings_differing_from_default or {}).items())
+        or "none"
+    )
+    return "\n".join(
+        [
+            "",
+            f"## Fast model (`{fast.file}`)",
+            f"MobileNetV2 alpha {fast.alpha} at {fast.image_size} px, trained by edge-train ({fast.run}) "
+            f"with the default model's seed, split and settings except {changed}, converted to int8 the same "
+            f"way. On the same {v.n} test images: {v.accuracy:.2%} accuracy, macro-F1 {v.macro_f1:.4f} "
+            f"(default int8: {d.accuracy:.2%}, {d.macro_f1:.4f}); Keras reference {fast.reference.accuracy:.2%}, "
+            f"agreement with it {v.agreement:.2%}. {fast.bytes / 1024:.0f} KB "
+            f"(default int8: {default.bytes / 1024:.0f} KB). Latency: see docs/benchmarks.md.",
+            "",
+        ]
+    )
 
 
-def model_card(run: Path, fast: Path | None, manifest: Manifest, report: str, commands: list[str]) -> str:
-    lines = [(run / CARD).read_text().rstrip("\n") if (run / CARD).is_file() else "# Model card", "",
-             "## Release",
-             f"Built by `scripts/release {shown(run)}{' ' + shown(fast) if fast else ''}` "
-             "(`leukedge.convert.release`), which converts as these commands would:", ""]
+def model_card(
+    run: Path, fast: Path | None, manifest: Manifest, report: str, commands: list[str]
+) -> str:
+    lines = [
+        (run / CARD).read_text().rstrip("\n") if (run / CARD).is_file() else "# Model card",
+        "",
+        "## Release",
+        f"Built by `scripts/release {shown(run)}{' ' + shown(fast) if fast else ''}` "
+        "(`leukedge.convert.release`), which converts as these commands would:",
+        "",
+    ]
     lines += [f"    {command}" for command in commands]
     lines.append("")
-    verification = report[report.index("## Verification"):] if "## Verification" in report else ""
+    verification = report[report.index("## Verification") :] if "## Verification" in report else ""
     text = "\n".join(lines) + "\n" + verification
     if fast is not None:
         text += fast_card(manifest) + "\n"
@@ -151,8 +188,15 @@ def publish(staging: Path, models: Path) -> None:
             (models / name).unlink(missing_ok=True)  # an old variant must not outlive its manifest
 
 
-def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = None,
-          calibration_samples: int = CALIBRATION_SAMPLES, max_drop: float = MAX_DROP, echo=print) -> Manifest:
+def build(
+    run: Path,
+    fast: Path | None,
+    models: Path,
+    data_dir: Path | None = None,
+    calibration_samples: int = CALIBRATION_SAMPLES,
+    max_drop: float = MAX_DROP,
+    echo=print,
+) -> Manifest:
     """Convert, verify and publish; returns the published manifest. Raises ReleaseError."""
     run, models = Path(run), Path(models)
     fast = Path(fast) if fast else None
@@ -162,10 +206,13 @@ def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = No
     from leukedge.edge_app.runtime import ModelError
     from leukedge.train.dataset import DatasetError
 
-    settings = f"--calibration-samples {calibration_samples}" + (f" --max-drop {max_drop:g}" if max_drop != MAX_DROP
-                                                                   else "")
-    commands = [f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
-                f"{settings} --overwrite"]
+    settings = f"--calibration-samples {calibration_samples}" + (
+        f" --max-drop {max_drop:g}" if max_drop != MAX_DROP else ""
+    )
+    commands = [
+        f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
+        f"{settings} --overwrite"
+    ]
     if fast is not None:
         commands.append(f"edge-convert {shown(fast)} --out TMP --variants {INT8} {settings}")
     parent = models.parent if models.parent.is_dir() else Path.cwd()
@@ -173,21 +220,41 @@ def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = No
     try:
         echo(f"release: converting {shown(run)} ({', '.join(DEFAULT_VARIANTS)})")
         default_out = staging / "release"
-        manifest = convert(ConvertConfig(source=run, out_dir=default_out, variants=DEFAULT_VARIANTS,
-                                         calibration_samples=calibration_samples, max_drop=max_drop,
-                                         data_dir=data_dir), echo)
+        manifest = convert(
+            ConvertConfig(
+                source=run,
+                out_dir=default_out,
+                variants=DEFAULT_VARIANTS,
+                calibration_samples=calibration_samples,
+                max_drop=max_drop,
+                data_dir=data_dir,
+            ),
+            echo,
+        )
         if fast is not None:
             echo(f"release: converting the fast model {shown(fast)} ({INT8})")
             fast_out = staging / "fast"
-            fast_manifest = convert(ConvertConfig(source=fast, out_dir=fast_out, variants=(INT8,),
-                                                  calibration_samples=calibration_samples, max_drop=max_drop,
-                                                  data_dir=data_dir), echo)
+            fast_manifest = convert(
+                ConvertConfig(
+                    source=fast,
+                    out_dir=fast_out,
+                    variants=(INT8,),
+                    calibration_samples=calibration_samples,
+                    max_drop=max_drop,
+                    data_dir=data_dir,
+                ),
+                echo,
+            )
             manifest.variants[FAST_INT8] = fast_entry(manifest, fast_manifest, fast, run)
             shutil.copyfile(fast_out / file_name(INT8), default_out / file_name(FAST_INT8))
-        failed = [f"{name} ({entry.status})" for name, entry in manifest.variants.items() if not entry.ok]
+        failed = [
+            f"{name} ({entry.status})" for name, entry in manifest.variants.items() if not entry.ok
+        ]
         if failed:
-            raise ReleaseError(f"release refused, nothing was replaced: {', '.join(failed)} did not pass "
-                               "the accuracy check (see the conversion report)")
+            raise ReleaseError(
+                f"release refused, nothing was replaced: {', '.join(failed)} did not pass "
+                "the accuracy check (see the conversion report)"
+            )
         manifest.data_dir = shown(Path(manifest.data_dir))  # provenance without build-machine paths
         report = (default_out / REPORT).read_text()
         (default_out / CARD).write_text(model_card(run, fast, manifest, report, commands))
@@ -203,16 +270,42 @@ def build(run: Path, fast: Path | None, models: Path, data_dir: Path | None = No
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("fast_run", type=click.Path(path_type=Path, file_okay=False), required=False)
-@click.option("--models", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
-              help="The release folder to (re)build.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Dataset root the runs' split paths are relative to. Default: the runs' own.")
-@click.option("--calibration-samples", type=click.IntRange(1), default=CALIBRATION_SAMPLES, show_default=True,
-              help="Training images that calibrate int8 (as edge-convert).")
-@click.option("--max-drop", type=click.FloatRange(0), default=MAX_DROP, show_default=True,
-              help="Refuse the release if a variant loses more accuracy points than this against Keras.")
-def main(run: Path, fast_run: Path | None, models: Path, data_dir: Path | None, calibration_samples: int,
-         max_drop: float) -> None:
+@click.option(
+    "--models",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="The release folder to (re)build.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Dataset root the runs' split paths are relative to. Default: the runs' own.",
+)
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(1),
+    default=CALIBRATION_SAMPLES,
+    show_default=True,
+    help="Training images that calibrate int8 (as edge-convert).",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0),
+    default=MAX_DROP,
+    show_default=True,
+    help="Refuse the release if a variant loses more accuracy points than this against Keras.",
+)
+def main(
+    run: Path,
+    fast_run: Path | None,
+    models: Path,
+    data_dir: Path | None,
+    calibration_samples: int,
+    max_drop: float,
+) -> None:
     """Build the release folder from finished edge-train runs (int8 + fp16, and the fast model).
 
     FAST_RUN, if given, ships as model_fast_int8.tflite; it must share RUN's split.csv.
@@ -226,8 +319,15 @@ def main(run: Path, fast_run: Path | None, models: Path, data_dir: Path | None, 
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        manifest = build(run, fast_run, models, data_dir, calibration_samples, max_drop,
-                         echo=lambda m: click.echo(m, err=True))
+        manifest = build(
+            run,
+            fast_run,
+            models,
+            data_dir,
+            calibration_samples,
+            max_drop,
+            echo=lambda m: click.echo(m, err=True),
+        )
     except ReleaseError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

@@ -36,11 +36,15 @@ def conformal_quantile(scores: np.ndarray, level: float, what: str = "scores") -
     n = len(scores)
     if not 0.0 < level < 1.0:
         raise FitError(f"{what}: level {level} must be between 0 and 1")
-    rank = math.ceil((n + 1) * level - 1e-9)  # 1-based; the epsilon absorbs float noise in (n+1)*level
+    rank = math.ceil(
+        (n + 1) * level - 1e-9
+    )  # 1-based; the epsilon absorbs float noise in (n+1)*level
     if n == 0 or rank > n:
         needed = math.ceil(level / (1.0 - level) - 1e-9)
-        raise FitError(f"{what}: {n} image(s) cannot give a {level:.3g} guarantee (need at least "
-                       f"{needed}): use more validation images or a lower level")
+        raise FitError(
+            f"{what}: {n} image(s) cannot give a {level:.3g} guarantee (need at least "
+            f"{needed}): use more validation images or a lower level"
+        )
     return float(scores[rank - 1])
 
 
@@ -86,8 +90,8 @@ def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     sample = x.T @ x / n
     mu = float(np.trace(sample)) / d
     delta = float(((sample - mu * np.eye(d)) ** 2).sum()) / d
-    x2 = x ** 2
-    beta = float(((x2.T @ x2) / n - sample ** 2).sum()) / (d * n)
+    x2 = x**2
+    beta = float(((x2.T @ x2) / n - sample**2).sum()) / (d * n)
     shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
     return (1 - shrinkage) * sample + shrinkage * mu * np.eye(d), shrinkage
 
@@ -116,8 +120,10 @@ def check_counts(labels: list[str], y: np.ndarray, split: str, minimum: int = 1)
     counts = np.bincount(y, minlength=len(labels))
     for label, count in zip(labels, counts):
         if count < minimum:
-            raise FitError(f"class {label!r} has {count} image(s) in the {split} split; the trust "
-                           f"parameters need at least {minimum}: re-split with more {label} images")
+            raise FitError(
+                f"class {label!r} has {count} image(s) in the {split} split; the trust "
+                f"parameters need at least {minimum}: re-split with more {label} images"
+            )
 
 
 MAX_DIMS = 256  # default subspace: see docs/trust.md for the comparison that chose it
@@ -129,8 +135,9 @@ def auto_dims(n_train: int, n_classes: int, features: int) -> int:
     return max(1, min(MAX_DIMS, features, (n_train - n_classes) // 2))
 
 
-def fit_mahalanobis(features: np.ndarray, y: np.ndarray, labels: list[str],
-                    dims: int | None = None) -> MahalanobisFit:
+def fit_mahalanobis(
+    features: np.ndarray, y: np.ndarray, labels: list[str], dims: int | None = None
+) -> MahalanobisFit:
     """Class means and a shared shrunk covariance from the TRAIN features, whitened to `dims`
     (default `auto_dims`)."""
     features = np.asarray(features, dtype=np.float64)
@@ -141,19 +148,24 @@ def fit_mahalanobis(features: np.ndarray, y: np.ndarray, labels: list[str],
     # for more would whiten noise the shrinkage made up. Twice the dimensions keeps it honest.
     needed = 2 * dims + len(labels)
     if n < needed:
-        raise FitError(f"the train split has {n} image(s) for a {dims}-dimensional OOD subspace "
-                       f"(need at least {needed}): use more training images or --ood-dims "
-                       f"{max(1, (n - len(labels)) // 2)}")
+        raise FitError(
+            f"the train split has {n} image(s) for a {dims}-dimensional OOD subspace "
+            f"(need at least {needed}): use more training images or --ood-dims "
+            f"{max(1, (n - len(labels)) // 2)}"
+        )
     means = np.stack([features[y == c].mean(axis=0) for c in range(len(labels))])
     centred = features - means[y]
     covariance, shrinkage = ledoit_wolf(centred)
     values, vectors = np.linalg.eigh(covariance)
     order = np.argsort(values)[::-1][:dims]
     projection = (vectors[:, order] / np.sqrt(values[order])).T
-    return MahalanobisFit(projection=projection.astype(np.float32),
-                          projected_means=(means @ projection.T).astype(np.float32),
-                          shrinkage=shrinkage, explained=float(values[order].sum() / values.sum()),
-                          n_fit=n)
+    return MahalanobisFit(
+        projection=projection.astype(np.float32),
+        projected_means=(means @ projection.T).astype(np.float32),
+        shrinkage=shrinkage,
+        explained=float(values[order].sum() / values.sum()),
+        n_fit=n,
+    )
 
 
 def expected_calibration_error(probabilities: np.ndarray, y: np.ndarray, bins: int = 15) -> float:

@@ -27,14 +27,20 @@ def _head(model: keras.Model) -> keras.layers.Dense:
         model.get_layer(FEATURE_LAYER)
         head = model.get_layer(HEAD_LAYER)
     except ValueError:
-        raise FitError(f"the model has no {FEATURE_LAYER!r} and {HEAD_LAYER!r} layers (not an edge-train "
-                       "model): convert with --no-trust") from None
+        raise FitError(
+            f"the model has no {FEATURE_LAYER!r} and {HEAD_LAYER!r} layers (not an edge-train "
+            "model): convert with --no-trust"
+        ) from None
     if not isinstance(head, keras.layers.Dense):
-        raise FitError(f"layer {HEAD_LAYER!r} is a {type(head).__name__}, expected Dense: convert with --no-trust")
+        raise FitError(
+            f"layer {HEAD_LAYER!r} is a {type(head).__name__}, expected Dense: convert with --no-trust"
+        )
     return head
 
 
-def features_and_logits(model: keras.Model, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def features_and_logits(
+    model: keras.Model, pixels: np.ndarray, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features (n, d) and logits (n, classes) of uint8 pixels (n, s, s, 3)."""
     head = _head(model)
     extractor = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
@@ -52,7 +58,9 @@ class NearestMeanDistance(keras.layers.Layer):
 
     def call(self, y):
         difference = keras.ops.expand_dims(y, 1) - keras.ops.convert_to_tensor(self.means)[None]
-        return keras.ops.min(keras.ops.sum(keras.ops.square(difference), axis=2), axis=1, keepdims=True)
+        return keras.ops.min(
+            keras.ops.sum(keras.ops.square(difference), axis=2), axis=1, keepdims=True
+        )
 
 
 def trust_model(model: keras.Model, fit: MahalanobisFit, temperature: float) -> keras.Model:
@@ -60,12 +68,15 @@ def trust_model(model: keras.Model, fit: MahalanobisFit, temperature: float) -> 
     head = _head(model)
     features = model.get_layer(FEATURE_LAYER).output
     kernel, bias = head.get_weights()
-    calibrated = keras.layers.Dense(kernel.shape[1], activation="softmax", name=PROBABILITIES_OUTPUT)
+    calibrated = keras.layers.Dense(
+        kernel.shape[1], activation="softmax", name=PROBABILITIES_OUTPUT
+    )
     probabilities = calibrated(features)
     calibrated.set_weights([kernel / temperature, bias / temperature])
     projection = keras.layers.Dense(fit.dims, use_bias=False, name="ood_projection")
     projected = projection(features)
     projection.set_weights([fit.projection.T])
     score = NearestMeanDistance(fit.projected_means, name=OOD_OUTPUT)(projected)
-    return keras.Model(model.input, {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: score},
-                       name="leukedge_trust")
+    return keras.Model(
+        model.input, {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: score}, name="leukedge_trust"
+    )

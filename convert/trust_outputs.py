@@ -63,8 +63,10 @@ def name_outputs(model: bytes, n_classes: int) -> bytes:
     probabilities = [i for i in outputs if shapes[i] == (1, n_classes)]
     scores = [i for i in outputs if shapes[i] == (1, 1)]
     if len(outputs) != 2 or len(probabilities) != 1 or len(scores) != 1:
-        raise OutputError(f"the converted model has outputs {list(shapes.values())}, expected "
-                          f"(1, {n_classes}) probabilities and a (1, 1) OOD score")
+        raise OutputError(
+            f"the converted model has outputs {list(shapes.values())}, expected "
+            f"(1, {n_classes}) probabilities and a (1, 1) OOD score"
+        )
     graph.tensors[probabilities[0]].name = PROBABILITIES_OUTPUT.encode()
     graph.tensors[scores[0]].name = OOD_OUTPUT.encode()
     graph.outputs = np.array([probabilities[0], scores[0]], dtype=np.int32)
@@ -80,8 +82,9 @@ def _set_range(tensor, low: float, high: float) -> None:
     tensor.quantization.zeroPoint = np.array([zero_point], dtype=np.int64)
 
 
-def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float,
-                     element_cap: float) -> tuple[bytes, list[str]]:
+def widen_ood_ranges(
+    model: bytes, projected_means: np.ndarray, cap: float, element_cap: float
+) -> tuple[bytes, list[str]]:
     """Set the int8 ranges of the OOD branch as the module doc says; returns the model and the
     ops it changed, from the projection to the output."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
@@ -101,9 +104,15 @@ def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float,
         if code == OPS.FULLY_CONNECTED:
             break
         # the variable input: the one with no constant buffer (SUB, SQUARED_DIFFERENCE: the means)
-        variable = [int(i) for i in op.inputs if i >= 0 and model_object.buffers[graph.tensors[i].buffer].data is None]
+        variable = [
+            int(i)
+            for i in op.inputs
+            if i >= 0 and model_object.buffers[graph.tensors[i].buffer].data is None
+        ]
         if len(variable) != 1:
-            raise OutputError(f"op {_op_name(code)} on the OOD branch has {len(variable)} computed inputs")
+            raise OutputError(
+                f"op {_op_name(code)} on the OOD branch has {len(variable)} computed inputs"
+            )
         index = variable[0]
     means = np.asarray(projected_means, dtype=np.float64)
     radius = float(np.sqrt(element_cap))
@@ -113,15 +122,27 @@ def widen_ood_ranges(model: bytes, projected_means: np.ndarray, cap: float,
     names = []
     for code, op in reversed(chain):
         tensor = graph.tensors[op.outputs[0]]
-        if tensor.type not in (INT8, UINT8) or tensor.quantization is None or tensor.quantization.scale is None:
+        if (
+            tensor.type not in (INT8, UINT8)
+            or tensor.quantization is None
+            or tensor.quantization.scale is None
+        ):
             raise OutputError(f"OOD branch tensor {tensor.name.decode()} is not quantized")
         if code == OPS.FULLY_CONNECTED:
             _set_range(tensor, low, high)
         elif code in PASS_THROUGH or code == OPS.QUANTIZE:
             source = graph.tensors[op.inputs[0]]
             tensor.quantization.scale = np.array(source.quantization.scale, dtype=np.float32)
-            shift = 128 if (source.type, tensor.type) == (INT8, UINT8) else -128 if (source.type, tensor.type) == (UINT8, INT8) else 0
-            tensor.quantization.zeroPoint = np.array(source.quantization.zeroPoint, dtype=np.int64) + shift
+            shift = (
+                128
+                if (source.type, tensor.type) == (INT8, UINT8)
+                else -128
+                if (source.type, tensor.type) == (UINT8, INT8)
+                else 0
+            )
+            tensor.quantization.zeroPoint = (
+                np.array(source.quantization.zeroPoint, dtype=np.int64) + shift
+            )
         elif code in (OPS.SUB, OPS.ADD):
             stage = "difference"
             _set_range(tensor, -span, span)

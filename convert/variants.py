@@ -20,13 +20,16 @@ DESCRIPTIONS = {
 }
 
 
-def representative_dataset(pixels: np.ndarray, progress: Callable | None = None) -> Callable[[], Iterator]:
+def representative_dataset(
+    pixels: np.ndarray, progress: Callable | None = None
+) -> Callable[[], Iterator]:
     """Calibration frames fed exactly as in production: raw RGB pixels, batch of one.
 
     The first frame gets one black and one white pixel, so the calibrated input range is the
     full 0..255 a camera produces. That makes the uint8 input's quantization scale 1, zero
     point 0: a camera frame then goes into the model with no arithmetic at all.
     """
+
     def generate() -> Iterator[list[np.ndarray]]:
         frames = progress(range(len(pixels))) if progress else range(len(pixels))
         for index in frames:
@@ -34,11 +37,13 @@ def representative_dataset(pixels: np.ndarray, progress: Callable | None = None)
             if index == 0:
                 frame[0, 0], frame[0, 1] = 0.0, 255.0
             yield [frame[np.newaxis]]
+
     return generate
 
 
-def convert_variant(saved_model: Path, variant: str, calibration: Callable | None = None,
-                    int8_io: str = "uint8") -> bytes:
+def convert_variant(
+    saved_model: Path, variant: str, calibration: Callable | None = None, int8_io: str = "uint8"
+) -> bytes:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if variant == FP16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -55,14 +55,17 @@ class AppError(RuntimeError):
 class Counts:
     processed: int = 0
     skipped: int = 0
-    by_decision: dict[str, int] = field(default_factory=lambda: {LABEL: 0, UNCERTAIN: 0, UNKNOWN: 0,
-                                                                       UNFIT: 0})
+    by_decision: dict[str, int] = field(
+        default_factory=lambda: {LABEL: 0, UNCERTAIN: 0, UNKNOWN: 0, UNFIT: 0}
+    )
     camera_failures: int = 0
 
     def summary(self) -> str:
         decisions = ", ".join(f"{n} {kind}" for kind, n in self.by_decision.items())
-        return (f"processed {self.processed} frame(s) ({decisions}); skipped {self.skipped} "
-                f"unreadable; {self.camera_failures} camera failure(s)")
+        return (
+            f"processed {self.processed} frame(s) ({decisions}); skipped {self.skipped} "
+            f"unreadable; {self.camera_failures} camera failure(s)"
+        )
 
 
 def safe_name(text: str) -> str:
@@ -72,9 +75,16 @@ def safe_name(text: str) -> str:
 class FrameProcessor:
     """One frame: quality gate -> classify -> decide -> store -> report."""
 
-    def __init__(self, classifier: Classifier, store: ResultStore, writer: FrameWriter | None,
-                 settings: RunSettings, quality: QualitySettings, decisions: DecisionSettings,
-                 source_name: str):
+    def __init__(
+        self,
+        classifier: Classifier,
+        store: ResultStore,
+        writer: FrameWriter | None,
+        settings: RunSettings,
+        quality: QualitySettings,
+        decisions: DecisionSettings,
+        source_name: str,
+    ):
         self.classifier, self.store, self.writer = classifier, store, writer
         self.settings, self.quality_settings, self.decisions = settings, quality, decisions
         self.source_name = source_name
@@ -96,10 +106,13 @@ class FrameProcessor:
         return assess(rgb, self.quality_settings, self.settings.crop_fraction)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        return self.classifier.to_input(prepare(rgb, self.classifier.image_size, self.settings.crop_fraction))
+        return self.classifier.to_input(
+            prepare(rgb, self.classifier.image_size, self.settings.crop_fraction)
+        )
 
-    def decide(self, quality: Quality, probabilities: np.ndarray | None,
-               ood_score: float | None = None) -> Decision:
+    def decide(
+        self, quality: Quality, probabilities: np.ndarray | None, ood_score: float | None = None
+    ) -> Decision:
         if not quality.ok or probabilities is None:
             self.smoother.reset()  # the slide moved or went out of focus: do not average across it
             return decide(None, self.classifier.labels, self.rule, fit=False)
@@ -107,8 +120,14 @@ class FrameProcessor:
         smoothed = self.smoother.update(probabilities)
         return decide(smoothed, self.classifier.labels, self.rule, ood_score)
 
-    def record(self, frame: Frame, quality: Quality, decision: Decision, sample_id: str | None,
-               timestamp: str) -> dict:
+    def record(
+        self,
+        frame: Frame,
+        quality: Quality,
+        decision: Decision,
+        sample_id: str | None,
+        timestamp: str,
+    ) -> dict:
         image_path = None
         if self.writer is not None:
             stamp = timestamp.replace(":", "").replace("-", "").replace(".", "")
@@ -117,22 +136,46 @@ class FrameProcessor:
             if self.saver is None:
                 image_path = str(self.writer.save(frame.saved_rgb, name))
             else:  # save policy, disk budget and free space decide (edge_app.budget)
-                image_path = self.saver.save(frame.saved_rgb, name, decision.kind, decision.label,
-                                             sample_id, self.settings.mode, frame.new_file)
+                image_path = self.saver.save(
+                    frame.saved_rgb,
+                    name,
+                    decision.kind,
+                    decision.label,
+                    sample_id,
+                    self.settings.mode,
+                    frame.new_file,
+                )
         row = {
-            "timestamp_utc": timestamp, "sample_id": sample_id, "mode": self.settings.mode,
-            "source": self.source_name, "frame_origin": frame.origin, "decision": decision.kind,
-            "label": decision.label, "top_label": decision.top_label,
+            "timestamp_utc": timestamp,
+            "sample_id": sample_id,
+            "mode": self.settings.mode,
+            "source": self.source_name,
+            "frame_origin": frame.origin,
+            "decision": decision.kind,
+            "label": decision.label,
+            "top_label": decision.top_label,
             "confidence": None if decision.confidence is None else round(decision.confidence, 6),
-            "probabilities": None if decision.probabilities is None else json.dumps(decision.probabilities),
-            "quality_ok": int(quality.ok), "quality_reason": quality.reason,
-            "focus": round(quality.focus, 4), "brightness": round(quality.brightness, 4),
-            "contrast": round(quality.contrast, 4), "clipped": round(quality.clipped, 6),
-            "ood_score": decision.ood_score, "decision_rule": decision.rule,
-            "prediction_set": None if decision.prediction_set is None else json.dumps(decision.prediction_set),
-            "model_file": self.classifier.path.name, "model_sha256": self.classifier.sha256,
-            "model_variant": self.classifier.variant, "model_verified": int(self.classifier.verified),
-            "runtime": self.runtime, "app_version": self.version, "image_path": image_path,
+            "probabilities": None
+            if decision.probabilities is None
+            else json.dumps(decision.probabilities),
+            "quality_ok": int(quality.ok),
+            "quality_reason": quality.reason,
+            "focus": round(quality.focus, 4),
+            "brightness": round(quality.brightness, 4),
+            "contrast": round(quality.contrast, 4),
+            "clipped": round(quality.clipped, 6),
+            "ood_score": decision.ood_score,
+            "decision_rule": decision.rule,
+            "prediction_set": None
+            if decision.prediction_set is None
+            else json.dumps(decision.prediction_set),
+            "model_file": self.classifier.path.name,
+            "model_sha256": self.classifier.sha256,
+            "model_variant": self.classifier.variant,
+            "model_verified": int(self.classifier.verified),
+            "runtime": self.runtime,
+            "app_version": self.version,
+            "image_path": image_path,
         }
         row["id"] = self.store.add(row)
         return row
@@ -141,28 +184,46 @@ class FrameProcessor:
         timestamp = utc_now()
         self.start_case_if_new(frame, sample_id)
         quality = self.gate(frame.rgb)
-        probabilities, ood_score = (self.classifier.invoke_outputs(self.prepare(frame.rgb)) if quality.ok
-                                    else (None, None))
+        probabilities, ood_score = (
+            self.classifier.invoke_outputs(self.prepare(frame.rgb)) if quality.ok else (None, None)
+        )
         decision = self.decide(quality, probabilities, ood_score)
         return self.record(frame, quality, decision, sample_id, timestamp), decision, quality
 
 
 def json_line(row: dict, decision: Decision, quality: Quality, frame_number: int) -> str:
-    return json.dumps({
-        "frame": frame_number, "id": row["id"], "timestamp_utc": row["timestamp_utc"],
-        "sample_id": row["sample_id"], "source": row["source"], "origin": row["frame_origin"],
-        "decision": decision.kind, "label": decision.label, "top_label": decision.top_label,
-        "confidence": row["confidence"], "probabilities": decision.probabilities,
-        "ood_score": decision.ood_score, "decision_rule": decision.rule,
-        "prediction_set": decision.prediction_set,
-        "message": decision.message if quality.ok else f"unfit: {quality.reason}",
-        "quality": quality.as_dict(), "image_path": row["image_path"],
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "frame": frame_number,
+            "id": row["id"],
+            "timestamp_utc": row["timestamp_utc"],
+            "sample_id": row["sample_id"],
+            "source": row["source"],
+            "origin": row["frame_origin"],
+            "decision": decision.kind,
+            "label": decision.label,
+            "top_label": decision.top_label,
+            "confidence": row["confidence"],
+            "probabilities": decision.probabilities,
+            "ood_score": decision.ood_score,
+            "decision_rule": decision.rule,
+            "prediction_set": decision.prediction_set,
+            "message": decision.message if quality.ok else f"unfit: {quality.reason}",
+            "quality": quality.as_dict(),
+            "image_path": row["image_path"],
+        },
+        separators=(",", ":"),
+    )
 
 
 class App:
-    def __init__(self, source_factory, processor: FrameProcessor, settings: RunSettings,
-                 camera: CameraSettings = CameraSettings()):
+    def __init__(
+        self,
+        source_factory,
+        processor: FrameProcessor,
+        settings: RunSettings,
+        camera: CameraSettings = CameraSettings(),
+    ):
         self.open_source = source_factory
         self.processor, self.settings, self.camera = processor, settings, camera
         self.counts = Counts()
@@ -176,8 +237,10 @@ class App:
     def _on_signal(self, number, _frame) -> None:
         if self.stopping.is_set():
             return
-        log.info("%s received: finishing the frame in flight, then closing the database",
-                 signal.Signals(number).name)
+        log.info(
+            "%s received: finishing the frame in flight, then closing the database",
+            signal.Signals(number).name,
+        )
         self.stopping.set()
 
     def run(self) -> Counts:
@@ -186,7 +249,9 @@ class App:
             self.source = self._open_with_retry(first=True)
             if self.source is None:
                 return self.counts
-            self.preview = None if self.settings.headless else Preview.try_open(self.settings.preview)
+            self.preview = (
+                None if self.settings.headless else Preview.try_open(self.settings.preview)
+            )
             if self.settings.mode == "capture":
                 self._capture_loop()
             else:
@@ -201,7 +266,9 @@ class App:
         return self.counts
 
     # -- frames ------------------------------------------------------------------------------
-    def _open_with_retry(self, first: bool = False, failing_since: float | None = None) -> FrameSource | None:
+    def _open_with_retry(
+        self, first: bool = False, failing_since: float | None = None
+    ) -> FrameSource | None:
         start = failing_since if failing_since is not None else time.monotonic()
         delay = 0.25
         while not self.stopping.is_set():
@@ -212,9 +279,11 @@ class App:
                     raise AppError(str(error)) from None
                 elapsed = time.monotonic() - start
                 if elapsed >= self.camera.retry_for_s:
-                    raise AppError(f"{error}; gave up after {elapsed:.0f} s of retries "
-                                   f"(--camera-retry-s {self.camera.retry_for_s:g}); "
-                                   f"{self.processor.store.count()} result(s) stored are intact") from None
+                    raise AppError(
+                        f"{error}; gave up after {elapsed:.0f} s of retries "
+                        f"(--camera-retry-s {self.camera.retry_for_s:g}); "
+                        f"{self.processor.store.count()} result(s) stored are intact"
+                    ) from None
                 log.warning("%s; retrying in %.2f s", error, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, self.camera.backoff_max_s)
@@ -289,8 +358,10 @@ class App:
 
     def _capture_loop(self) -> None:
         triggers = Triggers(use_stdin=True)
-        log.info("capture mode: type a sample ID and press Enter to capture (Enter again for the "
-                 "same sample, q to quit); SIGUSR1 or 'c' in the preview also captures")
+        log.info(
+            "capture mode: type a sample ID and press Enter to capture (Enter again for the "
+            "same sample, q to quit); SIGUSR1 or 'c' in the preview also captures"
+        )
         while not self._done():
             if self.preview is not None:
                 triggers.put_key(self.preview.poll(30))

@@ -56,15 +56,20 @@ class SaveSettings:
     min_free_mb: float = 256.0  # below this free space on the save folder's disk: stop saving
 
 
-def check_budget_options(max_disk_mb: float | None, keep_days: float | None,
-                         save_every_s: float, min_free_mb: float) -> None:
+def check_budget_options(
+    max_disk_mb: float | None, keep_days: float | None, save_every_s: float, min_free_mb: float
+) -> None:
     """ValueError with a one-line message naming the option, for values that cannot work."""
     if max_disk_mb is not None and max_disk_mb <= 0:
-        raise ValueError(f"--max-disk-mb {max_disk_mb:g}: must be above 0 (megabytes of saved images "
-                         "to keep); leave it out for no size limit")
+        raise ValueError(
+            f"--max-disk-mb {max_disk_mb:g}: must be above 0 (megabytes of saved images "
+            "to keep); leave it out for no size limit"
+        )
     if keep_days is not None and keep_days <= 0:
-        raise ValueError(f"--keep-days {keep_days:g}: must be above 0 (days to keep saved images); "
-                         "leave it out to keep them until --max-disk-mb needs the space")
+        raise ValueError(
+            f"--keep-days {keep_days:g}: must be above 0 (days to keep saved images); "
+            "leave it out to keep them until --max-disk-mb needs the space"
+        )
     if save_every_s < 0:
         raise ValueError(f"--save-every {save_every_s:g}: must be 0 or more seconds")
     if min_free_mb < 0:
@@ -79,18 +84,34 @@ def awaiting_review(connection: sqlite3.Connection) -> set[str]:
     database (the `samples` table if there is one, and the results' sample IDs) that has no
     row in `reviews` is awaiting review.
     """
-    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
     if "reviews" not in tables:
         return set()
     known: set[str] = set()
     if "samples" in tables:
-        known |= {row[0] for row in connection.execute(
-            f"SELECT {_id_column(connection, 'samples')} FROM samples") if row[0] is not None}
+        known |= {
+            row[0]
+            for row in connection.execute(
+                f"SELECT {_id_column(connection, 'samples')} FROM samples"
+            )
+            if row[0] is not None
+        }
     if "results" in tables:
-        known |= {row[0] for row in connection.execute(
-            "SELECT DISTINCT sample_id FROM results WHERE sample_id IS NOT NULL")}
-    reviewed = {row[0] for row in connection.execute(
-        f"SELECT DISTINCT {_id_column(connection, 'reviews')} FROM reviews") if row[0] is not None}
+        known |= {
+            row[0]
+            for row in connection.execute(
+                "SELECT DISTINCT sample_id FROM results WHERE sample_id IS NOT NULL"
+            )
+        }
+    reviewed = {
+        row[0]
+        for row in connection.execute(
+            f"SELECT DISTINCT {_id_column(connection, 'reviews')} FROM reviews"
+        )
+        if row[0] is not None
+    }
     return {str(sample) for sample in known - reviewed}
 
 
@@ -114,8 +135,9 @@ class SavePolicy:
         self._last_saved_at: float | None = None
         self._last_answer: tuple[str, str | None] | None = None
 
-    def wants(self, kind: str, label: str | None, now: float, mode: str = "live",
-              new_file: bool = False) -> bool:
+    def wants(
+        self, kind: str, label: str | None, now: float, mode: str = "live", new_file: bool = False
+    ) -> bool:
         if self.policy == "all" or mode == "capture" or new_file:
             return True
         if kind == "unfit":
@@ -141,9 +163,19 @@ class ImageBudget:
     """Keeps the save folder within --max-disk-mb / --keep-days, oldest first, never pruning
     the images of samples awaiting review, and watches free space."""
 
-    def __init__(self, directory: Path, connection: sqlite3.Connection | None,
-                 settings: SaveSettings, clock: Callable[[], float] = time.time):
-        self.directory, self.connection, self.settings, self.clock = Path(directory), connection, settings, clock
+    def __init__(
+        self,
+        directory: Path,
+        connection: sqlite3.Connection | None,
+        settings: SaveSettings,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.directory, self.connection, self.settings, self.clock = (
+            Path(directory),
+            connection,
+            settings,
+            clock,
+        )
         self.max_bytes = None if settings.max_disk_mb is None else int(settings.max_disk_mb * MB)
         self.images: deque[_Image] = deque()
         self.total = 0
@@ -160,14 +192,18 @@ class ImageBudget:
             self.connection.execute(
                 "CREATE TABLE IF NOT EXISTS pruned_images (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "image_path TEXT NOT NULL, sample_id TEXT, bytes INTEGER, reason TEXT NOT NULL, "
-                "pruned_utc TEXT NOT NULL)")
+                "pruned_utc TEXT NOT NULL)"
+            )
 
     def _scan(self) -> None:
         """Images saved by earlier runs count against the budget too (oldest first)."""
         samples: dict[str, str | None] = {}
         if self.connection is not None:
-            samples = dict(self.connection.execute(
-                "SELECT image_path, sample_id FROM results WHERE image_path IS NOT NULL"))
+            samples = dict(
+                self.connection.execute(
+                    "SELECT image_path, sample_id FROM results WHERE image_path IS NOT NULL"
+                )
+            )
         found = []
         for path in self.directory.rglob("*"):
             if path.name.startswith(".tmp-") or not path.is_file():
@@ -185,13 +221,16 @@ class ImageBudget:
 
     def protected(self) -> set[str]:
         now = time.monotonic()
-        if self.connection is not None and (self._protected_at is None
-                                            or now - self._protected_at >= PROTECTED_REFRESH_S):
+        if self.connection is not None and (
+            self._protected_at is None or now - self._protected_at >= PROTECTED_REFRESH_S
+        ):
             try:
                 self._protected = awaiting_review(self.connection)
             except sqlite3.Error as error:  # a schema this version does not know: keep everything
-                log.warning("warning: cannot tell which samples await review (%s): no image is pruned",
-                            error)
+                log.warning(
+                    "warning: cannot tell which samples await review (%s): no image is pruned",
+                    error,
+                )
                 self._protected = {"*"}
             self._protected_at = now
         return self._protected
@@ -207,7 +246,11 @@ class ImageBudget:
         protected = self.protected()
         if "*" in protected:
             return 0
-        oldest_allowed = None if self.settings.keep_days is None else self.clock() - self.settings.keep_days * 86400
+        oldest_allowed = (
+            None
+            if self.settings.keep_days is None
+            else self.clock() - self.settings.keep_days * 86400
+        )
         deleted = 0
         kept: list[_Image] = []  # protected images met on the way, put back in order
         while self.images:
@@ -239,7 +282,9 @@ class ImageBudget:
         if self.connection is not None:
             self.connection.execute(
                 "INSERT INTO pruned_images (image_path, sample_id, bytes, reason, pruned_utc) "
-                "VALUES (?, ?, ?, ?, ?)", (str(image.path), image.sample_id, image.size, reason, utc_now()))
+                "VALUES (?, ?, ?, ?, ?)",
+                (str(image.path), image.sample_id, image.size, reason, utc_now()),
+            )
 
     def over_budget_with_protected_only(self) -> bool:
         return self.max_bytes is not None and self.total > self.max_bytes
@@ -248,8 +293,13 @@ class ImageBudget:
 class FrameSaver:
     """Decides, saves and prunes: the one object the app asks "save this frame?"."""
 
-    def __init__(self, writer: FrameWriter, settings: SaveSettings,
-                 connection: sqlite3.Connection | None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        writer: FrameWriter,
+        settings: SaveSettings,
+        connection: sqlite3.Connection | None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.writer, self.settings, self.clock = writer, settings, clock
         self.policy = SavePolicy(settings.policy, settings.every_s)
         self.budget = ImageBudget(writer.directory, connection, settings, clock)
@@ -271,12 +321,22 @@ class FrameSaver:
         except OSError as error:
             return f"cannot read free space of {self.writer.directory} ({error})"
         if free < self.settings.min_free_mb * MB:
-            return (f"only {free / MB:.0f} MB free on the disk of {self.writer.directory} "
-                    f"(--min-free-mb {self.settings.min_free_mb:g})")
+            return (
+                f"only {free / MB:.0f} MB free on the disk of {self.writer.directory} "
+                f"(--min-free-mb {self.settings.min_free_mb:g})"
+            )
         return None
 
-    def save(self, rgb: np.ndarray, name: str, kind: str, label: str | None, sample_id: str | None,
-             mode: str = "live", new_file: bool = False) -> str | None:
+    def save(
+        self,
+        rgb: np.ndarray,
+        name: str,
+        kind: str,
+        label: str | None,
+        sample_id: str | None,
+        mode: str = "live",
+        new_file: bool = False,
+    ) -> str | None:
         """The saved image's path, or None when the policy, the budget or the disk says no."""
         now = self.clock()
         if not self.policy.wants(kind, label, now, mode, new_file):
@@ -288,21 +348,28 @@ class FrameSaver:
         if low is not None:
             self.not_saved_low_space += 1
             self.stopped_reason = low
-            self._warn_once("low", f"{low}: not saving images until space is free again; "
-                                   "results are still stored")
+            self._warn_once(
+                "low",
+                f"{low}: not saving images until space is free again; results are still stored",
+            )
             return None
         if self.budget.over_budget_with_protected_only():
             self.not_saved_budget += 1
-            self._warn_once("budget", f"--max-disk-mb {self.settings.max_disk_mb:g} is taken by images of "
-                                      "samples awaiting review: not saving images until they are reviewed; "
-                                      "results are still stored")
+            self._warn_once(
+                "budget",
+                f"--max-disk-mb {self.settings.max_disk_mb:g} is taken by images of "
+                "samples awaiting review: not saving images until they are reviewed; "
+                "results are still stored",
+            )
             return None
         try:
             path = self.writer.save(rgb, name)
         except StorageError as error:  # full or failing disk: rows matter more than images
             self.not_saved_low_space += 1
             self.stopped_reason = str(error)
-            self._warn_once("write", f"{error}; not saving images any more this run; results are still stored")
+            self._warn_once(
+                "write", f"{error}; not saving images any more this run; results are still stored"
+            )
             self.write_failed = True
             return None
         if self.stopped_reason is not None:
@@ -319,21 +386,29 @@ class FrameSaver:
         return str(path)
 
     def summary(self) -> str:
-        text = (f"saved {self.saved} image(s) ({self.settings.policy} policy), "
-                f"{self.budget.total / MB:.1f} MB in {self.writer.directory}")
+        text = (
+            f"saved {self.saved} image(s) ({self.settings.policy} policy), "
+            f"{self.budget.total / MB:.1f} MB in {self.writer.directory}"
+        )
         if self.budget.pruned:
             text += f"; pruned {self.budget.pruned} old image(s) ({self.budget.pruned_bytes / MB:.1f} MB)"
         if self.not_saved_low_space:
-            text += (f"; {self.not_saved_low_space} frame(s) not saved for lack of disk space "
-                     f"({self.stopped_reason or 'space came back'})")
+            text += (
+                f"; {self.not_saved_low_space} frame(s) not saved for lack of disk space "
+                f"({self.stopped_reason or 'space came back'})"
+            )
         if self.not_saved_budget:
             text += f"; {self.not_saved_budget} frame(s) not saved: budget held by images awaiting review"
         return text
 
 
-def open_saver(save_dir: Path, image_format: str, settings: SaveSettings,
-               connection: sqlite3.Connection | None,
-               clock: Callable[[], float] = time.time) -> FrameSaver | None:
+def open_saver(
+    save_dir: Path,
+    image_format: str,
+    settings: SaveSettings,
+    connection: sqlite3.Connection | None,
+    clock: Callable[[], float] = time.time,
+) -> FrameSaver | None:
     """The saver for --save-dir, or None (with one warning line) when the folder cannot take images:
     read-only, full or unwritable. The caller goes on storing rows."""
     try:
@@ -342,14 +417,23 @@ def open_saver(save_dir: Path, image_format: str, settings: SaveSettings,
         os.close(fd)
         os.unlink(probe)
     except (StorageError, OSError) as error:
-        reason = str(error) if isinstance(error, StorageError) else f"{save_dir}: cannot write ({error})"
-        log.warning("warning: --save-dir %s cannot take images (%s): results are stored without images",
-                    save_dir, reason.split(": ", 1)[-1])
+        reason = (
+            str(error) if isinstance(error, StorageError) else f"{save_dir}: cannot write ({error})"
+        )
+        log.warning(
+            "warning: --save-dir %s cannot take images (%s): results are stored without images",
+            save_dir,
+            reason.split(": ", 1)[-1],
+        )
         return None
     saver = FrameSaver(writer, settings, connection, clock)
     low = saver._low_space()
     if low is not None:
-        log.warning("warning: --save-dir %s: %s: images are not saved until space is free; results are "
-                    "still stored", save_dir, low)
+        log.warning(
+            "warning: --save-dir %s: %s: images are not saved until space is free; results are "
+            "still stored",
+            save_dir,
+            low,
+        )
         saver._warned.add("low")
     return saver

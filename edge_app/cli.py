@@ -40,7 +40,9 @@ def parse_size(_ctx, param, value: str | None) -> tuple[int, int] | None:
         if width <= 0 or height <= 0:
             raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 1280x960", param=param) from None
+        raise click.BadParameter(
+            f"{value!r}: expected WIDTHxHEIGHT, e.g. 1280x960", param=param
+        ) from None
     return width, height
 
 
@@ -50,7 +52,9 @@ def parse_gains(_ctx, param, value: str | None) -> tuple[float, float] | None:
     try:
         red, blue = (float(part) for part in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected RED,BLUE gains, e.g. 1.8,1.5", param=param) from None
+        raise click.BadParameter(
+            f"{value!r}: expected RED,BLUE gains, e.g. 1.8,1.5", param=param
+        ) from None
     return red, blue
 
 
@@ -72,101 +76,299 @@ The app's per-frame cost is measured by `edge-bench app` (benchmarks).
 """
 
 
-@click.group(cls=SuggestingGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=SuggestingGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="leukedge", prog_name="edge-app")
 def main() -> None:
     pass
 
 
 @main.command(epilog=DISCLAIMER)
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The .tflite model. Default: $LEUKEDGE_MODEL, else the released int8 model in models/.")
-@click.option("--source", required=True,
-              help="picamera2[:N], a camera index (0) or /dev/videoN, a video file, a stream URL, "
-                   "an image file, a folder or a quoted glob ('slides/*.png').")
-@click.option("--headless", is_flag=True,
-              help="No window; stdout gets exactly one JSON object per processed frame (logs go to stderr).")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=Path("results.sqlite"),
-              show_default=True, help="SQLite results database (WAL mode, created 0600).")
-@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save frames here (atomically, owner-only) by --save-policy and record their paths.")
-@click.option("--save-policy", type=click.Choice(["changes", "all"]), default="changes", show_default=True,
-              help="changes: from a camera, at most one classified frame per --save-every seconds "
-                   "(answered frames, and uncertain/unknown ones when the answer changed); every "
-                   "image file and every capture is saved. all: every processed frame.")
-@click.option("--save-every", "save_every_s", type=float, default=10.0, show_default=True,
-              help="Seconds between saved frames of a camera stream (changes policy).")
-@click.option("--max-disk-mb", type=float, default=None,
-              help="Keep saved images within this many MB: the oldest are deleted first, never those "
-                   "of samples awaiting review. Rows are never deleted.")
-@click.option("--keep-days", type=float, default=None,
-              help="Delete saved images older than this many days (not those awaiting review).")
-@click.option("--min-free-mb", type=float, default=256.0, show_default=True,
-              help="Stop saving images (results are still stored) while the save disk has less free space.")
-@click.option("--rate", type=click.FloatRange(0, min_open=True), default=None,
-              help="Live mode: classify at most this many frames per second (0.5: one every 2 s). "
-                   "Default: every frame the source gives.")
-@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
-              help="Format of saved frames (jpg at quality 95, or lossless png).")
-@click.option("--mode", type=click.Choice(["live", "capture"]), default="live", show_default=True,
-              help="live: classify every frame. capture: on a trigger (sample ID + Enter on stdin, "
-                   "Enter again, SIGUSR1, or c in the preview).")
-@click.option("--sample-id", default=None, help="Sample ID: frames are filed under this sample (record created/updated).")
-@click.option("--operator", default=None, help="Sample field: who captured the sample (stored on its record).")
-@click.option("--site", default=None, help="Sample field: where the sample was captured (clinic, lab).")
-@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Override: answer when the top probability reaches this, instead of the model's "
-                   "conformal rule (the OOD check still applies). Default: the rule the model carries "
-                   "(older models without trust parameters: 0.80).")
-@click.option("--smooth", type=click.IntRange(1, 100), default=D.smoothing, show_default=True,
-              help="Live mode: average probabilities over the last N classified frames.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="Interpreter threads (default: CPU cores, at most 4).")
-@click.option("--runtime", type=click.Choice(["ai-edge-litert", "tflite-runtime", "tensorflow"]),
-              default=None, help="Force one TFLite runtime (default: the first importable).")
-@click.option("--allow-unverified", is_flag=True,
-              help="Run a model no manifest vouches for (changed, failed its conversion check, unlisted "
-                   "or renamed); every result is then stored with model_verified = 0.")
-@click.option("--crop", "crop_fraction", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
-              help="Centre square crop as a fraction of the shorter frame side (the ROI classified).")
-@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after N processed frames.")
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The .tflite model. Default: $LEUKEDGE_MODEL, else the released int8 model in models/.",
+)
+@click.option(
+    "--source",
+    required=True,
+    help="picamera2[:N], a camera index (0) or /dev/videoN, a video file, a stream URL, "
+    "an image file, a folder or a quoted glob ('slides/*.png').",
+)
+@click.option(
+    "--headless",
+    is_flag=True,
+    help="No window; stdout gets exactly one JSON object per processed frame (logs go to stderr).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=Path("results.sqlite"),
+    show_default=True,
+    help="SQLite results database (WAL mode, created 0600).",
+)
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save frames here (atomically, owner-only) by --save-policy and record their paths.",
+)
+@click.option(
+    "--save-policy",
+    type=click.Choice(["changes", "all"]),
+    default="changes",
+    show_default=True,
+    help="changes: from a camera, at most one classified frame per --save-every seconds "
+    "(answered frames, and uncertain/unknown ones when the answer changed); every "
+    "image file and every capture is saved. all: every processed frame.",
+)
+@click.option(
+    "--save-every",
+    "save_every_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between saved frames of a camera stream (changes policy).",
+)
+@click.option(
+    "--max-disk-mb",
+    type=float,
+    default=None,
+    help="Keep saved images within this many MB: the oldest are deleted first, never those "
+    "of samples awaiting review. Rows are never deleted.",
+)
+@click.option(
+    "--keep-days",
+    type=float,
+    default=None,
+    help="Delete saved images older than this many days (not those awaiting review).",
+)
+@click.option(
+    "--min-free-mb",
+    type=float,
+    default=256.0,
+    show_default=True,
+    help="Stop saving images (results are still stored) while the save disk has less free space.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Live mode: classify at most this many frames per second (0.5: one every 2 s). "
+    "Default: every frame the source gives.",
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(["jpg", "png"]),
+    default="jpg",
+    show_default=True,
+    help="Format of saved frames (jpg at quality 95, or lossless png).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["live", "capture"]),
+    default="live",
+    show_default=True,
+    help="live: classify every frame. capture: on a trigger (sample ID + Enter on stdin, "
+    "Enter again, SIGUSR1, or c in the preview).",
+)
+@click.option(
+    "--sample-id",
+    default=None,
+    help="Sample ID: frames are filed under this sample (record created/updated).",
+)
+@click.option(
+    "--operator", default=None, help="Sample field: who captured the sample (stored on its record)."
+)
+@click.option(
+    "--site", default=None, help="Sample field: where the sample was captured (clinic, lab)."
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Override: answer when the top probability reaches this, instead of the model's "
+    "conformal rule (the OOD check still applies). Default: the rule the model carries "
+    "(older models without trust parameters: 0.80).",
+)
+@click.option(
+    "--smooth",
+    type=click.IntRange(1, 100),
+    default=D.smoothing,
+    show_default=True,
+    help="Live mode: average probabilities over the last N classified frames.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Interpreter threads (default: CPU cores, at most 4).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["ai-edge-litert", "tflite-runtime", "tensorflow"]),
+    default=None,
+    help="Force one TFLite runtime (default: the first importable).",
+)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Run a model no manifest vouches for (changed, failed its conversion check, unlisted "
+    "or renamed); every result is then stored with model_verified = 0.",
+)
+@click.option(
+    "--crop",
+    "crop_fraction",
+    type=click.FloatRange(0.05, 1.0),
+    default=1.0,
+    show_default=True,
+    help="Centre square crop as a fraction of the shorter frame side (the ROI classified).",
+)
+@click.option(
+    "--max-frames", type=click.IntRange(1), default=None, help="Stop after N processed frames."
+)
 @click.option("--loop", is_flag=True, help="Replay an image file/folder/glob source forever.")
-@click.option("--preview/--no-preview", default=None,
-              help="Show a window (default: when a display and GUI OpenCV exist).")
-@click.option("--camera-size", callback=parse_size, default=None,
-              help=f"Camera frame size WIDTHxHEIGHT [default: {C.size[0]}x{C.size[1]}].")
-@click.option("--camera-stream", type=click.Choice(["main", "lores"]), default=C.stream, show_default=True,
-              help="picamera2: classify the main stream, or the lores one (main is saved).")
-@click.option("--lores-size", callback=parse_size, default=None,
-              help=f"picamera2 lores size [default: {C.lores_size[0]}x{C.lores_size[1]}].")
-@click.option("--lores-format", type=click.Choice(["YUV420", "RGB888"]), default=C.lores_format,
-              show_default=True, help="picamera2 lores format (Pi 4: YUV420 only; Pi 5: either).")
-@click.option("--exposure-us", type=click.IntRange(1), default=None,
-              help="picamera2: fixed exposure time in microseconds (turns auto exposure off).")
-@click.option("--gain", type=click.FloatRange(1.0, 64.0), default=None, help="picamera2: analogue gain.")
-@click.option("--colour-gains", callback=parse_gains, default=None,
-              help="picamera2: fixed white balance RED,BLUE gains (turns auto white balance off).")
-@click.option("--camera-retry-s", type=click.FloatRange(0.0), default=C.retry_for_s, show_default=True,
-              help="Keep retrying a failing camera this many seconds, then exit with status 1.")
-@click.option("--focus-min", type=float, default=Q.focus_min, show_default=True,
-              help="Quality gate: minimum focus (Laplacian variance after a light denoise).")
-@click.option("--dark-mean", type=float, default=Q.dark_mean, show_default=True,
-              help="Quality gate: mean grey below this is too dark.")
-@click.option("--bright-mean", type=float, default=Q.bright_mean, show_default=True,
-              help="Quality gate: mean grey above this is too bright.")
-@click.option("--clipped-max", type=click.FloatRange(0.0, 1.0), default=Q.clipped_max, show_default=True,
-              help="Quality gate: maximum fraction of saturated pixels.")
-@click.option("--empty-contrast", type=float, default=Q.empty_contrast, show_default=True,
-              help="Quality gate: contrast below this is an empty field.")
-@click.option("--db-sync", type=click.Choice(["normal", "full"]), default="normal", show_default=True,
-              help="SQLite synchronous level: normal survives app crashes; full also power cuts (slower).")
+@click.option(
+    "--preview/--no-preview",
+    default=None,
+    help="Show a window (default: when a display and GUI OpenCV exist).",
+)
+@click.option(
+    "--camera-size",
+    callback=parse_size,
+    default=None,
+    help=f"Camera frame size WIDTHxHEIGHT [default: {C.size[0]}x{C.size[1]}].",
+)
+@click.option(
+    "--camera-stream",
+    type=click.Choice(["main", "lores"]),
+    default=C.stream,
+    show_default=True,
+    help="picamera2: classify the main stream, or the lores one (main is saved).",
+)
+@click.option(
+    "--lores-size",
+    callback=parse_size,
+    default=None,
+    help=f"picamera2 lores size [default: {C.lores_size[0]}x{C.lores_size[1]}].",
+)
+@click.option(
+    "--lores-format",
+    type=click.Choice(["YUV420", "RGB888"]),
+    default=C.lores_format,
+    show_default=True,
+    help="picamera2 lores format (Pi 4: YUV420 only; Pi 5: either).",
+)
+@click.option(
+    "--exposure-us",
+    type=click.IntRange(1),
+    default=None,
+    help="picamera2: fixed exposure time in microseconds (turns auto exposure off).",
+)
+@click.option(
+    "--gain", type=click.FloatRange(1.0, 64.0), default=None, help="picamera2: analogue gain."
+)
+@click.option(
+    "--colour-gains",
+    callback=parse_gains,
+    default=None,
+    help="picamera2: fixed white balance RED,BLUE gains (turns auto white balance off).",
+)
+@click.option(
+    "--camera-retry-s",
+    type=click.FloatRange(0.0),
+    default=C.retry_for_s,
+    show_default=True,
+    help="Keep retrying a failing camera this many seconds, then exit with status 1.",
+)
+@click.option(
+    "--focus-min",
+    type=float,
+    default=Q.focus_min,
+    show_default=True,
+    help="Quality gate: minimum focus (Laplacian variance after a light denoise).",
+)
+@click.option(
+    "--dark-mean",
+    type=float,
+    default=Q.dark_mean,
+    show_default=True,
+    help="Quality gate: mean grey below this is too dark.",
+)
+@click.option(
+    "--bright-mean",
+    type=float,
+    default=Q.bright_mean,
+    show_default=True,
+    help="Quality gate: mean grey above this is too bright.",
+)
+@click.option(
+    "--clipped-max",
+    type=click.FloatRange(0.0, 1.0),
+    default=Q.clipped_max,
+    show_default=True,
+    help="Quality gate: maximum fraction of saturated pixels.",
+)
+@click.option(
+    "--empty-contrast",
+    type=float,
+    default=Q.empty_contrast,
+    show_default=True,
+    help="Quality gate: contrast below this is an empty field.",
+)
+@click.option(
+    "--db-sync",
+    type=click.Choice(["normal", "full"]),
+    default="normal",
+    show_default=True,
+    help="SQLite synchronous level: normal survives app crashes; full also power cuts (slower).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="More log lines on stderr.")
-def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, max_disk_mb, keep_days,
-        min_free_mb, rate, image_format, mode, sample_id, operator, site, min_confidence,
-        smooth, threads, runtime, allow_unverified, crop_fraction, max_frames, loop, preview,
-        camera_size, camera_stream, lores_size, lores_format, exposure_us, gain, colour_gains,
-        camera_retry_s, focus_min, dark_mean, bright_mean, clipped_max, empty_contrast, db_sync,
-        verbose) -> None:
+def run(
+    model,
+    source,
+    headless,
+    db_path,
+    save_dir,
+    save_policy,
+    save_every_s,
+    max_disk_mb,
+    keep_days,
+    min_free_mb,
+    rate,
+    image_format,
+    mode,
+    sample_id,
+    operator,
+    site,
+    min_confidence,
+    smooth,
+    threads,
+    runtime,
+    allow_unverified,
+    crop_fraction,
+    max_frames,
+    loop,
+    preview,
+    camera_size,
+    camera_stream,
+    lores_size,
+    lores_format,
+    exposure_us,
+    gain,
+    colour_gains,
+    camera_retry_s,
+    focus_min,
+    dark_mean,
+    bright_mean,
+    clipped_max,
+    empty_contrast,
+    db_sync,
+    verbose,
+) -> None:
     """Classify frames from a camera, video or images and store every result.
 
     \b
@@ -192,42 +394,77 @@ def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, m
     from leukedge.edge_app.sources import SourceError, open_source
     from leukedge.edge_app.storage import ResultStore, StorageError
 
-    settings = RunSettings(mode=mode, sample_id=sample_id, crop_fraction=crop_fraction, headless=headless,
-                           preview=False if headless else preview, max_frames=max_frames, loop=loop,
-                           image_format=image_format)
-    camera = CameraSettings(size=camera_size or C.size, stream=camera_stream,
-                            lores_size=lores_size or C.lores_size, lores_format=lores_format,
-                            exposure_us=exposure_us, analogue_gain=gain, colour_gains=colour_gains,
-                            retry_for_s=camera_retry_s)
-    quality = QualitySettings(focus_min=focus_min, dark_mean=dark_mean, bright_mean=bright_mean,
-                              clipped_max=clipped_max, empty_contrast=empty_contrast)
+    settings = RunSettings(
+        mode=mode,
+        sample_id=sample_id,
+        crop_fraction=crop_fraction,
+        headless=headless,
+        preview=False if headless else preview,
+        max_frames=max_frames,
+        loop=loop,
+        image_format=image_format,
+    )
+    camera = CameraSettings(
+        size=camera_size or C.size,
+        stream=camera_stream,
+        lores_size=lores_size or C.lores_size,
+        lores_format=lores_format,
+        exposure_us=exposure_us,
+        analogue_gain=gain,
+        colour_gains=colour_gains,
+        retry_for_s=camera_retry_s,
+    )
+    quality = QualitySettings(
+        focus_min=focus_min,
+        dark_mean=dark_mean,
+        bright_mean=bright_mean,
+        clipped_max=clipped_max,
+        empty_contrast=empty_contrast,
+    )
     decisions = DecisionSettings(min_confidence=min_confidence, smoothing=smooth)
     model = model or default_model_path()
     if model is None:
-        raise click.ClickException(f"no --model given and no released model at {RELEASED_MODEL}: "
-                                   "pass --model path/to/model_int8.tflite (written by edge-convert)")
+        raise click.ClickException(
+            f"no --model given and no released model at {RELEASED_MODEL}: "
+            "pass --model path/to/model_int8.tflite (written by edge-convert)"
+        )
     try:
-        classifier = Classifier(model, threads=threads, allow_unverified=allow_unverified, runtime=runtime)
+        classifier = Classifier(
+            model, threads=threads, allow_unverified=allow_unverified, runtime=runtime
+        )
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     log.info("model %s", classifier.describe())
     log_decision_rule(classifier, min_confidence)
     if not classifier.verified:
-        log.warning("warning: %s is not verified (--allow-unverified): every result is stored with "
-                    "model_verified = 0", classifier.path.name)
+        log.warning(
+            "warning: %s is not verified (--allow-unverified): every result is stored with "
+            "model_verified = 0",
+            classifier.path.name,
+        )
     store = None
     try:
         store = ResultStore(db_path, synchronous=db_sync.upper(), operator=operator, site=site)
         if sample_id:
             store.ensure_sample(sample_id)
-        saver = None if save_dir is None else open_saver(
-            save_dir, image_format, SaveSettings(save_policy, save_every_s, max_disk_mb, keep_days, min_free_mb),
-            store.connection)
+        saver = (
+            None
+            if save_dir is None
+            else open_saver(
+                save_dir,
+                image_format,
+                SaveSettings(save_policy, save_every_s, max_disk_mb, keep_days, min_free_mb),
+                store.connection,
+            )
+        )
         writer = None if saver is None else saver.writer
-        if crop_fraction * min(camera.lores_size if camera.stream == "lores" else camera.size) \
-                < classifier.image_size and source.startswith("picamera2"):
-            log.warning("warning: the camera crop is smaller than the model input (%d px): frames are upscaled",
-                        classifier.image_size)
+        if crop_fraction * min(
+            camera.lores_size if camera.stream == "lores" else camera.size
+        ) < classifier.image_size and source.startswith("picamera2"):
+            log.warning(
+                "warning: the camera crop is smaller than the model input (%d px): frames are upscaled",
+                classifier.image_size,
+            )
         processor = FrameProcessor(classifier, store, writer, settings, quality, decisions, source)
         processor.saver = saver
         app = App(lambda: open_source(source, camera, loop), processor, settings, camera)
@@ -242,8 +479,12 @@ def run(model, source, headless, db_path, save_dir, save_policy, save_every_s, m
             store.close()
     log.info("%s; results in %s", counts.summary(), db_path)
     if save_dir is not None:
-        log.info(saver.summary() if saver is not None else f"no images saved: --save-dir {save_dir} "
-                 "could not take them (see the warning above)")
+        log.info(
+            saver.summary()
+            if saver is not None
+            else f"no images saved: --save-dir {save_dir} "
+            "could not take them (see the warning above)"
+        )
 
 
 def log_decision_rule(classifier, min_confidence: float | None) -> None:
@@ -252,28 +493,58 @@ def log_decision_rule(classifier, min_confidence: float | None) -> None:
 
     rule = DecisionRule.for_model(classifier.trust, min_confidence)
     if rule.legacy and min_confidence is None:
-        log.warning("warning: %s carries no trust parameters (an older release): no out-of-distribution "
-                    "check, answers on the legacy rule top probability >= %.2f; convert it again with "
-                    "edge-convert for calibrated, conformal referral", classifier.path.name, rule.min_confidence)
+        log.warning(
+            "warning: %s carries no trust parameters (an older release): no out-of-distribution "
+            "check, answers on the legacy rule top probability >= %.2f; convert it again with "
+            "edge-convert for calibrated, conformal referral",
+            classifier.path.name,
+            rule.min_confidence,
+        )
     elif rule.trust is not None:
         ood, conformal = classifier.trust.ood, classifier.trust.conformal
-        log.info("decision rule: %s (OOD threshold %.4g keeps %.0f%% of validation frames; conformal "
-                 "threshold %.4g, target coverage %.0f%%)", rule.text, ood.threshold, 100 * ood.retention,
-                 conformal.threshold, 100 * conformal.target_coverage)
+        log.info(
+            "decision rule: %s (OOD threshold %.4g keeps %.0f%% of validation frames; conformal "
+            "threshold %.4g, target coverage %.0f%%)",
+            rule.text,
+            ood.threshold,
+            100 * ood.retention,
+            conformal.threshold,
+            100 * conformal.target_coverage,
+        )
     else:
         log.info("decision rule: %s", rule.text)
 
 
 @main.command()
-@click.option("--db", "db_path", type=click.Path(path_type=Path), required=True,
-              help="The results database written by edge-app run.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Frames CSV file to write (owner-only; one p_<label> column per class).")
-@click.option("--samples-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Samples CSV: one row per sample with its result, status and last review.")
-@click.option("--samples-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Samples JSON: every sample with its result and full review history.")
-def export(db_path: Path, csv_path: Path | None, samples_csv: Path | None, samples_json: Path | None) -> None:
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The results database written by edge-app run.",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Frames CSV file to write (owner-only; one p_<label> column per class).",
+)
+@click.option(
+    "--samples-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Samples CSV: one row per sample with its result, status and last review.",
+)
+@click.option(
+    "--samples-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Samples JSON: every sample with its result and full review history.",
+)
+def export(
+    db_path: Path, csv_path: Path | None, samples_csv: Path | None, samples_json: Path | None
+) -> None:
     """Export stored frames (CSV) and samples with results and reviews (CSV, JSON).
 
     \b
@@ -288,7 +559,9 @@ def export(db_path: Path, csv_path: Path | None, samples_csv: Path | None, sampl
     try:
         if csv_path is not None:
             count = export_csv(db_path, csv_path)
-            click.echo(f"edge-app: exported {count} result(s) from {db_path} to {csv_path}", err=True)
+            click.echo(
+                f"edge-app: exported {count} result(s) from {db_path} to {csv_path}", err=True
+            )
         if samples_csv or samples_json:
             from leukedge.edge_app.review.report import export_samples
             from leukedge.edge_app.storage import connect
@@ -299,7 +572,9 @@ def export(db_path: Path, csv_path: Path | None, samples_csv: Path | None, sampl
             finally:
                 connection.close()
             written = " and ".join(str(path) for path in (samples_csv, samples_json) if path)
-            click.echo(f"edge-app: exported {count} sample(s) from {db_path} to {written}", err=True)
+            click.echo(
+                f"edge-app: exported {count} sample(s) from {db_path} to {written}", err=True
+            )
     except StorageError as error:
         raise click.ClickException(str(error)) from None
 

@@ -22,7 +22,7 @@ def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | Non
 
 
 def unknown_command_message(word: str, choices: Iterable[str]) -> str:
-    """"No such command 'robustnes'. Did you mean 'robustness'?" plus the list of commands."""
+    """ "No such command 'robustnes'. Did you mean 'robustness'?" plus the list of commands."""
     choices = sorted(choices)
     hint = closest(word, choices)
     text = f"No such command {word!r}."

@@ -33,7 +33,9 @@ class DecisionRule:
     min_confidence: float | None  # set: the top-probability rule instead of the conformal set
 
     @classmethod
-    def for_model(cls, trust: TrustParams | None, min_confidence: float | None = None) -> DecisionRule:
+    def for_model(
+        cls, trust: TrustParams | None, min_confidence: float | None = None
+    ) -> DecisionRule:
         if trust is None and min_confidence is None:
             min_confidence = LEGACY_MIN_CONFIDENCE
         return cls(trust, min_confidence)
@@ -72,24 +74,37 @@ class Decision:
         if self.kind == LABEL:
             return f"{self.label} ({self.confidence:.1%})"
         if self.kind == UNCERTAIN:
-            among = f"; could be {' or '.join(self.prediction_set)}" if self.prediction_set and \
-                len(self.prediction_set) > 1 else ""
+            among = (
+                f"; could be {' or '.join(self.prediction_set)}"
+                if self.prediction_set and len(self.prediction_set) > 1
+                else ""
+            )
             return f"{UNCERTAIN_MESSAGE} (top {self.top_label} {self.confidence:.1%}{among})"
         if self.kind == UNKNOWN:
             return f"unknown: {UNKNOWN_MESSAGE}"
         return "unfit frame: not classified"
 
 
-def decide(probabilities: np.ndarray | None, labels: list[str], rule: DecisionRule,
-           ood_score: float | None = None, fit: bool = True) -> Decision:
+def decide(
+    probabilities: np.ndarray | None,
+    labels: list[str],
+    rule: DecisionRule,
+    ood_score: float | None = None,
+    fit: bool = True,
+) -> Decision:
     """The decision for one frame (see the module doc for the order)."""
     if not fit or probabilities is None:
         return Decision(UNFIT, None, None, None, None, rule=rule.text)
     top = int(np.argmax(probabilities))
     confidence = float(probabilities[top])
     named = {label: round(float(p), 6) for label, p in zip(labels, probabilities)}
-    common = dict(top_label=labels[top], confidence=confidence, probabilities=named,
-                  ood_score=None if ood_score is None else round(float(ood_score), 6), rule=rule.text)
+    common = dict(
+        top_label=labels[top],
+        confidence=confidence,
+        probabilities=named,
+        ood_score=None if ood_score is None else round(float(ood_score), 6),
+        rule=rule.text,
+    )
     prediction_set = None
     if rule.trust is not None:
         if ood_score is None:

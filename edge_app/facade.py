@@ -10,8 +10,9 @@ import importlib
 from collections.abc import Callable, Mapping
 
 
-def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict | None = None
-                 ) -> tuple[Callable, Callable]:
+def lazy_exports(
+    package: str, exports: Mapping[str, str], namespace: dict | None = None
+) -> tuple[Callable, Callable]:
     """(__getattr__, __dir__) for a package exporting `name -> module` lazily; `namespace` is the
     package's globals(), so dir() lists what is already defined there too."""
 

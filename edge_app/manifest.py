@@ -53,16 +53,25 @@ def _check(value: Any, kind: type | tuple, where: str, source: str) -> Any:
     if isinstance(value, bool) and kind in (int, _NUMBER):
         raise ManifestError(f"{source}: field {where} must be a number, not {value!r}")
     if not isinstance(value, kind):
-        expected = {str: "a string", int: "an integer", dict: "an object", list: "a list",
-                    _NUMBER: "a number"}.get(kind, str(kind))
-        raise ManifestError(f"{source}: field {where} must be {expected}, not {type(value).__name__}")
+        expected = {
+            str: "a string",
+            int: "an integer",
+            dict: "an object",
+            list: "a list",
+            _NUMBER: "a number",
+        }.get(kind, str(kind))
+        raise ManifestError(
+            f"{source}: field {where} must be {expected}, not {type(value).__name__}"
+        )
     return value
 
 
 def _need(data: dict, key: str, kind: type | tuple, where: str, source: str) -> Any:
     if key not in data:
-        raise ManifestError(f"{source}: missing field {where}{key}: rewrite it with edge-convert "
-                            "(or restore the original)")
+        raise ManifestError(
+            f"{source}: missing field {where}{key}: rewrite it with edge-convert "
+            "(or restore the original)"
+        )
     return _check(data[key], kind, where + key, source)
 
 
@@ -77,6 +86,7 @@ def _drop_none(mapping: dict) -> dict:
 
 # -- the typed parts ----------------------------------------------------------------------------
 
+
 @dataclass
 class TensorInfo:
     """One input or output tensor of a .tflite variant (scale 0 when not quantized)."""
@@ -89,14 +99,20 @@ class TensorInfo:
     @classmethod
     def from_dict(cls, data: Any, where: str, source: str) -> TensorInfo:
         _check(data, dict, where.rstrip("."), source)
-        return cls(dtype=_need(data, "dtype", str, where, source),
-                   shape=[int(d) for d in _need(data, "shape", list, where, source)],
-                   scale=float(_maybe(data, "scale", _NUMBER, where, source) or 0.0),
-                   zero_point=int(_maybe(data, "zero_point", _NUMBER, where, source) or 0))
+        return cls(
+            dtype=_need(data, "dtype", str, where, source),
+            shape=[int(d) for d in _need(data, "shape", list, where, source)],
+            scale=float(_maybe(data, "scale", _NUMBER, where, source) or 0.0),
+            zero_point=int(_maybe(data, "zero_point", _NUMBER, where, source) or 0),
+        )
 
     def to_dict(self) -> dict:
-        return {"dtype": self.dtype, "shape": list(self.shape), "scale": self.scale,
-                "zero_point": self.zero_point}
+        return {
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
 
 
 @dataclass
@@ -128,8 +144,11 @@ class SourceModel:
     @classmethod
     def from_dict(cls, data: Any, where: str, source: str) -> SourceModel:
         _check(data, dict, where.rstrip("."), source)
-        return cls(_need(data, "file", str, where, source), _need(data, "sha256", str, where, source),
-                   int(_need(data, "bytes", _NUMBER, where, source)))
+        return cls(
+            _need(data, "file", str, where, source),
+            _need(data, "sha256", str, where, source),
+            int(_need(data, "bytes", _NUMBER, where, source)),
+        )
 
     def to_dict(self) -> dict:
         return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes}
@@ -147,13 +166,20 @@ class Reference:
     @classmethod
     def from_dict(cls, data: Any, where: str, source: str) -> Reference:
         _check(data, dict, where.rstrip("."), source)
-        return cls(_need(data, "model", str, where, source),
-                   float(_need(data, "accuracy", _NUMBER, where, source)),
-                   float(_need(data, "macro_f1", _NUMBER, where, source)),
-                   int(_need(data, "n", _NUMBER, where, source)))
+        return cls(
+            _need(data, "model", str, where, source),
+            float(_need(data, "accuracy", _NUMBER, where, source)),
+            float(_need(data, "macro_f1", _NUMBER, where, source)),
+            int(_need(data, "n", _NUMBER, where, source)),
+        )
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n}
+        return {
+            "model": self.model,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "n": self.n,
+        }
 
 
 @dataclass
@@ -167,9 +193,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: Any, where: str, source: str) -> Calibration:
         _check(data, dict, where.rstrip("."), source)
-        return cls(int(_need(data, "samples", _NUMBER, where, source)),
-                   _need(data, "source", str, where, source),
-                   int(_need(data, "seed", _NUMBER, where, source)))
+        return cls(
+            int(_need(data, "samples", _NUMBER, where, source)),
+            _need(data, "source", str, where, source),
+            int(_need(data, "seed", _NUMBER, where, source)),
+        )
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "source": self.source, "seed": self.seed}
@@ -225,36 +253,55 @@ class VariantEntry:
             sha256=_need(data, "sha256", str, where, source),
             bytes=int(_need(data, "bytes", _NUMBER, where, source)),
             description=_need(data, "description", str, where, source),
-            input=TensorInfo.from_dict(_need(data, "input", dict, where, source), where + "input.", source),
-            output=TensorInfo.from_dict(_need(data, "output", dict, where, source), where + "output.", source),
+            input=TensorInfo.from_dict(
+                _need(data, "input", dict, where, source), where + "input.", source
+            ),
+            output=TensorInfo.from_dict(
+                _need(data, "output", dict, where, source), where + "output.", source
+            ),
             status=_need(data, "status", str, where, source),
             conversion_seconds=_maybe(data, "conversion_seconds", _NUMBER, where, source),
-            verification=None if verification is None
+            verification=None
+            if verification is None
             else Verification.from_dict(verification, where + "verification.", source),
             per_tensor_kernels=_maybe(data, "per_tensor_kernels", list, where, source),
             trust=_maybe(data, "trust", dict, where, source),
             alpha=_maybe(data, "alpha", _NUMBER, where, source),
             image_size=_maybe(data, "image_size", int, where, source),
             run=_maybe(data, "run", str, where, source),
-            settings_differing_from_default=_maybe(data, "settings_differing_from_default", dict, where,
-                                                   source),
-            **{key: None if data.get(key) is None else kind.from_dict(data[key], f"{where}{key}.", source)
-               for key, kind in sub.items()},
+            settings_differing_from_default=_maybe(
+                data, "settings_differing_from_default", dict, where, source
+            ),
+            **{
+                key: None
+                if data.get(key) is None
+                else kind.from_dict(data[key], f"{where}{key}.", source)
+                for key, kind in sub.items()
+            },
             extra={k: v for k, v in data.items() if k not in known},
         )
 
     def to_dict(self) -> dict:
-        out = {"file": self.file, "sha256": self.sha256, "bytes": self.bytes,
-               "description": self.description, "input": self.input.to_dict(),
-               "output": self.output.to_dict(), "conversion_seconds": self.conversion_seconds,
-               "per_tensor_kernels": self.per_tensor_kernels,
-               "verification": self.verification.to_dict() if self.verification else None,
-               "status": self.status, "trust": self.trust, "alpha": self.alpha,
-               "image_size": self.image_size,
-               "source_model": self.source_model.to_dict() if self.source_model else None,
-               "reference": self.reference.to_dict() if self.reference else None,
-               "calibration": self.calibration.to_dict() if self.calibration else None,
-               "run": self.run, "settings_differing_from_default": self.settings_differing_from_default}
+        out = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "description": self.description,
+            "input": self.input.to_dict(),
+            "output": self.output.to_dict(),
+            "conversion_seconds": self.conversion_seconds,
+            "per_tensor_kernels": self.per_tensor_kernels,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "status": self.status,
+            "trust": self.trust,
+            "alpha": self.alpha,
+            "image_size": self.image_size,
+            "source_model": self.source_model.to_dict() if self.source_model else None,
+            "reference": self.reference.to_dict() if self.reference else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "run": self.run,
+            "settings_differing_from_default": self.settings_differing_from_default,
+        }
         return {**_drop_none(out), **self.extra}
 
 
@@ -290,46 +337,67 @@ class Manifest:
         _check(data, dict, "(top level)", source)
         version = data.get(SCHEMA_KEY)
         if version is None:
-            raise ManifestError(f"{source}: missing field {SCHEMA_KEY} (the schema version): "
-                                "rewrite it with edge-convert")
+            raise ManifestError(
+                f"{source}: missing field {SCHEMA_KEY} (the schema version): "
+                "rewrite it with edge-convert"
+            )
         if version != SCHEMA_VERSION:
-            raise ManifestError(f"{source}: field {SCHEMA_KEY} is {version!r}, this LeukEdge reads schema "
-                                f"{SCHEMA_VERSION}: use the LeukEdge version that wrote it, or reconvert")
+            raise ManifestError(
+                f"{source}: field {SCHEMA_KEY} is {version!r}, this LeukEdge reads schema "
+                f"{SCHEMA_VERSION}: use the LeukEdge version that wrote it, or reconvert"
+            )
         variants = _need(data, "variants", dict, "", source)
         known = {f.name for f in fields(cls)} - {"extra"}
         calibration, reference = data.get("calibration"), data.get("reference")
         return cls(
             created_utc=_need(data, "created_utc", str, "", source),
             leukedge_version=_need(data, "leukedge_version", str, "", source),
-            source_model=SourceModel.from_dict(_need(data, "source_model", dict, "", source),
-                                               "source_model.", source),
+            source_model=SourceModel.from_dict(
+                _need(data, "source_model", dict, "", source), "source_model.", source
+            ),
             data_dir=_need(data, "data_dir", str, "", source),
             split_file=_need(data, "split_file", str, "", source),
-            labels=[_check(label, str, "labels[]", source) for label in _need(data, "labels", list, "", source)],
+            labels=[
+                _check(label, str, "labels[]", source)
+                for label in _need(data, "labels", list, "", source)
+            ],
             image_size=_need(data, "image_size", int, "", source),
             input=_need(data, "input", dict, "", source),
             max_drop_points=float(_need(data, "max_drop_points", _NUMBER, "", source)),
-            variants={_check(name, str, "variants", source):
-                      VariantEntry.from_dict(entry, f"variants.{name}.", source)
-                      for name, entry in variants.items()},
-            calibration=None if calibration is None
+            variants={
+                _check(name, str, "variants", source): VariantEntry.from_dict(
+                    entry, f"variants.{name}.", source
+                )
+                for name, entry in variants.items()
+            },
+            calibration=None
+            if calibration is None
             else Calibration.from_dict(calibration, "calibration.", source),
-            reference=None if reference is None else Reference.from_dict(reference, "reference.", source),
+            reference=None
+            if reference is None
+            else Reference.from_dict(reference, "reference.", source),
             conversion_seconds=_maybe(data, "conversion_seconds", _NUMBER, "", source),
             format_version=version,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
     def to_dict(self) -> dict:
-        out = {SCHEMA_KEY: self.format_version, "created_utc": self.created_utc,
-               "leukedge_version": self.leukedge_version, "source_model": self.source_model.to_dict(),
-               "data_dir": self.data_dir, "split_file": self.split_file, "labels": list(self.labels),
-               "image_size": self.image_size, "input": self.input,
-               "calibration": self.calibration.to_dict() if self.calibration else None,
-               "reference": self.reference.to_dict() if self.reference else None,
-               "max_drop_points": self.max_drop_points,
-               "variants": {name: entry.to_dict() for name, entry in self.variants.items()},
-               "conversion_seconds": self.conversion_seconds}
+        out = {
+            SCHEMA_KEY: self.format_version,
+            "created_utc": self.created_utc,
+            "leukedge_version": self.leukedge_version,
+            "source_model": self.source_model.to_dict(),
+            "data_dir": self.data_dir,
+            "split_file": self.split_file,
+            "labels": list(self.labels),
+            "image_size": self.image_size,
+            "input": self.input,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "reference": self.reference.to_dict() if self.reference else None,
+            "max_drop_points": self.max_drop_points,
+            "variants": {name: entry.to_dict() for name, entry in self.variants.items()},
+            "conversion_seconds": self.conversion_seconds,
+        }
         # calibration and reference are written as null when absent (the first manifests did so)
         out = {k: v for k, v in out.items() if v is not None or k in ("calibration", "reference")}
         return {**out, **self.extra}
@@ -339,6 +407,7 @@ class Manifest:
 
 
 # -- files --------------------------------------------------------------------------------------
+
 
 def manifest_path(folder: str | Path) -> Path:
     return Path(folder) / MANIFEST_FILE
@@ -359,8 +428,9 @@ def read(path: str | Path) -> Manifest:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ManifestError(f"{path} is not readable JSON ({error}): restore it or rewrite it with "
-                            "edge-convert") from None
+        raise ManifestError(
+            f"{path} is not readable JSON ({error}): restore it or rewrite it with edge-convert"
+        ) from None
     return Manifest.from_dict(data, str(path))
 
 
@@ -384,7 +454,9 @@ def check_writable(path: str | Path) -> None:
     if not folder.is_dir():
         raise ManifestError(f"{folder} (for {path.name}) is not a folder")
     if not writable(folder):
-        raise ManifestError(f"{folder} is not writable, so {path} cannot be replaced: fix its permissions")
+        raise ManifestError(
+            f"{folder} is not writable, so {path} cannot be replaced: fix its permissions"
+        )
     if path.exists() and not writable(path):
         raise ManifestError(f"{path} is read-only: make it writable (chmod u+w) to replace it")
 

@@ -85,9 +85,13 @@ def read_metadata(data: bytes) -> ModelMetadata | None:
         return None
     root = meta_fb.ModelMetadata.GetRootAsModelMetadata(raw, 0)
     text = lambda value: value.decode() if value else ""  # noqa: E731
-    result = ModelMetadata(name=text(root.Name()), description=text(root.Description()),
-                           version=text(root.Version()), author=text(root.Author()),
-                           license=text(root.License()))
+    result = ModelMetadata(
+        name=text(root.Name()),
+        description=text(root.Description()),
+        version=text(root.Version()),
+        author=text(root.Author()),
+        license=text(root.License()),
+    )
     for file_index in range(root.AssociatedFilesLength()):
         associated = root.AssociatedFiles(file_index)
         result.model_files[text(associated.Name())] = text(associated.Description())
@@ -120,7 +124,10 @@ def read_metadata(data: bytes) -> ModelMetadata | None:
                 result.labels = [line.strip() for line in content.splitlines() if line.strip()]
     if subgraph.OutputTensorMetadataLength() > 1:
         score = subgraph.OutputTensorMetadata(1)
-        result.score_output, result.score_description = text(score.Name()), text(score.Description())
+        result.score_output, result.score_description = (
+            text(score.Name()),
+            text(score.Description()),
+        )
     return result
 
 

@@ -29,7 +29,9 @@ class Quality:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def measure(rgb: np.ndarray, crop_fraction: float = 1.0, size: int = 224) -> tuple[float, float, float, float]:
+def measure(
+    rgb: np.ndarray, crop_fraction: float = 1.0, size: int = 224
+) -> tuple[float, float, float, float]:
     """(focus, brightness, contrast, clipped) of the centre crop of a uint8 RGB frame.
 
     Written with whole-image OpenCV calls: per-pixel numpy reductions over the channel axis
@@ -44,14 +46,20 @@ def measure(rgb: np.ndarray, crop_fraction: float = 1.0, size: int = 224) -> tup
     # Contrast of 4x4 block means: texture of cells, not pixel noise.
     blocks = cv2.resize(grey, (size // 4, size // 4), interpolation=cv2.INTER_AREA)
     _, contrast = cv2.meanStdDev(blocks)
-    saturated = (cv2.countNonZero(cv2.inRange(crop, (254, 254, 254), (255, 255, 255)))
-                 + cv2.countNonZero(cv2.inRange(crop, (0, 0, 0), (1, 1, 1))))
-    return (float(laplacian_std[0, 0]) ** 2, float(mean[0, 0]), float(contrast[0, 0]),
-            saturated / float(grey.size))
+    saturated = cv2.countNonZero(
+        cv2.inRange(crop, (254, 254, 254), (255, 255, 255))
+    ) + cv2.countNonZero(cv2.inRange(crop, (0, 0, 0), (1, 1, 1)))
+    return (
+        float(laplacian_std[0, 0]) ** 2,
+        float(mean[0, 0]),
+        float(contrast[0, 0]),
+        saturated / float(grey.size),
+    )
 
 
-def assess(rgb: np.ndarray, settings: QualitySettings = QualitySettings(),
-           crop_fraction: float = 1.0) -> Quality:
+def assess(
+    rgb: np.ndarray, settings: QualitySettings = QualitySettings(), crop_fraction: float = 1.0
+) -> Quality:
     focus, brightness, contrast, clipped = measure(rgb, crop_fraction, settings.analysis_size)
     reason = None
     if brightness < settings.dark_mean:

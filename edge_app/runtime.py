@@ -74,7 +74,9 @@ def find_runtime(preferred: str | None = None) -> Runtime:
     """The first importable TFLite runtime (or exactly `preferred`, by its name above)."""
     candidates = [r for r in RUNTIMES if preferred in (None, r[0])]
     if not candidates:
-        raise ModelError(f"unknown runtime {preferred!r}: use one of {', '.join(r[0] for r in RUNTIMES)}")
+        raise ModelError(
+            f"unknown runtime {preferred!r}: use one of {', '.join(r[0] for r in RUNTIMES)}"
+        )
     tried = []
     for name, module_name in candidates:
         try:
@@ -85,14 +87,19 @@ def find_runtime(preferred: str | None = None) -> Runtime:
         package = importlib.import_module(module_name.split(".")[0])
         version = getattr(package, "__version__", "unknown")
         return Runtime(name, version, module.Interpreter)
-    raise ModelError("no TFLite runtime could be imported (" + "; ".join(tried) + "): "
-                     "pip install ai-edge-litert")
+    raise ModelError(
+        "no TFLite runtime could be imported (" + "; ".join(tried) + "): pip install ai-edge-litert"
+    )
 
 
 def _tensor_spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
-    return TensorSpec(np.dtype(detail["dtype"]).name, tuple(int(d) for d in detail["shape"]),
-                      float(scale), int(zero_point))
+    return TensorSpec(
+        np.dtype(detail["dtype"]).name,
+        tuple(int(d) for d in detail["shape"]),
+        float(scale),
+        int(zero_point),
+    )
 
 
 def _dequantize(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -110,22 +117,33 @@ class Classifier:
     fresh model on the validation split to compute the thresholds it is about to embed.
     """
 
-    def __init__(self, model_path: str | Path, threads: int | None = None,
-                 allow_unverified: bool = False, runtime: str | None = None,
-                 require_trust: bool = True):
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int | None = None,
+        allow_unverified: bool = False,
+        runtime: str | None = None,
+        require_trust: bool = True,
+    ):
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"model file {self.path} does not exist")
         data = self.path.read_bytes()
         if not tflite_metadata.is_tflite(data):
-            raise ModelError(f"{self.path} is not a TFLite model (no TFL3 identifier): "
-                             "pass a .tflite file written by edge-convert")
+            raise ModelError(
+                f"{self.path} is not a TFLite model (no TFL3 identifier): "
+                "pass a .tflite file written by edge-convert"
+            )
         self.sha256 = hashlib.sha256(data).hexdigest()
         try:
             verdict = verification.judge(self.path, self.sha256)
         except (ManifestError, verification.VerificationError) as error:
             raise ModelError(str(error)) from None
-        self.variant, self.verified, self.vouched_by = verdict.variant, verdict.verified, verdict.vouched_by
+        self.variant, self.verified, self.vouched_by = (
+            verdict.variant,
+            verdict.verified,
+            verdict.vouched_by,
+        )
         self._manifest = verdict.manifest
         # A changed copy of a listed file is refused before loading: we know what it should be.
         if verdict.changed and not allow_unverified:
@@ -135,11 +153,15 @@ class Classifier:
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.runtime = find_runtime(runtime)
         try:
-            self.interpreter = self.runtime.interpreter_class(model_content=data, num_threads=self.threads)
+            self.interpreter = self.runtime.interpreter_class(
+                model_content=data, num_threads=self.threads
+            )
             self.interpreter.allocate_tensors()
         except Exception as error:
-            raise ModelError(f"{self.path} could not be loaded by {self.runtime.name} "
-                             f"({str(error).splitlines()[0][:200]}): the file may be truncated or corrupt") from None
+            raise ModelError(
+                f"{self.path} could not be loaded by {self.runtime.name} "
+                f"({str(error).splitlines()[0][:200]}): the file may be truncated or corrupt"
+            ) from None
         input_detail = self.interpreter.get_input_details()[0]
         output_detail, score_detail = self._outputs()
         self._input_index, self._output_index = input_detail["index"], output_detail["index"]
@@ -147,10 +169,18 @@ class Classifier:
         self._score_index = None if score_detail is None else score_detail["index"]
         self.ood_output = None if score_detail is None else _tensor_spec(score_detail)
         self.trust = self._read_trust(data, require_trust)
-        if len(self.input.shape) != 4 or self.input.shape[3] != 3 or self.input.shape[1] != self.input.shape[2]:
-            raise ModelError(f"{self.path} input shape {self.input.shape} is not a square RGB image batch")
+        if (
+            len(self.input.shape) != 4
+            or self.input.shape[3] != 3
+            or self.input.shape[1] != self.input.shape[2]
+        ):
+            raise ModelError(
+                f"{self.path} input shape {self.input.shape} is not a square RGB image batch"
+            )
         if self.output.shape[-1] != len(self.labels):
-            raise ModelError(f"{self.path} has {self.output.shape[-1]} outputs but {len(self.labels)} labels")
+            raise ModelError(
+                f"{self.path} has {self.output.shape[-1]} outputs but {len(self.labels)} labels"
+            )
         # Unlisted or failed models are refused after loading, so a corrupt file is named as such.
         if verdict.problem and not allow_unverified:
             raise ModelError(verdict.problem)
@@ -158,8 +188,13 @@ class Classifier:
         self._mean = np.asarray(self.metadata.mean, dtype=np.float32)
         self._std = np.asarray(self.metadata.std, dtype=np.float32)
         # uint8 pixels map 1:1 onto a uint8 input quantized with scale 1, zero point 0.
-        self._raw_uint8 = (self.input.dtype == "uint8" and self.input.scale == 1.0
-                           and self.input.zero_point == 0 and not self._mean.any() and (self._std == 1).all())
+        self._raw_uint8 = (
+            self.input.dtype == "uint8"
+            and self.input.scale == 1.0
+            and self.input.zero_point == 0
+            and not self._mean.any()
+            and (self._std == 1).all()
+        )
 
     def _outputs(self) -> tuple[dict, dict | None]:
         """(probabilities, ood_score or None) output details: one unnamed output (older models),
@@ -169,14 +204,20 @@ class Classifier:
             return details[0], None
         by_name = {detail["name"]: detail for detail in details}
         if len(details) != 2 or set(by_name) != {PROBABILITIES_OUTPUT, OOD_OUTPUT}:
-            raise ModelError(f"{self.path} has outputs {sorted(by_name)}, expected one output or exactly "
-                             f"{PROBABILITIES_OUTPUT!r} and {OOD_OUTPUT!r}: convert it with edge-convert")
+            raise ModelError(
+                f"{self.path} has outputs {sorted(by_name)}, expected one output or exactly "
+                f"{PROBABILITIES_OUTPUT!r} and {OOD_OUTPUT!r}: convert it with edge-convert"
+            )
         if details[0]["name"] != PROBABILITIES_OUTPUT:
-            raise ModelError(f"{self.path}: output 0 is {details[0]['name']!r}, expected {PROBABILITIES_OUTPUT!r} "
-                             "(Android and MediaPipe read output 0): convert it with edge-convert")
+            raise ModelError(
+                f"{self.path}: output 0 is {details[0]['name']!r}, expected {PROBABILITIES_OUTPUT!r} "
+                "(Android and MediaPipe read output 0): convert it with edge-convert"
+            )
         score = by_name[OOD_OUTPUT]
         if tuple(score["shape"]) != (1, 1):
-            raise ModelError(f"{self.path}: output {OOD_OUTPUT!r} has shape {tuple(score['shape'])}, expected (1, 1)")
+            raise ModelError(
+                f"{self.path}: output {OOD_OUTPUT!r} has shape {tuple(score['shape'])}, expected (1, 1)"
+            )
         return by_name[PROBABILITIES_OUTPUT], score
 
     def _read_trust(self, data: bytes, require_trust: bool) -> TrustParams | None:
@@ -184,31 +225,46 @@ class Classifier:
         embedded = tflite_metadata.associated_files(data).get(TRUST_FILE)
         if not require_trust:
             return None
-        listed_entry = (self._manifest.variants.get(self.variant)
-                        if self._manifest is not None and self.variant else None)
+        listed_entry = (
+            self._manifest.variants.get(self.variant)
+            if self._manifest is not None and self.variant
+            else None
+        )
         manifest_trust = listed_entry.trust if listed_entry is not None else None
         if embedded is None:
             if self._score_index is not None:
-                raise ModelError(f"{self.path} has an {OOD_OUTPUT!r} output but no {TRUST_FILE} in its metadata: "
-                                 "its thresholds are unknown; convert it again with edge-convert")
+                raise ModelError(
+                    f"{self.path} has an {OOD_OUTPUT!r} output but no {TRUST_FILE} in its metadata: "
+                    "its thresholds are unknown; convert it again with edge-convert"
+                )
             if manifest_trust is not None:
-                raise ModelError(f"{self.path}: manifest.json gives trust parameters but the model carries none: "
-                                 "the manifest belongs to another model; restore the matching files")
+                raise ModelError(
+                    f"{self.path}: manifest.json gives trust parameters but the model carries none: "
+                    "the manifest belongs to another model; restore the matching files"
+                )
             return None
         try:
             trust = TrustParams.from_json(embedded, f"{self.path} {TRUST_FILE}")
         except TrustError as error:
             raise ModelError(str(error)) from None
         if self._score_index is None:
-            raise ModelError(f"{self.path} carries {TRUST_FILE} but has no {OOD_OUTPUT!r} output: "
-                             "its trust parameters do not fit the graph; convert it again with edge-convert")
+            raise ModelError(
+                f"{self.path} carries {TRUST_FILE} but has no {OOD_OUTPUT!r} output: "
+                "its trust parameters do not fit the graph; convert it again with edge-convert"
+            )
         try:
-            listed = None if manifest_trust is None else TrustParams.from_dict(manifest_trust, "manifest.json")
+            listed = (
+                None
+                if manifest_trust is None
+                else TrustParams.from_dict(manifest_trust, "manifest.json")
+            )
         except TrustError as error:
             raise ModelError(f"{self.path}: {error}") from None
         if listed is not None and listed != trust:
-            raise ModelError(f"{self.path}: the trust parameters in manifest.json differ from those embedded "
-                             "in the model: restore the matching manifest.json or convert again")
+            raise ModelError(
+                f"{self.path}: the trust parameters in manifest.json differ from those embedded "
+                "in the model: restore the matching manifest.json or convert again"
+            )
         return trust
 
     def _read_metadata(self, data: bytes) -> tflite_metadata.ModelMetadata:
@@ -226,16 +282,24 @@ class Classifier:
         labels_file = self.path.parent / "labels.txt"
         if labels_file.is_file():
             return [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
-        raise ModelError(f"{self.path} carries no labels (no metadata, manifest.json or labels.txt beside it): "
-                         "convert it with edge-convert")
+        raise ModelError(
+            f"{self.path} carries no labels (no metadata, manifest.json or labels.txt beside it): "
+            "convert it with edge-convert"
+        )
 
     def describe(self) -> str:
         vouched = f"verified by {self.vouched_by}" if self.verified else "NOT verified"
-        trust = (f"trust: {self.trust.conformal.method} at {self.trust.conformal.target_coverage:g}, "
-                 f"ood {self.trust.ood.method}" if self.trust else "no trust parameters")
-        return (f"{self.path.name} ({self.variant or 'unlisted variant'}, {vouched}, {trust}), "
-                f"{self.runtime.name} {self.runtime.version}, {self.threads} thread(s), "
-                f"input {self.input.dtype} {self.image_size}x{self.image_size}")
+        trust = (
+            f"trust: {self.trust.conformal.method} at {self.trust.conformal.target_coverage:g}, "
+            f"ood {self.trust.ood.method}"
+            if self.trust
+            else "no trust parameters"
+        )
+        return (
+            f"{self.path.name} ({self.variant or 'unlisted variant'}, {vouched}, {trust}), "
+            f"{self.runtime.name} {self.runtime.version}, {self.threads} thread(s), "
+            f"input {self.input.dtype} {self.image_size}x{self.image_size}"
+        )
 
     def to_input(self, pixels: np.ndarray) -> np.ndarray:
         """Prepared uint8 RGB pixels (size x size x 3) as the input tensor (batch of 1)."""
@@ -244,7 +308,9 @@ class Classifier:
         values = (pixels.astype(np.float32) - self._mean) / self._std
         if self.input.quantized:
             info = np.iinfo(self.input.dtype)
-            values = np.clip(np.round(values / self.input.scale + self.input.zero_point), info.min, info.max)
+            values = np.clip(
+                np.round(values / self.input.scale + self.input.zero_point), info.min, info.max
+            )
         return values.astype(self.input.dtype)[np.newaxis]
 
     def invoke(self, input_tensor: np.ndarray) -> np.ndarray:

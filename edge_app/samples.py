@@ -86,10 +86,12 @@ class SampleRule:
     combine_uncertain: bool = False
 
     def describe(self) -> str:
-        return (f"min {self.min_fit_fields} fit fields; unknown > {self.max_unknown_share:.0%} of fit "
-                f"-> unknown: refer; summed log-probabilities (floor {self.probability_floor:g}); "
-                f">= {self.min_answered} answered fields, >= {self.min_answered_share:.0%} of the fit "
-                f"ones, >= {self.min_agreement:.0%} of them agreeing")
+        return (
+            f"min {self.min_fit_fields} fit fields; unknown > {self.max_unknown_share:.0%} of fit "
+            f"-> unknown: refer; summed log-probabilities (floor {self.probability_floor:g}); "
+            f">= {self.min_answered} answered fields, >= {self.min_answered_share:.0%} of the fit "
+            f"ones, >= {self.min_agreement:.0%} of them agreeing"
+        )
 
     def combine(self, frames: Iterable[Mapping]) -> SampleResult:
         """One sample result from its frames: mappings with `decision`, `probabilities` (a dict
@@ -97,26 +99,48 @@ class SampleRule:
         frames = list(frames)
         kinds = Counter(str(frame["decision"]) for frame in frames)
         n_fit = len(frames) - kinds[UNFIT]
-        counts = dict(n_frames=len(frames), n_fit=n_fit, n_answered=kinds[LABEL],
-                      n_uncertain=kinds[UNCERTAIN], n_unknown=kinds[UNKNOWN], n_unfit=kinds[UNFIT])
+        counts = dict(
+            n_frames=len(frames),
+            n_fit=n_fit,
+            n_answered=kinds[LABEL],
+            n_uncertain=kinds[UNCERTAIN],
+            n_unknown=kinds[UNKNOWN],
+            n_unfit=kinds[UNFIT],
+        )
 
-        def result(decision, reason, label=None, candidate=None, confidence=None, votes=None,
-                   driving=()) -> SampleResult:
-            return SampleResult(decision, label, candidate, confidence, reason, **counts,
-                                votes=dict(votes or {}), driving_frames=tuple(driving),
-                                rule=self.describe())
+        def result(
+            decision, reason, label=None, candidate=None, confidence=None, votes=None, driving=()
+        ) -> SampleResult:
+            return SampleResult(
+                decision,
+                label,
+                candidate,
+                confidence,
+                reason,
+                **counts,
+                votes=dict(votes or {}),
+                driving_frames=tuple(driving),
+                rule=self.describe(),
+            )
 
         if n_fit < self.min_fit_fields:
-            return result(UNCERTAIN, f"too few fit fields: {n_fit} of the {self.min_fit_fields} needed")
+            return result(
+                UNCERTAIN, f"too few fit fields: {n_fit} of the {self.min_fit_fields} needed"
+            )
         if kinds[UNKNOWN] > self.max_unknown_share * n_fit:
-            return result(UNKNOWN, f"{kinds[UNKNOWN]} of {n_fit} fit fields look unlike the training "
-                                   "images (out of distribution)")
+            return result(
+                UNKNOWN,
+                f"{kinds[UNKNOWN]} of {n_fit} fit fields look unlike the training "
+                "images (out of distribution)",
+            )
         kept = (LABEL, UNCERTAIN) if self.combine_uncertain else (LABEL,)
         known = [frame for frame in frames if frame["decision"] in kept]
         totals: dict[str, float] = {}
         for frame in known:
             for name, p in _probabilities(frame).items():
-                totals[name] = totals.get(name, 0.0) + math.log(max(float(p), self.probability_floor))
+                totals[name] = totals.get(name, 0.0) + math.log(
+                    max(float(p), self.probability_floor)
+                )
         answered = [frame for frame in frames if frame["decision"] == LABEL]
         votes = Counter(str(frame["label"]) for frame in answered)
         if not totals:
@@ -125,24 +149,46 @@ class SampleRule:
         top = totals[candidate]
         confidence = 1.0 / sum(math.exp(value - top) for value in totals.values())
         if len(answered) < self.min_answered:
-            return result(UNCERTAIN, f"too few answered fields: {len(answered)} of the "
-                                     f"{self.min_answered} needed", candidate=candidate,
-                          confidence=confidence, votes=votes)
+            return result(
+                UNCERTAIN,
+                f"too few answered fields: {len(answered)} of the {self.min_answered} needed",
+                candidate=candidate,
+                confidence=confidence,
+                votes=votes,
+            )
         if len(answered) < self.min_answered_share * n_fit:
-            return result(UNCERTAIN, f"too many uncertain fields: {len(answered)} of {n_fit} fit "
-                                     f"fields answered, {self.min_answered_share:.0%} needed",
-                          candidate=candidate, confidence=confidence, votes=votes)
+            return result(
+                UNCERTAIN,
+                f"too many uncertain fields: {len(answered)} of {n_fit} fit "
+                f"fields answered, {self.min_answered_share:.0%} needed",
+                candidate=candidate,
+                confidence=confidence,
+                votes=votes,
+            )
         agreement = votes[candidate] / len(answered)
         if agreement < self.min_agreement:
             split = ", ".join(f"{name} {n}" for name, n in votes.most_common())
-            return result(UNCERTAIN, f"fields disagree ({split}): {agreement:.0%} agree with "
-                                     f"{candidate}, {self.min_agreement:.0%} needed",
-                          candidate=candidate, confidence=confidence, votes=votes)
-        driving = sorted((frame for frame in answered if frame["label"] == candidate),
-                         key=lambda frame: -float(frame.get("confidence") or 0.0))
-        return result(LABEL, f"{votes[candidate]} of {len(answered)} answered fields agree",
-                      label=candidate, candidate=candidate, confidence=confidence, votes=votes,
-                      driving=[int(frame["id"]) for frame in driving if frame.get("id") is not None])
+            return result(
+                UNCERTAIN,
+                f"fields disagree ({split}): {agreement:.0%} agree with "
+                f"{candidate}, {self.min_agreement:.0%} needed",
+                candidate=candidate,
+                confidence=confidence,
+                votes=votes,
+            )
+        driving = sorted(
+            (frame for frame in answered if frame["label"] == candidate),
+            key=lambda frame: -float(frame.get("confidence") or 0.0),
+        )
+        return result(
+            LABEL,
+            f"{votes[candidate]} of {len(answered)} answered fields agree",
+            label=candidate,
+            candidate=candidate,
+            confidence=confidence,
+            votes=votes,
+            driving=[int(frame["id"]) for frame in driving if frame.get("id") is not None],
+        )
 
 
 def _probabilities(frame: Mapping) -> dict[str, float]:

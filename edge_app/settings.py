@@ -9,22 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DISCLAIMER = ("LeukEdge is a research and screening aid, not a diagnostic device: every result "
-              "must be reviewed by a qualified hematologist.")
+DISCLAIMER = (
+    "LeukEdge is a research and screening aid, not a diagnostic device: every result "
+    "must be reviewed by a qualified hematologist."
+)
 UNCERTAIN_MESSAGE = "uncertain: refer for expert review"
-UNKNOWN_MESSAGE = ("not like the images this model was trained on (check magnification, stain, focus): "
-                   "refer for expert review")
+UNKNOWN_MESSAGE = (
+    "not like the images this model was trained on (check magnification, stain, focus): "
+    "refer for expert review"
+)
 
 
 @dataclass(frozen=True)
 class QualitySettings:
     """Thresholds of the image quality gate, measured on a 224 px grey centre crop."""
 
-    analysis_size: int = 224  # pixels; metrics are computed at this fixed scale, whatever the camera
+    analysis_size: int = (
+        224  # pixels; metrics are computed at this fixed scale, whatever the camera
+    )
     focus_min: float = 4.0  # variance of the Laplacian after a sigma-1 denoise; real images >= 5.5
     dark_mean: float = 40.0  # mean grey below this: too dark (real images >= 169)
     bright_mean: float = 250.0  # mean grey above this: too bright (real images <= 244)
-    clipped_max: float = 0.5  # fraction of pixels saturated (all channels >= 254 or <= 1); real <= 0.21
+    clipped_max: float = (
+        0.5  # fraction of pixels saturated (all channels >= 254 or <= 1); real <= 0.21
+    )
     empty_contrast: float = 5.0  # std of 4x4-block mean grey below this: empty field (real >= 13)
 
 
@@ -48,7 +56,9 @@ class CameraSettings:
     lores_format: str = "YUV420"  # Pi 4 lores is YUV420 only; Pi 5 also offers RGB888
     exposure_us: int | None = None  # fixed exposure time (disables auto exposure)
     analogue_gain: float | None = None
-    colour_gains: tuple[float, float] | None = None  # fixed (red, blue) gains: disables auto white balance
+    colour_gains: tuple[float, float] | None = (
+        None  # fixed (red, blue) gains: disables auto white balance
+    )
     retry_for_s: float = 60.0  # keep retrying a failing camera this long, then exit non-zero
     backoff_max_s: float = 5.0  # retries wait 0.25 s, doubling up to this
 

@@ -92,7 +92,10 @@ COLUMNS = (
     ("runtime", "TEXT NOT NULL"),
     ("app_version", "TEXT NOT NULL"),
     ("image_path", "TEXT"),
-    ("ood_score", "REAL"),  # version 2: larger is less like the training images; None: no OOD output
+    (
+        "ood_score",
+        "REAL",
+    ),  # version 2: larger is less like the training images; None: no OOD output
     ("decision_rule", "TEXT"),  # version 2: which rule decided (CONTRACTS.md 1)
     ("prediction_set", "TEXT"),  # version 2: JSON list of labels (conformal set)
 )
@@ -115,11 +118,19 @@ def utc_now() -> str:
 
 def _explain(path: Path, error: BaseException) -> str:
     text = str(error)
-    if "full" in text.lower() or getattr(error, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if "full" in text.lower() or getattr(error, "errno", None) in (
+        errno.ENOSPC,
+        errno.EFBIG,
+        errno.EDQUOT,
+    ):
         return f"{path}: disk full ({text}): free space; results stored so far are intact"
-    if "disk i/o error" in text.lower():  # SQLite's word for a write the OS refused (often a full disk)
-        return (f"{path}: disk I/O error (disk full or failing storage?): free space or check the "
-                "SD card; results stored so far are intact")
+    if (
+        "disk i/o error" in text.lower()
+    ):  # SQLite's word for a write the OS refused (often a full disk)
+        return (
+            f"{path}: disk I/O error (disk full or failing storage?): free space or check the "
+            "SD card; results stored so far are intact"
+        )
     return f"{path}: cannot write ({text}): check the path exists and is writable"
 
 
@@ -143,7 +154,9 @@ def check_database_file(path: Path) -> None:
     except OSError as error:
         raise StorageError(f"{path}: cannot read ({error})") from None
     if head and head != SQLITE_MAGIC:
-        raise SchemaError(f"{path}: not an SQLite database: give the --db file written by edge-app run")
+        raise SchemaError(
+            f"{path}: not an SQLite database: give the --db file written by edge-app run"
+        )
 
 
 def schema_version(connection: sqlite3.Connection) -> int:
@@ -154,16 +167,24 @@ def check_schema(connection: sqlite3.Connection, path: Path) -> int:
     """The database's schema version; SchemaError if it is newer than this app or not ours."""
     try:
         version = schema_version(connection)
-        tables = {name for (name,) in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        tables = {
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
     except sqlite3.DatabaseError as error:
         raise SchemaError(f"{path}: not a LeukEdge results database ({error})") from None
     if version > SCHEMA_VERSION:
-        raise SchemaError(f"{path}: written by a newer LeukEdge (database schema {version}, this "
-                          f"app reads up to {SCHEMA_VERSION}): update LeukEdge; the file is untouched")
+        raise SchemaError(
+            f"{path}: written by a newer LeukEdge (database schema {version}, this "
+            f"app reads up to {SCHEMA_VERSION}): update LeukEdge; the file is untouched"
+        )
     if version == 0 and tables - {"results"}:
-        raise SchemaError(f"{path}: not a LeukEdge results database (tables "
-                          f"{', '.join(sorted(tables))}): give the --db file written by edge-app run")
+        raise SchemaError(
+            f"{path}: not a LeukEdge results database (tables "
+            f"{', '.join(sorted(tables))}): give the --db file written by edge-app run"
+        )
     return version
 
 
@@ -193,8 +214,14 @@ def migrate(connection: sqlite3.Connection, path: Path) -> int:
     return version
 
 
-def connect(path: str | Path, *, create: bool = False, upgrade: bool = True,
-            read_only: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def connect(
+    path: str | Path,
+    *,
+    create: bool = False,
+    upgrade: bool = True,
+    read_only: bool = False,
+    synchronous: str = "NORMAL",
+) -> sqlite3.Connection:
     """A connection to a LeukEdge database, upgraded to this schema (unless `upgrade` is False).
 
     WAL mode with a busy timeout, so the review server's short read and write transactions and
@@ -210,7 +237,9 @@ def connect(path: str | Path, *, create: bool = False, upgrade: bool = True,
                 make_private_dir(path.parent)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         check_database_file(path)
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=10
+        )
         connection.execute("PRAGMA busy_timeout=10000")
         if create or not read_only:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -222,8 +251,10 @@ def connect(path: str | Path, *, create: bool = False, upgrade: bool = True,
         else:
             version = check_schema(connection, path)
             if upgrade and version < SCHEMA_VERSION:
-                raise SchemaError(f"{path}: database schema {version} needs an upgrade to "
-                                  f"{SCHEMA_VERSION}: open it once without --read-only")
+                raise SchemaError(
+                    f"{path}: database schema {version} needs an upgrade to "
+                    f"{SCHEMA_VERSION}: open it once without --read-only"
+                )
         if read_only:
             connection.execute("PRAGMA query_only=ON")
         connection.row_factory = sqlite3.Row
@@ -241,28 +272,43 @@ class ResultStore:
     (created on its first frame) carrying them.
     """
 
-    def __init__(self, db_path: str | Path, synchronous: str = "NORMAL", *,
-                 operator: str | None = None, site: str | None = None, notes: str | None = None):
+    def __init__(
+        self,
+        db_path: str | Path,
+        synchronous: str = "NORMAL",
+        *,
+        operator: str | None = None,
+        site: str | None = None,
+        notes: str | None = None,
+    ):
         self.path = Path(db_path)
         self.connection = connect(self.path, create=True, synchronous=synchronous)
         self.connection.row_factory = None
         self.sample_fields = {"operator": operator, "site": site, "notes": notes}
         self._known_samples: set[str] = set()
         self._restrict_sidecars()
-        self._insert = (f"INSERT INTO results ({', '.join(COLUMN_NAMES[1:])}) "
-                        f"VALUES ({', '.join('?' * (len(COLUMN_NAMES) - 1))})")
+        self._insert = (
+            f"INSERT INTO results ({', '.join(COLUMN_NAMES[1:])}) "
+            f"VALUES ({', '.join('?' * (len(COLUMN_NAMES) - 1))})"
+        )
 
     def ensure_sample(self, sample_id: str, **fields: str | None) -> None:
         """Create the sample record if new; set the given non-empty fields (operator, site, notes)."""
-        given = {key: value for key, value in {**self.sample_fields, **fields}.items()
-                 if key in SAMPLE_FIELDS and value}
+        given = {
+            key: value
+            for key, value in {**self.sample_fields, **fields}.items()
+            if key in SAMPLE_FIELDS and value
+        }
         try:
-            self.connection.execute("INSERT OR IGNORE INTO samples (sample_id, created_utc) VALUES (?, ?)",
-                                    (sample_id, utc_now()))
+            self.connection.execute(
+                "INSERT OR IGNORE INTO samples (sample_id, created_utc) VALUES (?, ?)",
+                (sample_id, utc_now()),
+            )
             if given:
                 self.connection.execute(
                     f"UPDATE samples SET {', '.join(f'{key} = ?' for key in given)} WHERE sample_id = ?",
-                    (*given.values(), sample_id))
+                    (*given.values(), sample_id),
+                )
         except sqlite3.Error as error:
             raise StorageError(_explain(self.path, error)) from None
         self._known_samples.add(sample_id)
@@ -332,7 +378,9 @@ class FrameWriter:
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if self.image_format == "jpg" else []
         try:
             make_private_dir(folder)
-            ok, encoded = cv2.imencode(f".{self.image_format}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+            ok, encoded = cv2.imencode(
+                f".{self.image_format}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params
+            )
             if not ok:
                 raise OSError(f"could not encode {self.image_format}")
             fd, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=f".{self.image_format}")
@@ -366,7 +414,9 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
         for label in json.loads(row["probabilities"] or "{}"):
             if label not in labels:
                 labels.append(label)
-    header = [name for name in names if name != "probabilities"] + [f"p_{label}" for label in labels]
+    header = [name for name in names if name != "probabilities"] + [
+        f"p_{label}" for label in labels
+    ]
     try:
         fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", newline="") as handle:
@@ -374,8 +424,10 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
             writer.writerow(header)
             for row in rows:
                 probabilities = json.loads(row["probabilities"] or "{}")
-                writer.writerow([row[name] for name in names if name != "probabilities"]
-                                + [probabilities.get(label, "") for label in labels])
+                writer.writerow(
+                    [row[name] for name in names if name != "probabilities"]
+                    + [probabilities.get(label, "") for label in labels]
+                )
     except OSError as error:
         raise StorageError(_explain(csv_path, error)) from None
     return len(rows)

@@ -38,7 +38,9 @@ class Triggers:
     def __init__(self, use_stdin: bool = True, use_signal: bool = True):
         self.queue: queue.Queue[Trigger] = queue.Queue()
         if use_signal and hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, lambda *_: self.queue.put(Trigger(CAPTURE, via="SIGUSR1")))
+            signal.signal(
+                signal.SIGUSR1, lambda *_: self.queue.put(Trigger(CAPTURE, via="SIGUSR1"))
+            )
         if use_stdin and sys.stdin is not None:
             self._ends = stdin_ends_session()
             threading.Thread(target=self._read_stdin, name="stdin-triggers", daemon=True).start()

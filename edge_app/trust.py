@@ -76,17 +76,28 @@ class TrustParams:
 
         schema = need(data, "schema", "")
         if schema != TRUST_SCHEMA:
-            raise TrustError(f"{source}: trust schema {schema!r} is not supported (expected "
-                             f"{TRUST_SCHEMA}): update LeukEdge")
+            raise TrustError(
+                f"{source}: trust schema {schema!r} is not supported (expected "
+                f"{TRUST_SCHEMA}): update LeukEdge"
+            )
         conformal, ood = need(data, "conformal", ""), need(data, "ood", "")
         try:
             return cls(
                 temperature=float(need(data, "temperature", "")),
-                conformal=ConformalRule(**{k: need(conformal, k, "conformal.")
-                                           for k in ConformalRule.__dataclass_fields__}),
-                ood=OodRule(**{k: need(ood, k, "ood.") for k in OodRule.__dataclass_fields__
-                               if k != "fit_splits"},
-                            fit_splits=tuple(need(ood, "fit_splits", "ood."))),
+                conformal=ConformalRule(
+                    **{
+                        k: need(conformal, k, "conformal.")
+                        for k in ConformalRule.__dataclass_fields__
+                    }
+                ),
+                ood=OodRule(
+                    **{
+                        k: need(ood, k, "ood.")
+                        for k in OodRule.__dataclass_fields__
+                        if k != "fit_splits"
+                    },
+                    fit_splits=tuple(need(ood, "fit_splits", "ood.")),
+                ),
                 schema=schema,
             )
         except (TypeError, ValueError) as error:

@@ -45,8 +45,10 @@ def _is_packaged(path: Path) -> bool:
 
 
 def _damaged_release(detail: str) -> VerificationError:
-    return VerificationError(f"{detail}: the installed release is damaged; reinstall it with "
-                             f"`{REINSTALL}` (in a source checkout: `git checkout models/`)")
+    return VerificationError(
+        f"{detail}: the installed release is damaged; reinstall it with "
+        f"`{REINSTALL}` (in a source checkout: `git checkout models/`)"
+    )
 
 
 def _listed_in(manifest: Manifest, source: Path, path: Path, sha256: str) -> Verdict | None:
@@ -55,14 +57,25 @@ def _listed_in(manifest: Manifest, source: Path, path: Path, sha256: str) -> Ver
         return None
     variant, entry = found
     if entry.sha256 != sha256:
-        return Verdict(variant, False, None, manifest,
-                       f"{path} does not match the sha256 in {source}: the file was changed or damaged; "
-                       f"restore it, or pass {ALLOW_FLAG}", changed=True)
+        return Verdict(
+            variant,
+            False,
+            None,
+            manifest,
+            f"{path} does not match the sha256 in {source}: the file was changed or damaged; "
+            f"restore it, or pass {ALLOW_FLAG}",
+            changed=True,
+        )
     if not entry.ok:
-        return Verdict(variant, False, None, manifest,
-                       f"{path} is listed in {source} with status {entry.status!r}, not 'ok' (it did not "
-                       f"pass its conversion's accuracy check): convert it again, or pass {ALLOW_FLAG} to "
-                       "run it anyway (every result is stored with model_verified = 0)")
+        return Verdict(
+            variant,
+            False,
+            None,
+            manifest,
+            f"{path} is listed in {source} with status {entry.status!r}, not 'ok' (it did not "
+            f"pass its conversion's accuracy check): convert it again, or pass {ALLOW_FLAG} to "
+            "run it anyway (every result is stored with model_verified = 0)",
+        )
     return Verdict(variant, True, source, manifest)
 
 
@@ -89,7 +102,9 @@ def judge(path: str | Path, sha256: str) -> Verdict:
                 raise _damaged_release(f"{path} does not match the sha256 in {beside}")
             return verdict
     if packaged:
-        raise _damaged_release(f"{path} is not listed in {beside}" if manifest else f"{beside} is missing")
+        raise _damaged_release(
+            f"{path} is not listed in {beside}" if manifest else f"{beside} is missing"
+        )
     # A released model copied elsewhere under its own name: the packaged manifest vouches for it.
     release_manifest = manifests.manifest_path(release_dir().resolve())
     if release_manifest.is_file():
@@ -101,7 +116,12 @@ def judge(path: str | Path, sha256: str) -> Verdict:
         if verdict is not None and verdict.verified:
             return verdict
     where = str(beside) if manifest is not None else "a manifest.json beside it (there is none)"
-    return Verdict(None, False, None, None,
-                   f"{path} is not listed in {where} nor in the packaged release: only models written by "
-                   f"edge-convert, under their own names, run as verified; pass {ALLOW_FLAG} to run it "
-                   "anyway (every result is stored with model_verified = 0)")
+    return Verdict(
+        None,
+        False,
+        None,
+        None,
+        f"{path} is not listed in {where} nor in the packaged release: only models written by "
+        f"edge-convert, under their own names, run as verified; pass {ALLOW_FLAG} to run it "
+        "anyway (every result is stored with model_verified = 0)",
+    )

@@ -54,8 +54,13 @@ def main() -> None:
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    config = TrainConfig(data_dir=args.data, out_dir=Path("unused"), alpha=args.alpha,
-                         image_size=args.image_size, weights=args.weights)
+    config = TrainConfig(
+        data_dir=args.data,
+        out_dir=Path("unused"),
+        alpha=args.alpha,
+        image_size=args.image_size,
+        weights=args.weights,
+    )
     per_class = (args.batches + 2) * config.batch_size // 4 + 8
     scan = dataset.scan(args.data, image_size=args.image_size, limit_per_class=per_class)
     x = np.stack([scan.images[s.sha256] for s in scan.samples])
@@ -73,7 +78,9 @@ def main() -> None:
     base = build_backbone(args.alpha, args.image_size, args.weights)
     model = build_classifier(base, n_classes, config.dropout)
     unfreeze_top(base, config.fine_tune_from)
-    model.compile(keras.optimizers.Adam(1e-5), keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
+    model.compile(
+        keras.optimizers.Adam(1e-5), keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    )
     cached = list(ds.take(args.batches + 1))
 
     def step(n):
@@ -92,15 +99,30 @@ def main() -> None:
             call(images).numpy()
 
     steps_per_epoch = int(np.ceil(2260 / config.batch_size))
-    result = {"alpha": args.alpha, "image_size": args.image_size, "batch_size": config.batch_size,
-              "batches": args.batches, "cpu": cpu_model(), "cores": os.cpu_count(),
-              "tensorflow": tf.__version__, "python": platform.python_version()}
-    for name, fn in (("augment", augment), ("step", step), ("fit", fit), ("frozen_forward", frozen_forward)):
+    result = {
+        "alpha": args.alpha,
+        "image_size": args.image_size,
+        "batch_size": config.batch_size,
+        "batches": args.batches,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
+    for name, fn in (
+        ("augment", augment),
+        ("step", step),
+        ("fit", fit),
+        ("frozen_forward", frozen_forward),
+    ):
         seconds = timed(fn, args.batches)
         result[f"{name}_s_per_batch"] = round(seconds, 3)
         result[f"{name}_s_per_epoch"] = round(seconds * steps_per_epoch, 1)
-        print(f"{name:15s} {seconds:7.3f} s/batch  ~{seconds * steps_per_epoch:6.0f} s per epoch "
-              f"({steps_per_epoch} batches of {config.batch_size})", flush=True)
+        print(
+            f"{name:15s} {seconds:7.3f} s/batch  ~{seconds * steps_per_epoch:6.0f} s per epoch "
+            f"({steps_per_epoch} batches of {config.batch_size})",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

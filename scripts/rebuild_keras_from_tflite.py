@@ -20,18 +20,45 @@ import click
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("tflite", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Run folder to write (model.keras, labels.txt, split.csv, metrics.json).")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=1.0,
-              help="MobileNetV2 width the model was trained with.")
-@click.option("--dropout", type=click.FloatRange(0, 1), default=0.2,
-              help="Dropout of the head (inactive at inference; kept for the saved config).")
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              default=None, help="labels.txt in output order. Default: the one beside TFLITE.")
-@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="split.csv to verify with (copied into the run). Default: the one beside TFLITE.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              default=None, help="Dataset root the split's paths are relative to. Default: $LEUKEDGE_DATA.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder to write (model.keras, labels.txt, split.csv, metrics.json).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    help="MobileNetV2 width the model was trained with.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    help="Dropout of the head (inactive at inference; kept for the saved config).",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="labels.txt in output order. Default: the one beside TFLITE.",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="split.csv to verify with (copied into the run). Default: the one beside TFLITE.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Dataset root the split's paths are relative to. Default: $LEUKEDGE_DATA.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 def main(tflite: Path, out_dir: Path, **options) -> None:
     """Rebuild the Keras model of TFLITE (an edge-convert int8 or float32 file) and verify it

@@ -19,9 +19,14 @@ from leukedge.edge_app.imaging import load_rgb
 from leukedge.edge_app.runtime import Classifier
 
 
-def main(model: Path, data: Path, runtimes: tuple[str, str] = ("ai-edge-litert", "tflite-runtime")) -> None:
-    images = [p for folder in sorted(d for d in data.iterdir() if d.is_dir())
-              for p in sorted(folder.glob("*.jpg"))[-8:]]
+def main(
+    model: Path, data: Path, runtimes: tuple[str, str] = ("ai-edge-litert", "tflite-runtime")
+) -> None:
+    images = [
+        p
+        for folder in sorted(d for d in data.iterdir() if d.is_dir())
+        for p in sorted(folder.glob("*.jpg"))[-8:]
+    ]
     first, second = (Classifier(model, threads=1, runtime=name) for name in runtimes)
     worst, flips = 0.0, 0
     for path in images:
@@ -29,8 +34,10 @@ def main(model: Path, data: Path, runtimes: tuple[str, str] = ("ai-edge-litert",
         a, b = first.classify(rgb), second.classify(rgb)
         worst = max(worst, float(np.max(np.abs(a - b))))
         flips += int(np.argmax(a) != np.argmax(b))
-    print(f"{first.runtime.name} {first.runtime.version} vs {second.runtime.name} {second.runtime.version}, "
-          f"{len(images)} images: max |p diff| {worst * 256:.1f}/256, top label differs on {flips}")
+    print(
+        f"{first.runtime.name} {first.runtime.version} vs {second.runtime.name} {second.runtime.version}, "
+        f"{len(images)} images: max |p diff| {worst * 256:.1f}/256, top label differs on {flips}"
+    )
 
 
 if __name__ == "__main__":

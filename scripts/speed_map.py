@@ -29,7 +29,9 @@ def run(*command: str) -> None:
     click.echo("$ " + " ".join(command), err=True)
     code = subprocess.run([str(BIN / command[0]), *command[1:]]).returncode
     if code != 0:
-        raise click.ClickException(f"{command[0]} {command[1]} failed with exit status {code} (its message is above)")
+        raise click.ClickException(
+            f"{command[0]} {command[1]} failed with exit status {code} (its message is above)"
+        )
 
 
 def recipe(settings: dict) -> str:
@@ -44,8 +46,11 @@ def fastest_close_to(points: list[dict], reference: str, max_drop: float = 0.005
     base = next((p for p in points if p["name"] == reference), None)
     if base is None:
         return None
-    close = [p for p in points if p["p50_ms"] < base["p50_ms"]
-             and p["accuracy"] >= base["accuracy"] - max_drop - 1e-9]
+    close = [
+        p
+        for p in points
+        if p["p50_ms"] < base["p50_ms"] and p["accuracy"] >= base["accuracy"] - max_drop - 1e-9
+    ]
     return min(close, key=lambda p: p["p50_ms"], default=None)
 
 
@@ -53,8 +58,12 @@ def pareto(points: list[dict]) -> set[str]:
     """Names of points no other point beats on both latency (lower) and accuracy (higher)."""
     front = set()
     for p in points:
-        dominated = any(q["p50_ms"] <= p["p50_ms"] and q["accuracy"] >= p["accuracy"]
-                        and (q["p50_ms"], q["accuracy"]) != (p["p50_ms"], p["accuracy"]) for q in points)
+        dominated = any(
+            q["p50_ms"] <= p["p50_ms"]
+            and q["accuracy"] >= p["accuracy"]
+            and (q["p50_ms"], q["accuracy"]) != (p["p50_ms"], p["accuracy"])
+            for q in points
+        )
         if not dominated:
             front.add(p["name"])
     return front
@@ -69,19 +78,45 @@ def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for p in points:
         on_front = p["name"] in front
-        axis.scatter(p["p50_ms"], 100 * p["accuracy"], s=30 + p["bytes"] / 4e4,
-                     color="tab:red" if on_front else "tab:blue", alpha=0.8)
-        axis.annotate(p["name"], (p["p50_ms"], 100 * p["accuracy"]), fontsize=8,
-                      xytext=(4, 3), textcoords="offset points")
+        axis.scatter(
+            p["p50_ms"],
+            100 * p["accuracy"],
+            s=30 + p["bytes"] / 4e4,
+            color="tab:red" if on_front else "tab:blue",
+            alpha=0.8,
+        )
+        axis.annotate(
+            p["name"],
+            (p["p50_ms"], 100 * p["accuracy"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     if fast:
-        axis.scatter(fast["p50_ms"], 100 * fast["accuracy"], s=220, marker="*", color="gold",
-                     edgecolor="black", zorder=3, label=f"shipped fast model ({fast['name']})")
+        axis.scatter(
+            fast["p50_ms"],
+            100 * fast["accuracy"],
+            s=220,
+            marker="*",
+            color="gold",
+            edgecolor="black",
+            zorder=3,
+            label=f"shipped fast model ({fast['name']})",
+        )
     ordered = sorted((p for p in points if p["name"] in front), key=lambda p: p["p50_ms"])
-    axis.plot([p["p50_ms"] for p in ordered], [100 * p["accuracy"] for p in ordered], "--", color="tab:red",
-              linewidth=1, label="Pareto front")
+    axis.plot(
+        [p["p50_ms"] for p in ordered],
+        [100 * p["accuracy"] for p in ordered],
+        "--",
+        color="tab:red",
+        linewidth=1,
+        label="Pareto front",
+    )
     axis.set_xlabel("int8 invoke latency p50, ms (this machine, 2 threads)")
     axis.set_ylabel("test accuracy, %")
-    axis.set_title("MobileNetV2 width x input size: accuracy against latency (marker area ~ file size)")
+    axis.set_title(
+        "MobileNetV2 width x input size: accuracy against latency (marker area ~ file size)"
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -93,14 +128,33 @@ def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> 
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/map"), show_default=True)
 @click.option("--alphas", default="1.0,0.5,0.35", show_default=True)
 @click.option("--sizes", default="224,160,128", show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (default as edge-train).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset root (default as edge-train).",
+)
 @click.option("--runs", "bench_runs", type=int, default=100, show_default=True)
-@click.option("--reference", default="a1.0-s224", show_default=True,
-              help="The default model's point: the fast pick must be within 0.5 points of it.")
-@click.option("--include", multiple=True,
-              help="Also map this finished run folder of OUT (trained with other options; converted if needed).")
-def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int, reference: str,
-         include: tuple[str, ...]) -> None:
+@click.option(
+    "--reference",
+    default="a1.0-s224",
+    show_default=True,
+    help="The default model's point: the fast pick must be within 0.5 points of it.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    help="Also map this finished run folder of OUT (trained with other options; converted if needed).",
+)
+def main(
+    out: Path,
+    alphas: str,
+    sizes: str,
+    data: Path | None,
+    bench_runs: int,
+    reference: str,
+    include: tuple[str, ...],
+) -> None:
     data_args = ("--data", str(data)) if data else ()
     names = []
     for alpha in alphas.split(","):
@@ -108,47 +162,92 @@ def main(out: Path, alphas: str, sizes: str, data: Path | None, bench_runs: int,
             name = f"a{alpha}-s{size}"
             run_dir = out / name
             if not (run_dir / "metrics.json").is_file():
-                run("edge-train", "--alpha", alpha, "--image-size", size, "--out", str(run_dir), "--overwrite",
-                    *data_args)
+                run(
+                    "edge-train",
+                    "--alpha",
+                    alpha,
+                    "--image-size",
+                    size,
+                    "--out",
+                    str(run_dir),
+                    "--overwrite",
+                    *data_args,
+                )
             names.append(name)
     for name in include:
         if not (out / name / "metrics.json").is_file():
-            raise click.BadParameter(f"{out / name} is not a finished edge-train run (no metrics.json)",
-                                     param_hint="--include")
+            raise click.BadParameter(
+                f"{out / name} is not a finished edge-train run (no metrics.json)",
+                param_hint="--include",
+            )
     names += include
     for name in names:
         if not (out / name / "tflite" / "manifest.json").is_file():
-            run("edge-convert", str(out / name), "--out", str(out / name / "tflite"), "--variants", "int8",
-                "--overwrite", *data_args)
+            run(
+                "edge-convert",
+                str(out / name),
+                "--out",
+                str(out / name / "tflite"),
+                "--variants",
+                "int8",
+                "--overwrite",
+                *data_args,
+            )
     bench = out / "bench.json"
-    run("edge-bench", "run", *[str(out / n / "tflite" / "model_int8.tflite") for n in names],
-        "--threads", "2", "--runs", str(bench_runs), "--json", str(bench),
-        *(("--data-root", str(data)) if data else ()))  # scored on each run's own test split
+    run(
+        "edge-bench",
+        "run",
+        *[str(out / n / "tflite" / "model_int8.tflite") for n in names],
+        "--threads",
+        "2",
+        "--runs",
+        str(bench_runs),
+        "--json",
+        str(bench),
+        *(("--data-root", str(data)) if data else ()),
+    )  # scored on each run's own test split
     rows = {Path(r["model"]).parents[1].name: r for r in json.loads(bench.read_text())["rows"]}
     points = []
     for name in names:
         metrics = json.loads((out / name / "metrics.json").read_text())
         row = rows[name]
-        points.append({"name": name, "alpha": metrics["settings"]["alpha"],
-                       "image_size": metrics["settings"]["image_size"],
-                       "keras_accuracy": metrics["test"]["accuracy"], "accuracy": row["accuracy"],
-                       "macro_f1": row["macro_f1"], "p50_ms": row["latency_ms"]["p50"],
-                       "bytes": row["size_bytes"], "train_minutes": metrics["timing_seconds"]["total"] / 60,
-                       "recipe": recipe(metrics["settings"])})
+        points.append(
+            {
+                "name": name,
+                "alpha": metrics["settings"]["alpha"],
+                "image_size": metrics["settings"]["image_size"],
+                "keras_accuracy": metrics["test"]["accuracy"],
+                "accuracy": row["accuracy"],
+                "macro_f1": row["macro_f1"],
+                "p50_ms": row["latency_ms"]["p50"],
+                "bytes": row["size_bytes"],
+                "train_minutes": metrics["timing_seconds"]["total"] / 60,
+                "recipe": recipe(metrics["settings"]),
+            }
+        )
     front = pareto(points)
     for p in points:
         p["pareto"] = p["name"] in front
     fast = fastest_close_to(points, reference)
-    (out / "map.json").write_text(json.dumps({"points": points, "fast": fast and fast["name"]}, indent=2) + "\n")
-    lines = ["| model | Keras test acc | int8 test acc | int8 macro-F1 | int8 p50 ms | int8 size KB | train min "
-             "| recipe | Pareto |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['name']} | {p['keras_accuracy']:.2%} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} | "
-              f"{p['p50_ms']:.2f} | {p['bytes'] / 1024:.0f} | {p['train_minutes']:.1f} | {p['recipe']} "
-              f"| {'yes' if p['pareto'] else ''} |"
-              for p in sorted(points, key=lambda p: p["p50_ms"])]
-    lines += ["", f"Fastest within 0.5 points of {reference} (int8 test accuracy): "
-                  f"{fast['name'] if fast else 'none'}"]
+    (out / "map.json").write_text(
+        json.dumps({"points": points, "fast": fast and fast["name"]}, indent=2) + "\n"
+    )
+    lines = [
+        "| model | Keras test acc | int8 test acc | int8 macro-F1 | int8 p50 ms | int8 size KB | train min "
+        "| recipe | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['name']} | {p['keras_accuracy']:.2%} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} | "
+        f"{p['p50_ms']:.2f} | {p['bytes'] / 1024:.0f} | {p['train_minutes']:.1f} | {p['recipe']} "
+        f"| {'yes' if p['pareto'] else ''} |"
+        for p in sorted(points, key=lambda p: p["p50_ms"])
+    ]
+    lines += [
+        "",
+        f"Fastest within 0.5 points of {reference} (int8 test accuracy): "
+        f"{fast['name'] if fast else 'none'}",
+    ]
     (out / "map.md").write_text("\n".join(lines) + "\n")
     plot(points, front, fast, out / "map.png")
     click.echo("\n".join(lines))

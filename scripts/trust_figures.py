@@ -63,7 +63,9 @@ def reliability(ax, probabilities: np.ndarray, y: np.ndarray, title: str, bins: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("trust_dir", type=Path)
     parser.add_argument("plain_dir", type=Path)
     parser.add_argument("--variants", default="int8,fp16")
@@ -74,7 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     manifest = json.loads((args.trust_dir / "manifest.json").read_text())
     labels = manifest["labels"]
-    test = [s for s in dataset.read_split(args.trust_dir / "split.csv", args.data) if s.split == "test"]
+    test = [
+        s for s in dataset.read_split(args.trust_dir / "split.csv", args.data) if s.split == "test"
+    ]
     y = np.array([labels.index(s.label) for s in test])
     size = manifest["image_size"]
     pixels = dataset.load_pixels(test, args.data, size)
@@ -97,19 +101,36 @@ def main() -> None:
         answered = kinds == "label"
         right = after.argmax(1) == y
         figures = {
-            "n_test": int(len(y)), "trust": trusted.trust.to_dict(),
-            "before": {"ece_15": expected_calibration_error(before, y), "nll": nll(before, y), "brier": brier(before, y),
-                       "accuracy": float((before.argmax(1) == y).mean())},
-            "after": {"ece_15": expected_calibration_error(after, y), "nll": nll(after, y), "brier": brier(after, y),
-                      "accuracy": float(right.mean())},
-            "coverage": float(in_set.mean()), "mean_set_size": float(sizes.mean()),
-            "per_class": {label: {"n": int((y == c).sum()), "coverage": float(in_set[y == c].mean()),
-                                  "mean_set_size": float(sizes[y == c].mean()),
-                                  "answered": float(answered[y == c].mean())}
-                          for c, label in enumerate(labels)},
-            "answered": float(answered.mean()), "answered_right": float(right[answered].mean()),
+            "n_test": int(len(y)),
+            "trust": trusted.trust.to_dict(),
+            "before": {
+                "ece_15": expected_calibration_error(before, y),
+                "nll": nll(before, y),
+                "brier": brier(before, y),
+                "accuracy": float((before.argmax(1) == y).mean()),
+            },
+            "after": {
+                "ece_15": expected_calibration_error(after, y),
+                "nll": nll(after, y),
+                "brier": brier(after, y),
+                "accuracy": float(right.mean()),
+            },
+            "coverage": float(in_set.mean()),
+            "mean_set_size": float(sizes.mean()),
+            "per_class": {
+                label: {
+                    "n": int((y == c).sum()),
+                    "coverage": float(in_set[y == c].mean()),
+                    "mean_set_size": float(sizes[y == c].mean()),
+                    "answered": float(answered[y == c].mean()),
+                }
+                for c, label in enumerate(labels)
+            },
+            "answered": float(answered.mean()),
+            "answered_right": float(right[answered].mean()),
             "answered_wrong_n": int((answered & ~right).sum()),
-            "uncertain": float((kinds == "uncertain").mean()), "unknown": float((kinds == "unknown").mean()),
+            "uncertain": float((kinds == "uncertain").mean()),
+            "unknown": float((kinds == "unknown").mean()),
             "external": {},
         }
         for name, frames in external.items():
@@ -117,17 +138,29 @@ def main() -> None:
             probabilities, outside = run(trusted, prepared)
             outcome = [decide(p, labels, rule, s).kind for p, s in zip(probabilities, outside)]
             plain_probabilities, _ = run(plain, prepared)
-            legacy = [decide(p, labels, DecisionRule.for_model(None)).kind for p in plain_probabilities]
+            legacy = [
+                decide(p, labels, DecisionRule.for_model(None)).kind for p in plain_probabilities
+            ]
             figures["external"][name] = {
-                "n": len(frames), "auroc": auroc(scores, outside),
-                "answered": outcome.count("label") / len(frames), "unknown": outcome.count("unknown") / len(frames),
-                "answered_legacy_rule_plain_model": legacy.count("label") / len(frames)}
+                "n": len(frames),
+                "auroc": auroc(scores, outside),
+                "answered": outcome.count("label") / len(frames),
+                "unknown": outcome.count("unknown") / len(frames),
+                "answered_legacy_rule_plain_model": legacy.count("label") / len(frames),
+            }
         if external:
             n_all = sum(e["n"] for e in figures["external"].values())
-            figures["external_answered_all"] = sum(e["answered"] * e["n"] for e in figures["external"].values()) / n_all
+            figures["external_answered_all"] = (
+                sum(e["answered"] * e["n"] for e in figures["external"].values()) / n_all
+            )
         report[variant] = figures
         curves.append((variant, before, after))
-        print(json.dumps({variant: {k: v for k, v in figures.items() if k not in ("trust", "per_class")}}), flush=True)
+        print(
+            json.dumps(
+                {variant: {k: v for k, v in figures.items() if k not in ("trust", "per_class")}}
+            ),
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
@@ -140,8 +173,10 @@ def main() -> None:
         for index, (variant, before, after) in enumerate(curves):
             reliability(axes[2 * index], before, y, f"{variant}, before (T = 1)")
             reliability(axes[2 * index + 1], after, y, f"{variant}, temperature-scaled")
-        fig.suptitle(f"Reliability on the test split (n={len(y)}, 15 bins; dot size: images in the bin)",
-                     fontsize=10)
+        fig.suptitle(
+            f"Reliability on the test split (n={len(y)}, 15 bins; dot size: images in the bin)",
+            fontsize=10,
+        )
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
 

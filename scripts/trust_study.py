@@ -52,8 +52,17 @@ def generated_frames(size: int, val_pixels: np.ndarray, seed: int = 0) -> np.nda
     import cv2
 
     rng = np.random.default_rng(seed)
-    frames = [np.full((size, size, 3), c, np.uint8) for c in
-              [(0, 0, 0), (255, 255, 255), (128, 128, 128), (200, 170, 190), (230, 200, 210), (90, 60, 120)]]
+    frames = [
+        np.full((size, size, 3), c, np.uint8)
+        for c in [
+            (0, 0, 0),
+            (255, 255, 255),
+            (128, 128, 128),
+            (200, 170, 190),
+            (230, 200, 210),
+            (90, 60, 120),
+        ]
+    ]
     frames += [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(6)]
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     frames += [np.stack([np.tile(ramp, (size, 1))] * 3, axis=2).astype(np.uint8)]
@@ -90,6 +99,7 @@ class Features:
                     f.append(it.get_tensor(pool)[0].copy())
                     g.append(it.get_tensor(logits)[0].copy())
                 return np.array(f), np.array(g).reshape(len(g), -1)
+
             self.compute = compute
 
 
@@ -102,21 +112,29 @@ def scorers(f_train, y_train, labels, logits_train, dims=(16, 64, 128, 256)):
     covariance, _ = ledoit_wolf(f_train - means[y_train])
     precision = np.linalg.inv(covariance)
     out["mahalanobis full (1280, shrunk)"] = lambda f: np.min(
-        [np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means], axis=0)
+        [np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means], axis=0
+    )
     # Relative Mahalanobis (Ren et al., 2021): class distance minus distance to one background Gaussian.
     background, _ = ledoit_wolf(f_train - f_train.mean(axis=0))
     bprec, bmean = np.linalg.inv(background), f_train.mean(axis=0)
-    out["relative mahalanobis (full)"] = lambda f: out["mahalanobis full (1280, shrunk)"](f) - np.einsum(
-        "ij,jk,ik->i", f - bmean, bprec, f - bmean)
-    out["euclidean to nearest mean"] = lambda f: np.min([((f - m) ** 2).sum(axis=1) for m in means], axis=0)
+    out["relative mahalanobis (full)"] = lambda f: (
+        out["mahalanobis full (1280, shrunk)"](f)
+        - np.einsum("ij,jk,ik->i", f - bmean, bprec, f - bmean)
+    )
+    out["euclidean to nearest mean"] = lambda f: np.min(
+        [((f - m) ** 2).sum(axis=1) for m in means], axis=0
+    )
     normed = f_train / np.linalg.norm(f_train, axis=1, keepdims=True)
-    out["kNN cosine (k=10)"] = lambda f: -np.sort(
-        (f / np.linalg.norm(f, axis=1, keepdims=True)) @ normed.T, axis=1)[:, -10]
+    out["kNN cosine (k=10)"] = lambda f: (
+        -np.sort((f / np.linalg.norm(f, axis=1, keepdims=True)) @ normed.T, axis=1)[:, -10]
+    )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", type=Path)
     parser.add_argument("--tflite", type=Path)
     parser.add_argument("--split", type=Path)
@@ -134,12 +152,23 @@ def main() -> None:
     for split in ("train", "val", "test"):
         chosen = [s for s in samples if s.split == split]
         pixels = dataset.load_pixels(chosen, args.data, source.size)
-        parts[split] = (*source.compute(pixels), np.array([labels.index(s.label) for s in chosen]), pixels)
+        parts[split] = (
+            *source.compute(pixels),
+            np.array([labels.index(s.label) for s in chosen]),
+            pixels,
+        )
         print(f"{split}: {len(chosen)} images", file=sys.stderr)
-    segmented = [dataset.Sample(s.path.replace("Original/", "Segmented/", 1), "", s.label, "test")
-                 for s in samples if s.split == "test"]
-    proxy_pixels = np.concatenate([dataset.load_pixels(segmented, args.data, source.size),
-                                   generated_frames(source.size, parts["val"][3])])
+    segmented = [
+        dataset.Sample(s.path.replace("Original/", "Segmented/", 1), "", s.label, "test")
+        for s in samples
+        if s.split == "test"
+    ]
+    proxy_pixels = np.concatenate(
+        [
+            dataset.load_pixels(segmented, args.data, source.size),
+            generated_frames(source.size, parts["val"][3]),
+        ]
+    )
     proxy = source.compute(proxy_pixels)
     external = {}
     for folder in args.external:
@@ -153,18 +182,26 @@ def main() -> None:
     methods["max softmax probability"] = None
     rows = []
     for name, score in methods.items():
+
         def s(feat_logits, name=name, score=score):
             f, g = feat_logits[0], feat_logits[1]
             if name.startswith("energy"):
                 z = g / temperature
-                return -(np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1))
+                return -(
+                    np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1)
+                )
             if name.startswith("max softmax"):
                 return -softmax(g).max(axis=1)
             return score(f)
+
         val, test = s(parts["val"]), s(parts["test"])
         threshold = conformal_quantile(val, args.retention)
-        row = {"method": name, "test_kept": float((test <= threshold).mean()),
-               "proxy_auroc": auroc(test, s(proxy)), "proxy_flagged": float((s(proxy) > threshold).mean())}
+        row = {
+            "method": name,
+            "test_kept": float((test <= threshold).mean()),
+            "proxy_auroc": auroc(test, s(proxy)),
+            "proxy_flagged": float((s(proxy) > threshold).mean()),
+        }
         for folder, fl in external.items():
             row[f"{folder}_auroc"] = auroc(test, s(fl))
             row[f"{folder}_flagged"] = float((s(fl) > threshold).mean())
@@ -173,7 +210,9 @@ def main() -> None:
     decision = simulate(parts, external, labels, args.coverage, args.retention)
     print(json.dumps(decision), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"methods": rows, "decision_float": decision}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"methods": rows, "decision_float": decision}, indent=2) + "\n"
+        )
 
 
 def simulate(parts, external, labels, coverage: float, retention: float) -> dict:
@@ -199,23 +238,42 @@ def simulate(parts, external, labels, coverage: float, retention: float) -> dict
     p, sets, unknown, answered = outcome(f_test, l_test)
     right = p.argmax(1) == y_test
     covered = sets[np.arange(len(y_test)), y_test]
-    result = {"temperature": temperature, "dims": fit.dims, "conformal_threshold": q, "ood_threshold": t,
-              "test": {"n": int(len(y_test)),
-                       "ece_before": expected_calibration_error(before, y_test),
-                       "ece_after": expected_calibration_error(p, y_test),
-                       "nll_before": nll(before, y_test), "nll_after": nll(p, y_test),
-                       "brier_before": brier(before, y_test), "brier_after": brier(p, y_test),
-                       "coverage": float(covered.mean()), "mean_set_size": float(sets.sum(1).mean()),
-                       "per_class": {label: {"coverage": float(covered[y_test == c].mean()),
-                                             "mean_set_size": float(sets[y_test == c].sum(1).mean())}
-                                     for c, label in enumerate(labels)},
-                       "unknown": float(unknown.mean()), "answered": float(answered.mean()),
-                       "answered_right": float(right[answered].mean()),
-                       "answered_wrong_n": int((answered & ~right).sum())}}
+    result = {
+        "temperature": temperature,
+        "dims": fit.dims,
+        "conformal_threshold": q,
+        "ood_threshold": t,
+        "test": {
+            "n": int(len(y_test)),
+            "ece_before": expected_calibration_error(before, y_test),
+            "ece_after": expected_calibration_error(p, y_test),
+            "nll_before": nll(before, y_test),
+            "nll_after": nll(p, y_test),
+            "brier_before": brier(before, y_test),
+            "brier_after": brier(p, y_test),
+            "coverage": float(covered.mean()),
+            "mean_set_size": float(sets.sum(1).mean()),
+            "per_class": {
+                label: {
+                    "coverage": float(covered[y_test == c].mean()),
+                    "mean_set_size": float(sets[y_test == c].sum(1).mean()),
+                }
+                for c, label in enumerate(labels)
+            },
+            "unknown": float(unknown.mean()),
+            "answered": float(answered.mean()),
+            "answered_right": float(right[answered].mean()),
+            "answered_wrong_n": int((answered & ~right).sum()),
+        },
+    }
     for name, (f, g) in external.items():
         _, _, unknown_e, answered_e = outcome(f, g)
-        result[name] = {"n": int(len(f)), "answered": float(answered_e.mean()), "unknown": float(unknown_e.mean()),
-                        "auroc": auroc(fit.scores(f_test), fit.scores(f))}
+        result[name] = {
+            "n": int(len(f)),
+            "answered": float(answered_e.mean()),
+            "unknown": float(unknown_e.mean()),
+            "auroc": auroc(fit.scores(f_test), fit.scores(f)),
+        }
     return result
 
 

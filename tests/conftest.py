@@ -17,15 +17,24 @@ WEIGHTS_DIR = SHARED / "weights"
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 900,
-            **kwargs) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, check: bool = True, env: dict | None = None, timeout: float = 900, **kwargs
+) -> subprocess.CompletedProcess:
     """Run one of the installed console scripts (edge-train, ...) as a user would."""
     command = [str(BIN / args[0]), *map(str, args[1:])]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                            timeout=timeout, **kwargs)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        **kwargs,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
-                             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -55,8 +64,22 @@ def offline_keras_home(tmp_path_factory) -> Path:
     return home
 
 
-TINY_TRAIN_ARGS = ("--alpha", "0.35", "--image-size", "96", "--limit-per-class", "40",
-                   "--epochs", "8", "--fine-tune-epochs", "2", "--batch-size", "16", "--seed", "1")
+TINY_TRAIN_ARGS = (
+    "--alpha",
+    "0.35",
+    "--image-size",
+    "96",
+    "--limit-per-class",
+    "40",
+    "--epochs",
+    "8",
+    "--fine-tune-epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--seed",
+    "1",
+)
 
 
 # The tiny run has 15 validation images: enough for 90% conformal coverage and OOD retention
@@ -85,8 +108,19 @@ def tiny_run_copy(tiny_run, tmp_path) -> Path:
 def converted_dir(tmp_path_factory, tiny_run, data_dir) -> Path:
     """edge-convert output (all four variants, manifest, split) of the tiny run."""
     out = tmp_path_factory.mktemp("converted") / "tflite"
-    run_cli("edge-convert", tiny_run, "--out", out, "--calibration-samples", "64", "--data", data_dir,
-            "--max-drop", "100", *TINY_TRUST_ARGS)
+    run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--calibration-samples",
+        "64",
+        "--data",
+        data_dir,
+        "--max-drop",
+        "100",
+        *TINY_TRUST_ARGS,
+    )
     return out
 
 

@@ -18,6 +18,15 @@ options = vision.ImageClassifierOptions(
 )
 with vision.ImageClassifier.create_from_options(options) as classifier:
     for path in image_paths:
-        categories = classifier.classify(mp.Image.create_from_file(path)).classifications[0].categories
-        print(json.dumps({"path": path, "top": categories[0].category_name,
-                          "scores": {c.category_name: c.score for c in categories}}))
+        categories = (
+            classifier.classify(mp.Image.create_from_file(path)).classifications[0].categories
+        )
+        print(
+            json.dumps(
+                {
+                    "path": path,
+                    "top": categories[0].category_name,
+                    "scores": {c.category_name: c.score for c in categories},
+                }
+            )
+        )

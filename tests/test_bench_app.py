@@ -41,9 +41,27 @@ def test_stages_add_up_and_the_camera_path_has_no_decode(images):
 
 def test_command_writes_table_json_and_markdown(data_dir, tmp_path):
     out, md = tmp_path / "app.json", tmp_path / "app.md"
-    result = run_cli("edge-bench", "app", MODEL, "--images", data_dir / "Original" / "Pro", "--frames", "10",
-                     "--repeats", "1", "--warmup", "1", "--threads", "1", "--soak", "30", "--json", out,
-                     "--markdown", md)
+    result = run_cli(
+        "edge-bench",
+        "app",
+        MODEL,
+        "--images",
+        data_dir / "Original" / "Pro",
+        "--frames",
+        "10",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--soak",
+        "30",
+        "--json",
+        out,
+        "--markdown",
+        md,
+    )
     report = json.loads(out.read_text())
     assert [row["path"] for row in report["rows"]] == ["camera", "file"]
     assert report["environment"]["simd"] is not None and report["settings"]["frames"] == 10
@@ -56,10 +74,12 @@ def test_command_writes_table_json_and_markdown(data_dir, tmp_path):
 def test_bad_inputs_give_one_line_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [(("--images", empty), "the folder holds no image files"),
-             ((tmp_path / "missing.tflite", "--images", empty), "does not exist"),
-             (("--paths", "usb"), "use camera, file or camera,file"),
-             (("--json", tmp_path / "no" / "a.json"), "does not exist")]
+    cases = [
+        (("--images", empty), "the folder holds no image files"),
+        ((tmp_path / "missing.tflite", "--images", empty), "does not exist"),
+        (("--paths", "usb"), "use camera, file or camera,file"),
+        (("--json", tmp_path / "no" / "a.json"), "does not exist"),
+    ]
     for args, message in cases:
         assert_clean_error(run_cli("edge-bench", "app", *args, check=False), message)
 

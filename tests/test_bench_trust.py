@@ -32,10 +32,23 @@ Y3 = np.array([0, 1, 1, 0])
 def small_trust(conformal_threshold: float = 0.4, ood_threshold: float = 5.0) -> TrustParams:
     return TrustParams(
         temperature=1.5,
-        conformal=ConformalRule(method="lac", target_coverage=0.9, threshold=conformal_threshold,
-                                n_calibration=100, split="val"),
-        ood=OodRule(method="mahalanobis", feature="test", threshold=ood_threshold, retention=0.97, n_fit=10,
-                    fit_splits=("train",), threshold_split="val", n_threshold=10),
+        conformal=ConformalRule(
+            method="lac",
+            target_coverage=0.9,
+            threshold=conformal_threshold,
+            n_calibration=100,
+            split="val",
+        ),
+        ood=OodRule(
+            method="mahalanobis",
+            feature="test",
+            threshold=ood_threshold,
+            retention=0.97,
+            n_fit=10,
+            fit_splits=("train",),
+            threshold_split="val",
+            n_threshold=10,
+        ),
     )
 
 
@@ -58,22 +71,29 @@ def test_nll_and_brier_by_hand():
     assert calibration.negative_log_likelihood(P2, Y2) == pytest.approx(expected_nll)
     # Per frame sum of squared errors: 0.005, 1.8818, 0.7688, 0.18.
     assert calibration.brier_score(P2, Y2) == pytest.approx((0.005 + 1.8818 + 0.7688 + 0.18) / 4)
-    assert calibration.negative_log_likelihood(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(
-        -math.log(1e-12))
+    assert calibration.negative_log_likelihood(
+        np.array([[1.0, 0.0]]), np.array([1])
+    ) == pytest.approx(-math.log(1e-12))
 
 
 def test_conformal_coverage_and_set_size_by_hand():
     # Threshold 0.4: a label is in the set when p >= 0.6. Sets {0}, {}, {2}, {0}.
     sets = calibration.lac_sets(P3, 0.4)
-    assert sets.tolist() == [[True, False, False], [False, False, False], [False, False, True],
-                             [True, False, False]]
+    assert sets.tolist() == [
+        [True, False, False],
+        [False, False, False],
+        [False, False, True],
+        [True, False, False],
+    ]
     rule = ConformalRule("lac", 0.9, 0.4, 100, "val")
     assert [np.flatnonzero(s).tolist() for s in sets] == [rule.prediction_set(p) for p in P3]
     summary = calibration.conformal_summary(sets, Y3, ["a", "b", "c"])
     assert summary["coverage"] == 0.5 and summary["mean_set_size"] == 0.75
     assert summary["singleton_share"] == 0.75
-    assert summary["per_class"] == {"a": {"n": 2, "coverage": 1.0, "mean_set_size": 1.0},
-                                    "b": {"n": 2, "coverage": 0.0, "mean_set_size": 0.5}}
+    assert summary["per_class"] == {
+        "a": {"n": 2, "coverage": 1.0, "mean_set_size": 1.0},
+        "b": {"n": 2, "coverage": 0.0, "mean_set_size": 0.5},
+    }
     # Threshold 0.6 (p >= 0.4): sets {0}, {0, 1}, {2}, {0}: 3 of 4 covered, mean size 5/4.
     wider = calibration.conformal_summary(calibration.lac_sets(P3, 0.6), Y3, ["a", "b", "c"])
     assert wider["coverage"] == 0.75 and wider["mean_set_size"] == 1.25
@@ -82,7 +102,9 @@ def test_conformal_coverage_and_set_size_by_hand():
 def test_auroc_fpr_and_risk_coverage_by_hand():
     assert calibration.auroc([0.1, 0.2, 0.3], [0.25, 0.4]) == pytest.approx(5 / 6)
     assert calibration.auroc([0.5], [0.5]) == 0.5  # ties count half
-    assert calibration.auroc([0.1, 0.2], [0.3, 0.4]) == 1.0 and calibration.auroc([0.3], [0.1]) == 0.0
+    assert (
+        calibration.auroc([0.1, 0.2], [0.3, 0.4]) == 1.0 and calibration.auroc([0.3], [0.1]) == 0.0
+    )
     inside = np.arange(1, 21) / 100  # 0.01 .. 0.20: keeping 95% (19 of 20) needs threshold 0.19
     assert calibration.fpr_at_tpr(inside, [0.05, 0.19, 0.5, 0.9]) == 0.5
     curve = calibration.risk_coverage([0.9, 0.8, 0.8, 0.6], [True, False, True, False])
@@ -94,11 +116,23 @@ def test_auroc_fpr_and_risk_coverage_by_hand():
 def test_decision_rules():
     legacy = DecisionRule(None)
     kinds, answer = legacy.decide(P3, None)
-    assert kinds.tolist() == ["uncertain", "uncertain", "label", "uncertain"] and answer.tolist() == [-1, -1, 2, -1]
+    assert kinds.tolist() == [
+        "uncertain",
+        "uncertain",
+        "label",
+        "uncertain",
+    ] and answer.tolist() == [-1, -1, 2, -1]
     assert legacy.name == "legacy min-confidence 0.80 (model has no trust parameters)"
     rule = DecisionRule(small_trust())
-    kinds, answer = rule.decide(P3, np.array([1.0, 2.0, 9.0, 5.0]))  # 9 > 5: unknown; 5 is not above
-    assert kinds.tolist() == ["label", "uncertain", "unknown", "label"] and answer.tolist() == [0, -1, -1, 0]
+    kinds, answer = rule.decide(
+        P3, np.array([1.0, 2.0, 9.0, 5.0])
+    )  # 9 > 5: unknown; 5 is not above
+    assert kinds.tolist() == ["label", "uncertain", "unknown", "label"] and answer.tolist() == [
+        0,
+        -1,
+        -1,
+        0,
+    ]
     assert rule.name == "conformal-lac@0.9+ood-mahalanobis"
     with pytest.raises(ValueError, match="no ood_score output"):
         rule.decide(P3, None)
@@ -106,12 +140,24 @@ def test_decision_rules():
 
 def test_evaluate_arrays_with_trust_parameters():
     ood = {"far": (np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]]), np.array([20.0, 1.0]))}
-    row = evaluate_arrays(P3, Y3, ["a", "b", "c"], np.array([1.0, 2.0, 9.0, 5.0]), small_trust(), ood,
-                          unfit=np.array([False, False, False, True]))
+    row = evaluate_arrays(
+        P3,
+        Y3,
+        ["a", "b", "c"],
+        np.array([1.0, 2.0, 9.0, 5.0]),
+        small_trust(),
+        ood,
+        unfit=np.array([False, False, False, True]),
+    )
     assert row["has_trust_params"] and row["ood_score"] == "the model's ood_score output"
     assert row["conformal"]["coverage"] == 0.5 and row["conformal"]["target_coverage"] == 0.9
     # Frame 0 answered (right), 1 uncertain, 2 unknown, 3 would be answered but the gate calls it unfit.
-    assert row["outcome_shares"] == {"label": 0.25, "uncertain": 0.25, "unknown": 0.25, "unfit": 0.25}
+    assert row["outcome_shares"] == {
+        "label": 0.25,
+        "uncertain": 0.25,
+        "unknown": 0.25,
+        "unfit": 0.25,
+    }
     assert row["answered"] == 0.25 and row["answered_accuracy"] == 1.0
     far = row["ood"][0]
     assert far["auroc"] == pytest.approx(calibration.auroc([1, 2, 9, 5], [20, 1]))
@@ -134,32 +180,64 @@ def test_trust_parameters_are_read_from_the_model_file(tmp_path):
     assert trust_params(MODELS / "model_int8.tflite") is None  # the current release has none
     params = small_trust()
     model = tmp_path / "model_int8.tflite"
-    model.write_bytes(tflite_metadata.append_files((MODELS / "model_int8.tflite").read_bytes(),
-                                                   {TRUST_FILE: params.to_json().encode()}))
+    model.write_bytes(
+        tflite_metadata.append_files(
+            (MODELS / "model_int8.tflite").read_bytes(), {TRUST_FILE: params.to_json().encode()}
+        )
+    )
     assert trust_params(model) == params
     # It carries trust parameters but computes no OOD score: refused with the reason.
     shutil.copy(MODELS / "labels.txt", tmp_path / "labels.txt")
-    result = run_cli("edge-bench", "trust", model, "--allow-unverified", "--data", MODELS / "split.csv", "--limit-per-class", "2",
-                     "--quiet", check=False)
+    result = run_cli(
+        "edge-bench",
+        "trust",
+        model,
+        "--allow-unverified",
+        "--data",
+        MODELS / "split.csv",
+        "--limit-per-class",
+        "2",
+        "--quiet",
+        check=False,
+    )
     assert_clean_error(result, "no 'ood_score' output")
 
 
 def test_command_on_the_released_model(data_dir, tmp_path):
     out = tmp_path / "t.json"
     plots = tmp_path / "plots"
-    result = run_cli("edge-bench", "trust", MODELS / "model_int8.tflite", "--limit-per-class", "8",
-                     "--ood", EXTERNAL / "synthetic", "--json", out, "--markdown", tmp_path / "t.md",
-                     "--plots", plots, "--quiet")
+    result = run_cli(
+        "edge-bench",
+        "trust",
+        MODELS / "model_int8.tflite",
+        "--limit-per-class",
+        "8",
+        "--ood",
+        EXTERNAL / "synthetic",
+        "--json",
+        out,
+        "--markdown",
+        tmp_path / "t.md",
+        "--plots",
+        plots,
+        "--quiet",
+    )
     report = json.loads(out.read_text())
     row = report["rows"][0]
     assert row["n"] == 32 and row["variant"] == "int8" and not row["has_trust_params"]
-    assert row["ood_score"] == MAX_PROBABILITY_SCORE and "legacy min-confidence 0.80" in row["decision_rule"]
+    assert (
+        row["ood_score"] == MAX_PROBABILITY_SCORE
+        and "legacy min-confidence 0.80" in row["decision_rule"]
+    )
     assert 0.0 <= row["ece"] <= 1.0 and row["accuracy"] >= 0.9
     assert sum(b["n"] for b in row["reliability"]) == 32
     synthetic = row["ood"][0]
     assert synthetic["folder"] == "synthetic" and synthetic["n"] == 32
     assert 0.5 < synthetic["auroc"] <= 1.0
-    assert "1 - max probability" in result.stdout and "| synthetic |" in (tmp_path / "t.md").read_text()
+    assert (
+        "1 - max probability" in result.stdout
+        and "| synthetic |" in (tmp_path / "t.md").read_text()
+    )
     for name in ("reliability.png", "risk_coverage.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -172,9 +250,15 @@ def test_bad_ood_folders_give_one_line_errors(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    cases = [(empty, "holds no image files"), (tmp_path / "notes", "holds no image files"),
-             (tmp_path / "missing", "not a folder"), (broken, "none of its 1 image file(s) could be read")]
+    cases = [
+        (empty, "holds no image files"),
+        (tmp_path / "notes", "holds no image files"),
+        (tmp_path / "missing", "not a folder"),
+        (broken, "none of its 1 image file(s) could be read"),
+    ]
     for folder, message in cases:
-        result = run_cli("edge-bench", "trust", MODELS / "model_int8.tflite", "--ood", folder, check=False)
+        result = run_cli(
+            "edge-bench", "trust", MODELS / "model_int8.tflite", "--ood", folder, check=False
+        )
         assert_clean_error(result, message)
         assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1

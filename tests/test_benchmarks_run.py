@@ -26,7 +26,7 @@ LATENCY_KEYS = ("init", "first", "mean", "std", "min", "p50", "p90", "p99")
 FAST = ("--runs", "10", "--warmup", "2")
 
 # Makes tensorflow and keras unimportable in every process started with it on PYTHONPATH.
-TF_BLOCKER = '''
+TF_BLOCKER = """
 import sys
 
 class _BlockTensorFlow:
@@ -36,16 +36,29 @@ class _BlockTensorFlow:
         return None
 
 sys.meta_path.insert(0, _BlockTensorFlow())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def bench(converted_dir, tiny_run, tmp_path_factory):
     """One full run: every converted variant and the Keras model, 1 and 2 threads, every output."""
     out = tmp_path_factory.mktemp("bench")
-    result = run_cli("edge-bench", converted_dir, tiny_run / "model.keras", "--threads", "1,2", *FAST,
-                     "--json", out / "b.json", "--csv", out / "b.csv", "--markdown", out / "b.md",
-                     "--plot", out / "b.png")
+    result = run_cli(
+        "edge-bench",
+        converted_dir,
+        tiny_run / "model.keras",
+        "--threads",
+        "1,2",
+        *FAST,
+        "--json",
+        out / "b.json",
+        "--csv",
+        out / "b.csv",
+        "--markdown",
+        out / "b.md",
+        "--plot",
+        out / "b.png",
+    )
     return out, json.loads((out / "b.json").read_text()), result
 
 
@@ -58,18 +71,33 @@ def test_json_has_every_contract_field(bench, converted_dir, tiny_run):
     rows = _rows(report)
     assert set(rows) == {(v, t) for v in (*VARIANTS, "keras") for t in (1, 2)}
     environment = report["environment"]
-    for key in ("cpu", "cores", "os", "python", "runtime", "runtime_version", "board_model", "before", "after"):
+    for key in (
+        "cpu",
+        "cores",
+        "os",
+        "python",
+        "runtime",
+        "runtime_version",
+        "board_model",
+        "before",
+        "after",
+    ):
         assert key in environment
     for state in (environment["before"], environment["after"]):
         assert set(state) >= {"cpu_governor", "temperature_c", "throttled"}
     assert environment["runtime"] == "ai-edge-litert"
     manifest = manifests.read(converted_dir)
-    n_test = sum(s.split == "test" for s in read_split(converted_dir / "split.csv", check_files=False))
+    n_test = sum(
+        s.split == "test" for s in read_split(converted_dir / "split.csv", check_files=False)
+    )
     for (variant, threads), row in rows.items():
         assert row["status"] == "ok" and row["error"] is None
         assert row["threads"] == threads and isinstance(row["threads"], int)
-        expected_file = (tiny_run / "model.keras" if variant == "keras"
-                         else converted_dir / manifest.variants[variant].file)
+        expected_file = (
+            tiny_run / "model.keras"
+            if variant == "keras"
+            else converted_dir / manifest.variants[variant].file
+        )
         assert Path(row["model"]).resolve() == expected_file.resolve()
         assert row["size_bytes"] == expected_file.stat().st_size
         for key in ("accuracy", "macro_f1", "agreement"):
@@ -77,10 +105,14 @@ def test_json_has_every_contract_field(bench, converted_dir, tiny_run):
         assert set(row["per_class_recall"]) == set(manifest.labels)
         assert all(0.0 <= value <= 1.0 for value in row["per_class_recall"].values())
         latency = row["latency_ms"]
-        assert set(latency) >= set(LATENCY_KEYS) and all(latency[k] > 0 for k in LATENCY_KEYS if k != "std")
+        assert set(latency) >= set(LATENCY_KEYS) and all(
+            latency[k] > 0 for k in LATENCY_KEYS if k != "std"
+        )
         assert latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"]
         assert row["fps"] == pytest.approx(1000.0 / latency["mean"])
-        assert set(row["end_to_end_ms"]) >= {"mean", "p50", "p90"} and row["end_to_end_ms"]["p50"] > 0
+        assert (
+            set(row["end_to_end_ms"]) >= {"mean", "p50", "p90"} and row["end_to_end_ms"]["p50"] > 0
+        )
         assert row["peak_rss_mb"] > 10 and row["n_images"] == n_test and row["runs"] == 10
     assert rows[("keras", 1)]["agreement"] == 1.0  # the most precise variant is the reference
     assert all("keras" in row["agreement_reference"] for row in rows.values())
@@ -102,15 +134,19 @@ def test_accuracy_equals_a_direct_computation(bench, converted_dir, tiny_run, da
             assert row["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-12)
             assert row["macro_f1"] == pytest.approx(metrics["macro"]["f1"], abs=1e-12)
             assert row["per_class_recall"] == pytest.approx(
-                {label: values["recall"] for label, values in metrics["per_class"].items()})
+                {label: values["recall"] for label, values in metrics["per_class"].items()}
+            )
         predictions[variant] = np.array(predicted)
     import keras  # the reference row is the Keras model: recompute agreement with it directly
 
     model = keras.models.load_model(tiny_run / "model.keras", compile=False)
-    reference = model.predict(load_pixels(samples, data_dir, model.input_shape[1]).astype(np.float32),
-                              verbose=0).argmax(axis=1)
+    reference = model.predict(
+        load_pixels(samples, data_dir, model.input_shape[1]).astype(np.float32), verbose=0
+    ).argmax(axis=1)
     for variant in VARIANTS:
-        assert rows[(variant, 1)]["agreement"] == pytest.approx(float((predictions[variant] == reference).mean()))
+        assert rows[(variant, 1)]["agreement"] == pytest.approx(
+            float((predictions[variant] == reference).mean())
+        )
 
 
 def test_csv_markdown_and_png(bench):
@@ -147,14 +183,36 @@ def _relabelled_copy(converted_dir, data_dir, out: Path) -> Path:
 def test_min_accuracy_gate(converted_dir, data_dir, tmp_path):
     wrong = _relabelled_copy(converted_dir, data_dir, tmp_path / "wrong")
     model = converted_dir / "model_int8.tflite"
-    below = run_cli("edge-bench", model, "--data", wrong, "--threads", "1", *FAST, "--min-accuracy", "0.5",
-                    "--json", tmp_path / "b.json", check=False)
+    below = run_cli(
+        "edge-bench",
+        model,
+        "--data",
+        wrong,
+        "--threads",
+        "1",
+        *FAST,
+        "--min-accuracy",
+        "0.5",
+        "--json",
+        tmp_path / "b.json",
+        check=False,
+    )
     accuracy = json.loads((tmp_path / "b.json").read_text())["rows"][0]["accuracy"]
     assert accuracy < 0.5
     assert below.returncode == 3 and "below --min-accuracy 0.5000" in below.stderr
     at_the_floor = math.floor(accuracy * 1e6) / 1e6  # printed rounded up, 1/15 would sit above it
-    passing = run_cli("edge-bench", model, "--data", wrong, "--threads", "1", *FAST, "--min-accuracy",
-                      f"{at_the_floor:.6f}", check=False)
+    passing = run_cli(
+        "edge-bench",
+        model,
+        "--data",
+        wrong,
+        "--threads",
+        "1",
+        *FAST,
+        "--min-accuracy",
+        f"{at_the_floor:.6f}",
+        check=False,
+    )
     assert passing.returncode == 0, passing.stderr
 
 
@@ -162,14 +220,29 @@ def test_runs_with_tensorflow_unimportable(converted_dir, tiny_run, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(TF_BLOCKER)
-    probe = subprocess.run([str(BIN / "python"), "-c", "import tensorflow"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(blocker)})
+    probe = subprocess.run(
+        [str(BIN / "python"), "-c", "import tensorflow"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
+    )
     assert "blocked for this test" in probe.stderr  # the blocker really works
-    result = run_cli("edge-bench", converted_dir / "model_int8.tflite", tiny_run / "model.keras", "--threads",
-                     "1", *FAST, "--json", tmp_path / "b.json", env={"PYTHONPATH": str(blocker)})
+    result = run_cli(
+        "edge-bench",
+        converted_dir / "model_int8.tflite",
+        tiny_run / "model.keras",
+        "--threads",
+        "1",
+        *FAST,
+        "--json",
+        tmp_path / "b.json",
+        env={"PYTHONPATH": str(blocker)},
+    )
     report = json.loads((tmp_path / "b.json").read_text())
     assert [(row["variant"], row["status"]) for row in report["rows"]] == [("int8", "ok")]
-    assert any("model.keras: skipped, TensorFlow is not importable" in note for note in report["notes"])
+    assert any(
+        "model.keras: skipped, TensorFlow is not importable" in note for note in report["notes"]
+    )
     assert "note: " in result.stdout and "TensorFlow is not importable" in result.stdout
 
 
@@ -180,13 +253,27 @@ def test_bad_models_become_failed_rows_and_the_rest_still_run(converted_dir, dat
     (bad / "notes.tflite").write_text("this is a text file, not a model\n")
     data = (converted_dir / "model_int8.tflite").read_bytes()
     (bad / "truncated.tflite").write_bytes(data[: len(data) // 2])
-    result = run_cli("edge-bench", bad / "notes.tflite", bad / "truncated.tflite", converted_dir / "model_int8.tflite",
-                     "--data", converted_dir / "split.csv", "--threads", "1", *FAST, "--json", tmp_path / "b.json",
-                     check=False)
+    result = run_cli(
+        "edge-bench",
+        bad / "notes.tflite",
+        bad / "truncated.tflite",
+        converted_dir / "model_int8.tflite",
+        "--data",
+        converted_dir / "split.csv",
+        "--threads",
+        "1",
+        *FAST,
+        "--json",
+        tmp_path / "b.json",
+        check=False,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     rows = {row["variant"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["notes"]["status"] == "failed" and "is not a TFLite model" in rows["notes"]["error"]
-    assert rows["truncated"]["status"] == "failed" and "truncated or corrupt" in rows["truncated"]["error"]
+    assert (
+        rows["truncated"]["status"] == "failed"
+        and "truncated or corrupt" in rows["truncated"]["error"]
+    )
     assert rows["int8"]["status"] == "ok" and rows["int8"]["accuracy"] is not None
     assert "2 of 3 row(s) failed" in result.stderr.splitlines()[-1]
 
@@ -196,17 +283,36 @@ def test_labels_the_model_does_not_know(converted_dir, data_dir, tmp_path):
         (tmp_path / "data" / label).mkdir(parents=True)
         for image in sorted((data_dir / "Original" / source).iterdir())[:2]:
             shutil.copy(image, tmp_path / "data" / label / image.name)
-    result = run_cli("edge-bench", converted_dir / "model_int8.tflite", "--data", tmp_path / "data",
-                     "--threads", "1", *FAST, check=False)
+    result = run_cli(
+        "edge-bench",
+        converted_dir / "model_int8.tflite",
+        "--data",
+        tmp_path / "data",
+        "--threads",
+        "1",
+        *FAST,
+        check=False,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     assert "label(s) 'Monocyte' that the model does not know" in result.stderr.splitlines()[-1]
 
 
 def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
-    command = [str(BIN / "edge-bench"), converted_dir, "--threads", "1,2", "--runs", "100000000",
-               "--max-seconds", "2", "--json", str(tmp_path / "b.json")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    command = [
+        str(BIN / "edge-bench"),
+        converted_dir,
+        "--threads",
+        "1,2",
+        "--runs",
+        "100000000",
+        "--max-seconds",
+        "2",
+        "--json",
+        str(tmp_path / "b.json"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     seen = []
     while not any(line.startswith("row done:") for line in seen):  # the first row is measured
         line = process.stderr.readline()
@@ -230,22 +336,53 @@ def test_no_model_means_the_released_default(converted_dir, tmp_path):
     for name in ("model_int8.tflite", "manifest.json", "labels.txt", "split.csv"):
         shutil.copy(converted_dir / name, released / name)
     chosen = released / "model_int8.tflite"
-    run_cli("edge-bench", "--threads", "1", *FAST, "--json", tmp_path / "b.json",
-            env={"LEUKEDGE_MODEL": str(chosen)})
+    run_cli(
+        "edge-bench",
+        "--threads",
+        "1",
+        *FAST,
+        "--json",
+        tmp_path / "b.json",
+        env={"LEUKEDGE_MODEL": str(chosen)},
+    )
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [(row["model"], row["variant"], row["status"]) for row in rows] == [(str(chosen), "int8", "ok")]
+    assert [(row["model"], row["variant"], row["status"]) for row in rows] == [
+        (str(chosen), "int8", "ok")
+    ]
     environment = {k: v for k, v in os.environ.items() if k != "LEUKEDGE_MODEL"}
-    result = subprocess.run([str(BIN / "edge-bench"), "--threads", "1", *FAST, "--json", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, env=environment, timeout=300)
+    result = subprocess.run(
+        [str(BIN / "edge-bench"), "--threads", "1", *FAST, "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [(row["model"], row["variant"]) for row in rows] == [(str(RELEASED_MODEL), "int8")]
 
 
 def test_fidelity_reports_both_tools(converted_dir, tmp_path):
-    run_cli("edge-bench", "fidelity", converted_dir, "--variants", "int8", "--threads", "1", "--runs", "20",
-            "--repeats", "1", "--tolerance", "1", "--json", tmp_path / "f.json")
+    run_cli(
+        "edge-bench",
+        "fidelity",
+        converted_dir,
+        "--variants",
+        "int8",
+        "--threads",
+        "1",
+        "--runs",
+        "20",
+        "--repeats",
+        "1",
+        "--tolerance",
+        "1",
+        "--json",
+        tmp_path / "f.json",
+    )
     rows = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert [(row["variant"], row["threads"]) for row in rows] == [("int8", 1)]
     assert rows[0]["edge_bench_mean_ms"] > 0 and rows[0]["litert_tool_mean_ms"] > 0
-    assert rows[0]["ratio"] == pytest.approx(rows[0]["edge_bench_mean_ms"] / rows[0]["litert_tool_mean_ms"])
+    assert rows[0]["ratio"] == pytest.approx(
+        rows[0]["edge_bench_mean_ms"] / rows[0]["litert_tool_mean_ms"]
+    )

@@ -85,8 +85,12 @@ def test_eval_set_errors(tmp_path, data_dir):
     split = tmp_path / "split.csv"
     image = next((data_dir / "Original" / "Benign").iterdir())
     with open(split, "w", newline="") as handle:
-        csv.writer(handle).writerows([("path", "sha256", "label", "split"),
-                                      (image.relative_to(data_dir).as_posix(), "a", "Benign", "train")])
+        csv.writer(handle).writerows(
+            [
+                ("path", "sha256", "label", "split"),
+                (image.relative_to(data_dir).as_posix(), "a", "Benign", "train"),
+            ]
+        )
     with pytest.raises(DatasetError, match="lists no 'test' images"):
         resolve_eval_set(split, data_root=data_dir)
     assert len(resolve_eval_set(split, data_root=data_dir, split="train").samples) == 1
@@ -105,7 +109,10 @@ def test_group_runs_the_default_command_unless_a_subcommand_is_named():
     result = runner.invoke(main, ["--threads", "1,zero"])
     assert result.exit_code == 2 and "'1,zero' is not a comma-separated list" in result.output
     assert "fidelity" in runner.invoke(main, ["--help"]).output
-    assert "Compare edge-bench's mean invoke latency" in runner.invoke(main, ["fidelity", "--help"]).output
+    assert (
+        "Compare edge-bench's mean invoke latency"
+        in runner.invoke(main, ["fidelity", "--help"]).output
+    )
     assert "--min-accuracy" in runner.invoke(main, ["run", "--help"]).output
     assert runner.invoke(main, ["robustness", "--help"]).exit_code == 0
 
@@ -120,20 +127,31 @@ def _one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
 @pytest.mark.slow
 def test_bad_inputs_without_a_model_give_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    _one_line_error(run_cli("edge-bench", tmp_path / "empty", check=False), "no manifest.json and no .tflite")
+    _one_line_error(
+        run_cli("edge-bench", tmp_path / "empty", check=False), "no manifest.json and no .tflite"
+    )
     _one_line_error(run_cli("edge-bench", tmp_path / "none.tflite", check=False), "does not exist")
     model = tmp_path / "m.tflite"
     model.write_bytes(b"not a model")
     (tmp_path / "nolabels" / "Benign").mkdir(parents=True)
     (tmp_path / "nolabels" / "notes.txt").write_text("no class folders with images here")
-    _one_line_error(run_cli("edge-bench", model, "--data", tmp_path / "nolabels", check=False), "no images")
-    _one_line_error(run_cli("edge-bench", model, "--threads", "two", check=False), "'two' is not a comma-separated")
-    _one_line_error(run_cli("edge-bench", model, "--json", tmp_path / "no" / "out.json", check=False),
-                    "does not exist: create it first")
+    _one_line_error(
+        run_cli("edge-bench", model, "--data", tmp_path / "nolabels", check=False), "no images"
+    )
+    _one_line_error(
+        run_cli("edge-bench", model, "--threads", "two", check=False),
+        "'two' is not a comma-separated",
+    )
+    _one_line_error(
+        run_cli("edge-bench", model, "--json", tmp_path / "no" / "out.json", check=False),
+        "does not exist: create it first",
+    )
 
 
 def test_benchmarks_never_import_tensorflow_at_module_level():
-    code = ("import sys, leukedge.benchmarks.cli, leukedge.benchmarks.runner, leukedge.benchmarks.worker, "
-            "leukedge.benchmarks.report, leukedge.benchmarks.fidelity, leukedge.benchmarks.evaluation; "
-            "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'TF imported'")
+    code = (
+        "import sys, leukedge.benchmarks.cli, leukedge.benchmarks.runner, leukedge.benchmarks.worker, "
+        "leukedge.benchmarks.report, leukedge.benchmarks.fidelity, leukedge.benchmarks.evaluation; "
+        "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'TF imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,8 +20,12 @@ from leukedge.train.metrics import classification_metrics
 
 def test_writes_every_file(converted_dir):
     names = {p.name for p in converted_dir.iterdir()}
-    assert {f"model_{v}.tflite" for v in VARIANTS} | {"labels.txt", "manifest.json",
-                                                      "conversion_report.md", "split.csv"} == names
+    assert {f"model_{v}.tflite" for v in VARIANTS} | {
+        "labels.txt",
+        "manifest.json",
+        "conversion_report.md",
+        "split.csv",
+    } == names
 
 
 def test_manifest_matches_the_files(converted_dir, tiny_run):
@@ -57,7 +61,12 @@ def test_metadata_carries_labels_and_normalization(converted_dir):
 def test_int8_takes_camera_pixels_as_they_are(converted_dir):
     manifest = manifests.read(converted_dir)
     int8 = manifest.variants["int8"]
-    assert int8.input.to_dict() == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": 1.0, "zero_point": 0}
+    assert int8.input.to_dict() == {
+        "dtype": "uint8",
+        "shape": [1, 96, 96, 3],
+        "scale": 1.0,
+        "zero_point": 0,
+    }
     assert int8.output.dtype == "uint8" and int8.output.scale > 0
     for variant in ("fp32", "fp16", "dynamic"):
         assert manifest.variants[variant].input.dtype == "float32"
@@ -73,7 +82,9 @@ def test_verification_figures_match_a_direct_computation(converted_dir, tiny_run
     test = [s for s in read_split(converted_dir / "split.csv", data_dir) if s.split == "test"]
     pixels = load_pixels(test, data_dir, 96)
     y = np.array([labels.index(s.label) for s in test])
-    keras_probs = keras.models.load_model(tiny_run / "model.keras").predict(pixels.astype("float32"), verbose=0)
+    keras_probs = keras.models.load_model(tiny_run / "model.keras").predict(
+        pixels.astype("float32"), verbose=0
+    )
     reference = classification_metrics(y, keras_probs.argmax(1), labels)
     # The variants give calibrated probabilities: softmax(logits / T), and log p are the logits up to
     # a constant per image.
@@ -89,16 +100,35 @@ def test_verification_figures_match_a_direct_computation(converted_dir, tiny_run
         figures = manifest.variants[variant].verification
         assert figures.n == len(test)
         assert figures.accuracy == pytest.approx(float((probs.argmax(1) == y).mean()))
-        assert figures.agreement == pytest.approx(float((probs.argmax(1) == keras_probs.argmax(1)).mean()))
-        assert figures.max_abs_prob_diff == pytest.approx(float(np.abs(probs - calibrated).max()), abs=1e-5)
+        assert figures.agreement == pytest.approx(
+            float((probs.argmax(1) == keras_probs.argmax(1)).mean())
+        )
+        assert figures.max_abs_prob_diff == pytest.approx(
+            float(np.abs(probs - calibrated).max()), abs=1e-5
+        )
     assert "| int8 | model_int8.tflite |" in (converted_dir / "conversion_report.md").read_text()
 
 
 def test_int8_io_option_and_accuracy_gate(tiny_run, data_dir, tmp_path):
     out = tmp_path / "int8io"
-    result = run_cli("edge-convert", tiny_run, "--out", out, "--variants", "int8", "--int8-io", "int8",
-                     "--calibration-samples", "32", "--data", data_dir, "--max-drop", "0", *TINY_TRUST_ARGS,
-                     check=False)
+    result = run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--variants",
+        "int8",
+        "--int8-io",
+        "int8",
+        "--calibration-samples",
+        "32",
+        "--data",
+        data_dir,
+        "--max-drop",
+        "0",
+        *TINY_TRUST_ARGS,
+        check=False,
+    )
     manifest = manifests.read(out)
     entry = manifest.variants["int8"]
     assert entry.input.dtype == "int8" and entry.input.zero_point == -128
@@ -108,22 +138,44 @@ def test_int8_io_option_and_accuracy_gate(tiny_run, data_dir, tmp_path):
     assert (result.returncode != 0) == (drop > 0), result.stdout + result.stderr
 
 
-
 def test_bad_inputs(tiny_run, converted_dir, data_dir, tmp_path):
-    assert_clean_error(run_cli("edge-convert", tmp_path / "nope", "--out", tmp_path / "o1", check=False),
-                       "does not exist")
+    assert_clean_error(
+        run_cli("edge-convert", tmp_path / "nope", "--out", tmp_path / "o1", check=False),
+        "does not exist",
+    )
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.keras").write_bytes(b"PK\x03\x04 not really a keras file")
-    assert_clean_error(run_cli("edge-convert", corrupt, "--out", tmp_path / "o2", check=False),
-                       "not a readable Keras model")
-    assert_clean_error(run_cli("edge-convert", tiny_run, "--out", converted_dir, check=False),
-                       "--overwrite")
-    assert_clean_error(run_cli("edge-convert", tiny_run, "--out", tmp_path / "o3", "--variants", "int9",
-                               check=False), "unknown variant 'int9'", "did you mean int8")
-    assert_clean_error(run_cli("edge-convert", tiny_run, "--out", tmp_path / "o4", "--variants", "int8",
-                               "--calibration-samples", "100000", "--data", data_dir, check=False),
-                       "--calibration-samples")
+    assert_clean_error(
+        run_cli("edge-convert", corrupt, "--out", tmp_path / "o2", check=False),
+        "not a readable Keras model",
+    )
+    assert_clean_error(
+        run_cli("edge-convert", tiny_run, "--out", converted_dir, check=False), "--overwrite"
+    )
+    assert_clean_error(
+        run_cli(
+            "edge-convert", tiny_run, "--out", tmp_path / "o3", "--variants", "int9", check=False
+        ),
+        "unknown variant 'int9'",
+        "did you mean int8",
+    )
+    assert_clean_error(
+        run_cli(
+            "edge-convert",
+            tiny_run,
+            "--out",
+            tmp_path / "o4",
+            "--variants",
+            "int8",
+            "--calibration-samples",
+            "100000",
+            "--data",
+            data_dir,
+            check=False,
+        ),
+        "--calibration-samples",
+    )
     assert not (tmp_path / "o4" / "model_int8.tflite").exists()
     # the refused overwrite left the earlier models untouched
     manifest = manifests.read(converted_dir)
@@ -137,7 +189,9 @@ def test_rejects_a_model_that_is_not_an_image_classifier(tmp_path, tiny_run):
     run = tmp_path / "tabular"
     run.mkdir()
     inputs = keras.Input((10,))
-    keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs)).save(run / "model.keras")
+    keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs)).save(
+        run / "model.keras"
+    )
     shutil.copy(tiny_run / "labels.txt", run)
     result = run_cli("edge-convert", run, "--out", tmp_path / "o", check=False)
     assert_clean_error(result, "not an image classifier")
@@ -153,7 +207,12 @@ def test_packed_label_file_is_reproducible():
     assert append_files(b"model bytes", {"labels.txt": b"a\nb\n"}) == first
 
 
-PER_TENSOR_LAYERS = ("block_14_expand", "block_15_expand", "block_16_expand", "Conv_1")  # edge-train's default
+PER_TENSOR_LAYERS = (
+    "block_14_expand",
+    "block_15_expand",
+    "block_16_expand",
+    "Conv_1",
+)  # edge-train's default
 
 
 def _int8_kernels(model_path) -> dict[str, tuple[object, np.ndarray]]:
@@ -174,11 +233,21 @@ def _int8_kernels(model_path) -> dict[str, tuple[object, np.ndarray]]:
         if len(tensor.shape) != 4 or not match:
             continue
         quant = tensor.quantization
-        values = np.asarray(model.buffers[tensor.buffer].data).view(np.int8).reshape(tensor.shape).astype(np.float64)
-        scales = np.asarray(quant.scale).reshape([-1 if a == quant.quantizedDimension else 1 for a in range(4)])
+        values = (
+            np.asarray(model.buffers[tensor.buffer].data)
+            .view(np.int8)
+            .reshape(tensor.shape)
+            .astype(np.float64)
+        )
+        scales = np.asarray(quant.scale).reshape(
+            [-1 if a == quant.quantizedDimension else 1 for a in range(4)]
+        )
         values = values * scales
         # TFLite: depthwise (1, h, w, channels), conv (out, h, w, in); Keras: (h, w, channels), (h, w, in, out)
-        kernels[match.group(1)] = (tensor, values[0] if match.group(2) == "depthwise" else values.transpose(1, 2, 3, 0))
+        kernels[match.group(1)] = (
+            tensor,
+            values[0] if match.group(2) == "depthwise" else values.transpose(1, 2, 3, 0),
+        )
     return kernels
 
 
@@ -203,7 +272,9 @@ def test_trained_kernels_reach_the_int8_model_unchanged(tiny_run, converted_dir)
         folded = (kernel[..., 0] if depthwise else kernel) * batch_norm_fold(backbone, index)
         assert layer.name in int8, f"no int8 kernel for {layer.name}"
         errors[layer.name] = np.abs(int8[layer.name][1] - folded).max() / np.abs(folded).max()
-    assert len(errors) == 17 + len(PER_TENSOR_LAYERS)  # MobileNetV2's depthwise layers and the shared-grid ones
+    assert len(errors) == 17 + len(
+        PER_TENSOR_LAYERS
+    )  # MobileNetV2's depthwise layers and the shared-grid ones
     # Float rounding only; an unrounded kernel is off by up to half a step (~4e-3 of its max).
     assert max(errors.values()) < 1e-5, errors
 
@@ -215,10 +286,17 @@ def test_kernels_trained_on_one_grid_are_stored_with_one_scale(converted_dir):
     listed = manifest.variants["int8"].per_tensor_kernels
     kernels = _int8_kernels(converted_dir / "model_int8.tflite")
     assert len(kernels) == 52  # MobileNetV2's convolutions
-    one_scale = {name for name, (tensor, _) in kernels.items() if len(tensor.quantization.scale) == 1}
+    one_scale = {
+        name for name, (tensor, _) in kernels.items() if len(tensor.quantization.scale) == 1
+    }
     assert one_scale == set(PER_TENSOR_LAYERS)
-    assert {tensor.name.decode() for name, (tensor, _) in kernels.items() if name in one_scale} == set(listed)
+    assert {
+        tensor.name.decode() for name, (tensor, _) in kernels.items() if name in one_scale
+    } == set(listed)
     for name, (tensor, _) in kernels.items():
         if name not in one_scale:
-            assert len(tensor.quantization.scale) == tensor.shape[tensor.quantization.quantizedDimension], name
+            assert (
+                len(tensor.quantization.scale)
+                == tensor.shape[tensor.quantization.quantizedDimension]
+            ), name
     assert "one scale for the whole kernel" in (converted_dir / "conversion_report.md").read_text()

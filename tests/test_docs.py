@@ -17,11 +17,17 @@ import pytest
 from conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-SHIPPED = [*DOCS, *sorted((REPO / "models").glob("*.md")), *sorted((REPO / "models").glob("*.json")),
-           REPO / "edge_app" / "deploy" / "leukedge.service"]
+SHIPPED = [
+    *DOCS,
+    *sorted((REPO / "models").glob("*.md")),
+    *sorted((REPO / "models").glob("*.json")),
+    REPO / "edge_app" / "deploy" / "leukedge.service",
+]
 # Folders of a build machine. /home/pi/ is the Raspberry Pi's own default home (the deploy
 # target the docs describe), not the build machine's, so it is allowed.
-BUILD_PATH = re.compile(r"(?<![\w.~$-])/(?:work|root|tmp)/[\w.-]|(?<![\w.~$-])/home/(?!pi/)[\w.-]+/")
+BUILD_PATH = re.compile(
+    r"(?<![\w.~$-])/(?:work|root|tmp)/[\w.-]|(?<![\w.~$-])/home/(?!pi/)[\w.-]+/"
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 SEPARATORS = {"|", "||", "&&", ";", ">", ">>", "2>", "2>&1", "&", "<", "1>", "2>>"}
@@ -79,12 +85,16 @@ def test_every_relative_link_and_image_exists():
 
 def test_link_checker_finds_broken_links_and_anchors(tmp_path):
     doc = tmp_path / "a.md"
-    doc.write_text("# Storage budget\n## Storage budget\n[ok](#storage-budget-1) [bad](#nope) "
-                   "![img](missing.png) [x](a.md#storage-budget)\n```\n[not a link](nowhere.md)\n```\n")
+    doc.write_text(
+        "# Storage budget\n## Storage budget\n[ok](#storage-budget-1) [bad](#nope) "
+        "![img](missing.png) [x](a.md#storage-budget)\n```\n[not a link](nowhere.md)\n```\n"
+    )
     assert links(doc) == ["#storage-budget-1", "#nope", "missing.png", "a.md#storage-budget"]
     assert anchors(doc) == {"storage-budget", "storage-budget-1"}
-    assert slug("Where it stands (measured on a 2-core x86 machine, no GPU; commands in the docs)") == \
-        "where-it-stands-measured-on-a-2-core-x86-machine-no-gpu-commands-in-the-docs"
+    assert (
+        slug("Where it stands (measured on a 2-core x86 machine, no GPU; commands in the docs)")
+        == "where-it-stands-measured-on-a-2-core-x86-machine-no-gpu-commands-in-the-docs"
+    )
 
 
 def test_nothing_shipped_names_a_build_machine_folder():
@@ -92,15 +102,29 @@ def test_nothing_shipped_names_a_build_machine_folder():
     for path in SHIPPED:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             for match in BUILD_PATH.finditer(line):
-                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]} ({match.group(0)})")
-    assert not found, "absolute paths of the build machine (write ../shared/... or a relative path):\n" + \
-        "\n".join(found)
+                found.append(
+                    f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]} ({match.group(0)})"
+                )
+    assert not found, (
+        "absolute paths of the build machine (write ../shared/... or a relative path):\n"
+        + "\n".join(found)
+    )
 
 
-@pytest.mark.parametrize("text, bad", [("see /work/runs/x", True), ("cd /root/x", True), ("/tmp/abc", True),
-                                       ("/home/alice/data", True), ("/home/pi/leukedge/frames", False),
-                                       ("../shared/data", False), ("https://x.org/tmp/y", False),
-                                       ("$HOME/tmp/x", False), ("~/work/x", False)])
+@pytest.mark.parametrize(
+    "text, bad",
+    [
+        ("see /work/runs/x", True),
+        ("cd /root/x", True),
+        ("/tmp/abc", True),
+        ("/home/alice/data", True),
+        ("/home/pi/leukedge/frames", False),
+        ("../shared/data", False),
+        ("https://x.org/tmp/y", False),
+        ("$HOME/tmp/x", False),
+        ("~/work/x", False),
+    ],
+)
 def test_build_path_pattern(text, bad):
     assert bool(BUILD_PATH.search(text)) is bad
 
@@ -119,11 +143,17 @@ def command_lines(path: Path) -> list[tuple[str, list[str]]]:
                 name = Path(token).name
                 start = max([i + 1 for i, t in enumerate(tokens[:index]) if t in SEPARATORS] or [0])
                 prefix = tokens[start:index]  # VAR=value assignments, time, sudo ... before it
-                if name in programs and all(re.fullmatch(r"\w+=.*", t) or t in ("time", "sudo", "nice", "exec")
-                                            for t in prefix):
+                if name in programs and all(
+                    re.fullmatch(r"\w+=.*", t) or t in ("time", "sudo", "nice", "exec")
+                    for t in prefix
+                ):
                     args = []
-                    for arg in tokens[index + 1:]:
-                        if arg in SEPARATORS or re.fullmatch(r"\d?>+&?\d*", arg) or arg.startswith((">", "2>")):
+                    for arg in tokens[index + 1 :]:
+                        if (
+                            arg in SEPARATORS
+                            or re.fullmatch(r"\d?>+&?\d*", arg)
+                            or arg.startswith((">", "2>"))
+                        ):
                             break
                         args.append(arg)
                     found.append((name, args))
@@ -145,9 +175,19 @@ def problems(program: str, args: list[str]) -> list[str]:
             args.remove(first)
             command, where = command.commands[first], f"{program} {first}"
         elif isinstance(command, DefaultCommandGroup):
-            if first is not None and closest(first, command.commands) and "/" not in first and "." not in first:
-                return [f"{program} {first}: not a subcommand (did you mean {closest(first, command.commands)}?)"]
-            command, where = command.commands[command.default_command], f"{program} {command.default_command}"
+            if (
+                first is not None
+                and closest(first, command.commands)
+                and "/" not in first
+                and "." not in first
+            ):
+                return [
+                    f"{program} {first}: not a subcommand (did you mean {closest(first, command.commands)}?)"
+                ]
+            command, where = (
+                command.commands[command.default_command],
+                f"{program} {command.default_command}",
+            )
         else:
             return [f"{program} {first}: no such subcommand ({', '.join(command.commands)})"]
     options: dict[str, click.Parameter] = {}
@@ -169,7 +209,12 @@ def problems(program: str, args: list[str]) -> list[str]:
         if param == "missing":
             found.append(f"{where}: no such option {name}")
             continue
-        if param is not None and not param.is_flag and not has_value and not getattr(param, "count", False):
+        if (
+            param is not None
+            and not param.is_flag
+            and not has_value
+            and not getattr(param, "count", False)
+        ):
             skip = True
     return found
 
@@ -179,21 +224,30 @@ def test_every_documented_command_names_real_subcommands_and_options():
     for doc in DOCS:
         for program, args in command_lines(doc):
             seen += 1
-            bad += [f"{doc.relative_to(REPO)}: {program} {' '.join(args)}\n    -> {p}" for p in problems(program, args)]
+            bad += [
+                f"{doc.relative_to(REPO)}: {program} {' '.join(args)}\n    -> {p}"
+                for p in problems(program, args)
+            ]
     assert seen > 30  # the docs are full of commands: finding few means the parser broke
     assert not bad, "\n".join(bad)
 
 
 def test_command_checker_catches_typos():
     assert problems("edge-bench", ["robustnes", "runs/conv"])
-    assert problems("edge-bench", ["runs/conv", "--thread", "1"]) == ["edge-bench run: no such option --thread"]
+    assert problems("edge-bench", ["runs/conv", "--thread", "1"]) == [
+        "edge-bench run: no such option --thread"
+    ]
     assert problems("edge-app", ["rn", "--source", "x"])
     assert problems("edge-app", ["run", "--source", "x", "--max-disk", "5"])
     assert problems("edge-train", ["--out", "x", "--weights", "none"]) == []
     assert problems("edge-convert", ["runs/x", "--out", "y", "--variant", "int8"])
     assert problems("edge-bench", ["robustness", "runs/conv", "--help"]) == []
-    assert command_lines_of("x=1 edge-app run --db a.sqlite | head && edge-bench unattended --json u.json") == [
-        ("edge-app", ["run", "--db", "a.sqlite"]), ("edge-bench", ["unattended", "--json", "u.json"])]
+    assert command_lines_of(
+        "x=1 edge-app run --db a.sqlite | head && edge-bench unattended --json u.json"
+    ) == [
+        ("edge-app", ["run", "--db", "a.sqlite"]),
+        ("edge-bench", ["unattended", "--json", "u.json"]),
+    ]
 
 
 def command_lines_of(text: str, tmp=Path("/dev/shm") if Path("/dev/shm").is_dir() else None):

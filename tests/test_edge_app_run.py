@@ -85,11 +85,25 @@ def assert_clean_error(result: subprocess.CompletedProcess, text: str) -> None:
 def test_folder_source_stores_every_result(model, slides, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(slides, folder)
-    (folder / "broken.jpg").write_bytes((slides / sorted(os.listdir(slides))[0]).read_bytes()[:1500])
+    (folder / "broken.jpg").write_bytes(
+        (slides / sorted(os.listdir(slides))[0]).read_bytes()[:1500]
+    )
     (folder / "empty.png").write_bytes(b"")
     db, frames = tmp_path / "results.sqlite", tmp_path / "frames"
-    result = edge_app("run", "--model", model, "--source", folder, "--headless", "--db", db,
-                      "--save-dir", frames, "--sample-id", "S-001")
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        folder,
+        "--headless",
+        "--db",
+        db,
+        "--save-dir",
+        frames,
+        "--sample-id",
+        "S-001",
+    )
     assert result.returncode == 0, result.stderr
     emitted = json_lines(result.stdout)
     stored = rows(db)
@@ -103,7 +117,9 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
         assert row["sample_id"] == "S-001" and row["mode"] == "live"
         assert row["model_sha256"] == manifest.variants["int8"].sha256
         assert row["model_variant"] == "int8" and row["model_verified"] == 1
-        assert row["app_version"] and row["runtime"].startswith(("ai-edge-litert", "tflite-runtime"))
+        assert row["app_version"] and row["runtime"].startswith(
+            ("ai-edge-litert", "tflite-runtime")
+        )
         assert row["quality_ok"] == 1 and row["focus"] > 0
         probabilities = json.loads(row["probabilities"])
         assert list(probabilities) == classifier.labels
@@ -115,13 +131,20 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
         # The converted model carries trust parameters: its own rule decides (docs/trust.md).
         line = next(line for line in emitted if line["id"] == row["id"])
         unknown = classifier.trust.ood.is_unknown(line["ood_score"])
-        one_label = classifier.trust.conformal.prediction_set(expected) == [int(np.argmax(expected))]
+        one_label = classifier.trust.conformal.prediction_set(expected) == [
+            int(np.argmax(expected))
+        ]
         if row["decision"] == "label":
             assert row["label"] == top and one_label and not unknown
         elif row["decision"] == "unknown":
             assert unknown and row["label"] is None
         else:
-            assert row["decision"] == "uncertain" and row["label"] is None and not one_label and not unknown
+            assert (
+                row["decision"] == "uncertain"
+                and row["label"] is None
+                and not one_label
+                and not unknown
+            )
         saved = Path(row["image_path"])
         assert saved.is_file() and stat.S_IMODE(saved.stat().st_mode) == 0o600
         assert load_rgb(saved).shape == (224, 224, 3)
@@ -134,12 +157,24 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
 
 def test_min_confidence_routes_to_expert_review(model, slides, tmp_path):
     db = tmp_path / "r.sqlite"
-    result = edge_app("run", "--model", model, "--source", slides, "--headless", "--db", db,
-                      "--min-confidence", "1.0")
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        slides,
+        "--headless",
+        "--db",
+        db,
+        "--min-confidence",
+        "1.0",
+    )
     assert result.returncode == 0, result.stderr
     assert {line["decision"] for line in json_lines(result.stdout)} == {"uncertain"}
-    assert all(line["message"].startswith("uncertain: refer for expert review")
-               for line in json_lines(result.stdout))
+    assert all(
+        line["message"].startswith("uncertain: refer for expert review")
+        for line in json_lines(result.stdout)
+    )
 
 
 def test_video_file_source(model, slides, tmp_path):
@@ -154,12 +189,16 @@ def test_video_file_source(model, slides, tmp_path):
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert len(stored) == len(images) == len(json_lines(result.stdout))
-    assert [row["frame_origin"] for row in stored] == [f"{video}#{n}" for n in range(1, len(images) + 1)]
+    assert [row["frame_origin"] for row in stored] == [
+        f"{video}#{n}" for n in range(1, len(images) + 1)
+    ]
     assert all(row["quality_ok"] == 1 for row in stored)
     # OpenCV decodes BGR; the app must classify RGB like the file source does.
     classifier = Classifier(model)
-    agree = sum(row["top_label"] == classifier.labels[int(np.argmax(classifier.classify(load_rgb(path))))]
-                for row, path in zip(stored, images))
+    agree = sum(
+        row["top_label"] == classifier.labels[int(np.argmax(classifier.classify(load_rgb(path))))]
+        for row, path in zip(stored, images)
+    )
     assert agree >= len(images) - 1
 
 
@@ -167,17 +206,39 @@ def test_picamera2_main_stream_gives_the_same_answers_as_the_files(model, slides
     log = tmp_path / "calls.log"
     db = tmp_path / "r.sqlite"
     env = fake_camera_env(slides, FAKE_PICAMERA2_LOG=log)
-    result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
-                      "--camera-size", "224x224", "--max-frames", "8", env=env)
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        "picamera2",
+        "--headless",
+        "--db",
+        db,
+        "--camera-size",
+        "224x224",
+        "--max-frames",
+        "8",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert len(stored) == 8 and stored[0]["source"] == "picamera2"
     classifier = Classifier(model)
     for row, path in zip(stored, sorted(slides.glob("*.jpg"))):
         expected = classifier.classify(load_rgb(path))
-        assert np.allclose(list(json.loads(row["probabilities"]).values()), expected, atol=1e-5), path
-    documented = {"Picamera2", "Picamera2.create_preview_configuration", "Picamera2.configure",
-                  "Picamera2.start", "Picamera2.capture_array", "Picamera2.stop", "Picamera2.close"}
+        assert np.allclose(list(json.loads(row["probabilities"]).values()), expected, atol=1e-5), (
+            path
+        )
+    documented = {
+        "Picamera2",
+        "Picamera2.create_preview_configuration",
+        "Picamera2.configure",
+        "Picamera2.start",
+        "Picamera2.capture_array",
+        "Picamera2.stop",
+        "Picamera2.close",
+    }
     calls = log.read_text().split()
     assert set(calls) <= documented and calls[-2:] == ["Picamera2.stop", "Picamera2.close"]
 
@@ -185,16 +246,53 @@ def test_picamera2_main_stream_gives_the_same_answers_as_the_files(model, slides
 def test_picamera2_lores_yuv420_stream_with_padded_stride(model, slides, tmp_path):
     db, frames = tmp_path / "r.sqlite", tmp_path / "frames"
     env = fake_camera_env(slides, FAKE_PICAMERA2_BOARD="pi4")
-    result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
-                      "--camera-stream", "lores", "--lores-size", "300x224", "--camera-size", "600x448",
-                      "--save-dir", frames, "--save-policy", "all", "--max-frames", "4", env=env)
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        "picamera2",
+        "--headless",
+        "--db",
+        db,
+        "--camera-stream",
+        "lores",
+        "--lores-size",
+        "300x224",
+        "--camera-size",
+        "600x448",
+        "--save-dir",
+        frames,
+        "--save-policy",
+        "all",
+        "--max-frames",
+        "4",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert len(stored) == 4 and all(row["quality_ok"] == 1 for row in stored)
-    assert all(load_rgb(row["image_path"]).shape == (448, 600, 3) for row in stored)  # main is saved
+    assert all(
+        load_rgb(row["image_path"]).shape == (448, 600, 3) for row in stored
+    )  # main is saved
     # Pi 4 has no RGB lores stream: a clear error, not a traceback.
-    refused = edge_app("run", "--model", model, "--source", "picamera2", "--db", db, "--headless",
-                       "--camera-stream", "lores", "--lores-format", "RGB888", "--camera-retry-s", "0", env=env)
+    refused = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        "picamera2",
+        "--db",
+        db,
+        "--headless",
+        "--camera-stream",
+        "lores",
+        "--lores-format",
+        "RGB888",
+        "--camera-retry-s",
+        "0",
+        env=env,
+    )
     assert_clean_error(refused, "lores stream must be YUV on Pi 4")
     assert len(rows(db)) == 4
 
@@ -202,8 +300,19 @@ def test_picamera2_lores_yuv420_stream_with_padded_stride(model, slides, tmp_pat
 def test_camera_failure_mid_run_recovers(model, slides, tmp_path):
     db = tmp_path / "r.sqlite"
     env = fake_camera_env(slides, FAKE_PICAMERA2_FAIL_AFTER=3, FAKE_PICAMERA2_FAIL_COUNT=3)
-    result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
-                      "--max-frames", "6", env=env)
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        "picamera2",
+        "--headless",
+        "--db",
+        db,
+        "--max-frames",
+        "6",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "camera failure" in result.stderr and "camera back after" in result.stderr
     assert len(rows(db)) == len(json_lines(result.stdout)) == 6
@@ -213,8 +322,19 @@ def test_camera_gone_for_good_exits_cleanly_with_results_intact(model, slides, t
     db = tmp_path / "r.sqlite"
     env = fake_camera_env(slides, FAKE_PICAMERA2_FAIL_AFTER=3, FAKE_PICAMERA2_FAIL_COUNT=-1)
     started = time.monotonic()
-    result = edge_app("run", "--model", model, "--source", "picamera2", "--headless", "--db", db,
-                      "--camera-retry-s", "1.5", env=env)
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        "picamera2",
+        "--headless",
+        "--db",
+        db,
+        "--camera-retry-s",
+        "1.5",
+        env=env,
+    )
     assert_clean_error(result, "gave up after")
     assert time.monotonic() - started < 60
     assert "retrying in" in result.stderr
@@ -225,10 +345,27 @@ def test_camera_gone_for_good_exits_cleanly_with_results_intact(model, slides, t
 def test_signal_mid_run_leaves_a_consistent_database(model, slides, tmp_path, signal_number):
     db = tmp_path / "r.sqlite"
     env = {**os.environ, **fake_camera_env(slides, FAKE_PICAMERA2_FPS=30)}
-    process = subprocess.Popen([str(BIN / "edge-app"), "run", "--model", str(model), "--source", "picamera2",
-                                "--headless", "--db", str(db), "--save-dir", str(tmp_path / "frames"),
-                                "--save-policy", "all"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            str(BIN / "edge-app"),
+            "run",
+            "--model",
+            str(model),
+            "--source",
+            "picamera2",
+            "--headless",
+            "--db",
+            str(db),
+            "--save-dir",
+            str(tmp_path / "frames"),
+            "--save-policy",
+            "all",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     received = [process.stdout.readline() for _ in range(5)]
     process.send_signal(signal_number)
     stdout, stderr = process.communicate(timeout=60)
@@ -244,8 +381,19 @@ def test_signal_mid_run_leaves_a_consistent_database(model, slides, tmp_path, si
 
 def test_capture_mode_takes_sample_ids_and_triggers_from_stdin(model, slides, tmp_path):
     db = tmp_path / "r.sqlite"
-    result = edge_app("run", "--model", model, "--source", slides, "--mode", "capture", "--db", db,
-                      "--headless", input="S-1\n\nS-2\nq\n")
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        slides,
+        "--mode",
+        "capture",
+        "--db",
+        db,
+        "--headless",
+        input="S-1\n\nS-2\nq\n",
+    )
     assert result.returncode == 0, result.stderr
     stored = rows(db)
     assert [row["sample_id"] for row in stored] == ["S-1", "S-1", "S-2"]
@@ -254,7 +402,9 @@ def test_capture_mode_takes_sample_ids_and_triggers_from_stdin(model, slides, tm
 
 
 def test_unwritable_db_path_and_full_disk_are_clear_errors(model, slides, tmp_path):
-    result = edge_app("run", "--model", model, "--source", slides, "--db", "/proc/leukedge/r.sqlite")
+    result = edge_app(
+        "run", "--model", model, "--source", slides, "--db", "/proc/leukedge/r.sqlite"
+    )
     assert_clean_error(result, "cannot write")
     db, frames = tmp_path / "r.sqlite", tmp_path / "frames"
 
@@ -262,9 +412,22 @@ def test_unwritable_db_path_and_full_disk_are_clear_errors(model, slides, tmp_pa
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    full = edge_app("run", "--model", model, "--source", slides, "--db", db, "--headless", "--loop",
-                    "--save-dir", frames, "--image-format", "png",
-                    preexec_fn=small_files)
+    full = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        slides,
+        "--db",
+        db,
+        "--headless",
+        "--loop",
+        "--save-dir",
+        frames,
+        "--image-format",
+        "png",
+        preexec_fn=small_files,
+    )
     assert_clean_error(full, "disk")
     assert "results stored so far are intact" in full.stderr
     stored = rows(db)
@@ -273,27 +436,51 @@ def test_unwritable_db_path_and_full_disk_are_clear_errors(model, slides, tmp_pa
 
 
 def test_missing_corrupt_or_changed_model_is_a_one_line_error(model, slides, tmp_path):
-    assert_clean_error(edge_app("run", "--model", tmp_path / "nope.tflite", "--source", slides,
-                                "--db", tmp_path / "r.sqlite"), "does not exist")
+    assert_clean_error(
+        edge_app(
+            "run",
+            "--model",
+            tmp_path / "nope.tflite",
+            "--source",
+            slides,
+            "--db",
+            tmp_path / "r.sqlite",
+        ),
+        "does not exist",
+    )
     corrupt = tmp_path / "corrupt.tflite"
     corrupt.write_bytes(b"this is not a model\n" * 200)
-    assert_clean_error(edge_app("run", "--model", corrupt, "--source", slides, "--db", tmp_path / "r.sqlite"),
-                       "not a TFLite model")
+    assert_clean_error(
+        edge_app("run", "--model", corrupt, "--source", slides, "--db", tmp_path / "r.sqlite"),
+        "not a TFLite model",
+    )
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 2])
-    assert_clean_error(edge_app("run", "--model", truncated, "--source", slides, "--db", tmp_path / "r.sqlite"),
-                       "truncated.tflite")
+    assert_clean_error(
+        edge_app("run", "--model", truncated, "--source", slides, "--db", tmp_path / "r.sqlite"),
+        "truncated.tflite",
+    )
     changed_dir = tmp_path / "changed"
     changed_dir.mkdir()
     shutil.copy(model.parent / "manifest.json", changed_dir)
     data = bytearray(model.read_bytes())
     data[-1] ^= 0xFF
     (changed_dir / model.name).write_bytes(bytes(data))
-    assert_clean_error(edge_app("run", "--model", changed_dir / model.name, "--source", slides,
-                                "--db", tmp_path / "r.sqlite"), "--allow-unverified")
+    assert_clean_error(
+        edge_app(
+            "run",
+            "--model",
+            changed_dir / model.name,
+            "--source",
+            slides,
+            "--db",
+            tmp_path / "r.sqlite",
+        ),
+        "--allow-unverified",
+    )
 
 
-BLOCK_TENSORFLOW = '''
+BLOCK_TENSORFLOW = """
 import sys
 class _BlockTensorFlow:
     def find_spec(self, name, path=None, target=None):
@@ -301,7 +488,7 @@ class _BlockTensorFlow:
             raise ImportError("tensorflow is blocked in this test")
         return None
 sys.meta_path.insert(0, _BlockTensorFlow())
-'''
+"""
 
 
 def test_edge_app_runs_where_tensorflow_cannot_be_imported(model, slides, tmp_path):
@@ -309,17 +496,30 @@ def test_edge_app_runs_where_tensorflow_cannot_be_imported(model, slides, tmp_pa
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
     env = {"PYTHONPATH": f"{blocker}{os.pathsep}{FAKES}"}
-    probe = subprocess.run([str(BIN / "python"), "-c", "import tensorflow"], capture_output=True, text=True,
-                           env={**os.environ, **env})
+    probe = subprocess.run(
+        [str(BIN / "python"), "-c", "import tensorflow"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
-    modules = subprocess.run([str(BIN / "python"), "-c",
-                              "import sys, leukedge.edge_app.cli, leukedge.edge_app.app, leukedge.edge_app.sources.picamera, "
-                              "leukedge.edge_app.sources.opencv, leukedge.benchmarks.app, leukedge.benchmarks.trust_cli; "
-                              "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"],
-                             capture_output=True, text=True, env={**os.environ, **env})
+    modules = subprocess.run(
+        [
+            str(BIN / "python"),
+            "-c",
+            "import sys, leukedge.edge_app.cli, leukedge.edge_app.app, leukedge.edge_app.sources.picamera, "
+            "leukedge.edge_app.sources.opencv, leukedge.benchmarks.app, leukedge.benchmarks.trust_cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     assert modules.returncode == 0 and modules.stdout.strip() == "[]", modules.stderr
     db = tmp_path / "r.sqlite"
-    result = edge_app("run", "--model", model, "--source", slides, "--headless", "--db", db, env=env)
+    result = edge_app(
+        "run", "--model", model, "--source", slides, "--headless", "--db", db, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert len(rows(db)) == 8
 
@@ -336,9 +536,27 @@ def test_help_shows_examples_and_the_disclaimer():
 
 def test_capture_mode_triggered_by_sigusr1_as_a_service(model, slides, tmp_path):
     db = tmp_path / "r.sqlite"
-    process = subprocess.Popen([str(BIN / "edge-app"), "run", "--model", str(model), "--source", str(slides),
-                                "--mode", "capture", "--sample-id", "S-9", "--headless", "--db", str(db)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            str(BIN / "edge-app"),
+            "run",
+            "--model",
+            str(model),
+            "--source",
+            str(slides),
+            "--mode",
+            "capture",
+            "--sample-id",
+            "S-9",
+            "--headless",
+            "--db",
+            str(db),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stderr:  # wait until the triggers are armed
         if "capture mode" in line:
             break
@@ -354,8 +572,19 @@ def test_capture_mode_triggered_by_sigusr1_as_a_service(model, slides, tmp_path)
 
 
 def test_preview_degrades_without_gui_opencv(model, slides, tmp_path):
-    result = edge_app("run", "--model", model, "--source", slides, "--db", tmp_path / "r.sqlite",
-                      "--preview", "--max-frames", "2", env={"DISPLAY": ":99"})
+    result = edge_app(
+        "run",
+        "--model",
+        model,
+        "--source",
+        slides,
+        "--db",
+        tmp_path / "r.sqlite",
+        "--preview",
+        "--max-frames",
+        "2",
+        env={"DISPLAY": ":99"},
+    )
     assert result.returncode == 0, result.stderr
     assert "without a preview window" in result.stderr
     assert len(result.stdout.splitlines()) == 2 and "%" in result.stdout  # one human line per frame

@@ -83,7 +83,11 @@ def test_decisions_never_give_a_confident_label_below_threshold():
     labels = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
     rule = DecisionRule.for_model(None, 0.8)
     confident = decide(np.array([0.05, 0.9, 0.03, 0.02]), labels, rule)
-    assert (confident.kind, confident.label, confident.top_label) == (LABEL, "Early Pre-B", "Early Pre-B")
+    assert (confident.kind, confident.label, confident.top_label) == (
+        LABEL,
+        "Early Pre-B",
+        "Early Pre-B",
+    )
     unsure = decide(np.array([0.1, 0.5, 0.3, 0.1]), labels, rule)
     assert unsure.kind == UNCERTAIN and unsure.label is None and unsure.top_label == "Early Pre-B"
     assert unsure.message.startswith("uncertain: refer for expert review")
@@ -101,10 +105,20 @@ def test_smoother_averages_the_last_frames():
 
 def _row(**extra) -> dict:
     row = {name: None for name in COLUMN_NAMES[1:]}
-    row.update(timestamp_utc="2026-01-01T00:00:00Z", mode="live", source="s", decision="label",
-               label="Pre-B", quality_ok=1, model_file="m.tflite", model_sha256="0" * 64,
-               model_verified=1, runtime="ai-edge-litert", app_version="0.1.0",
-               probabilities=json.dumps({"Pre-B": 0.9, "Pro-B": 0.1}))
+    row.update(
+        timestamp_utc="2026-01-01T00:00:00Z",
+        mode="live",
+        source="s",
+        decision="label",
+        label="Pre-B",
+        quality_ok=1,
+        model_file="m.tflite",
+        model_sha256="0" * 64,
+        model_verified=1,
+        runtime="ai-edge-litert",
+        app_version="0.1.0",
+        probabilities=json.dumps({"Pre-B": 0.9, "Pro-B": 0.1}),
+    )
     row.update(extra)
     return row
 
@@ -119,7 +133,11 @@ def test_store_is_wal_owner_only_and_exports(tmp_path):
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     connection = sqlite3.connect(db)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("SELECT sample_id FROM results ORDER BY id").fetchall() == [("S0",), ("S1",), ("S2",)]
+    assert connection.execute("SELECT sample_id FROM results ORDER BY id").fetchall() == [
+        ("S0",),
+        ("S1",),
+        ("S2",),
+    ]
     connection.close()
     out = tmp_path / "out.csv"
     assert export_csv(db, out) == 3

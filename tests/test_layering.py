@@ -44,19 +44,28 @@ def package_of(path: Path, root: Path, name: str) -> str:
 
 def test_the_import_parser_sees_absolute_relative_and_function_level_imports(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import os\nfrom . import sibling\nfrom ..other import thing\n"
-                      "def f():\n    from leukedge.train import dataset\n")
+    sample.write_text(
+        "import os\nfrom . import sibling\nfrom ..other import thing\n"
+        "def f():\n    from leukedge.train import dataset\n"
+    )
     names = imported_names(sample, "leukedge.edge_app.sources")
-    assert {"os", "leukedge.edge_app.sources.sibling", "leukedge.edge_app.other.thing",
-            "leukedge.train.dataset"} <= names
+    assert {
+        "os",
+        "leukedge.edge_app.sources.sibling",
+        "leukedge.edge_app.other.thing",
+        "leukedge.train.dataset",
+    } <= names
 
 
 def test_edge_app_imports_no_other_stage():
     root = REPO / "edge_app"
     files = sorted(root.rglob("*.py"))
     assert len(files) > 15
-    forbidden = [f"leukedge.{stage}" for stage in STAGES if stage != "edge_app"] + \
-        [stage for stage in STAGES if stage != "edge_app"] + list(HEAVY)
+    forbidden = (
+        [f"leukedge.{stage}" for stage in STAGES if stage != "edge_app"]
+        + [stage for stage in STAGES if stage != "edge_app"]
+        + list(HEAVY)
+    )
     offenders = []
     for path in files:
         for name in imported_names(path, package_of(path, root, "leukedge.edge_app")):
@@ -86,8 +95,9 @@ print(json.dumps({{"modules": found, "culprits": culprits}}))
 def import_every_module(*packages: str) -> dict:
     """Import each module of `packages` in a fresh interpreter; the first that loads TF is a culprit."""
     code = IMPORT_EVERY_MODULE.format(heavy=HEAVY, packages=packages)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=REPO.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO.parent
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -95,9 +105,16 @@ def import_every_module(*packages: str) -> dict:
 def test_no_module_of_edge_app_or_benchmarks_imports_tensorflow_at_import_time():
     report = import_every_module("leukedge.edge_app", "leukedge.benchmarks")
     assert report["culprits"] == []
-    expected = {f"leukedge.edge_app.{p.stem}" for p in (REPO / "edge_app").glob("*.py") if p.stem != "__init__"}
-    expected |= {f"leukedge.benchmarks.{p.stem}" for p in (REPO / "benchmarks").glob("*.py")
-                 if p.stem != "__init__"}
+    expected = {
+        f"leukedge.edge_app.{p.stem}"
+        for p in (REPO / "edge_app").glob("*.py")
+        if p.stem != "__init__"
+    }
+    expected |= {
+        f"leukedge.benchmarks.{p.stem}"
+        for p in (REPO / "benchmarks").glob("*.py")
+        if p.stem != "__init__"
+    }
     assert expected <= set(report["modules"])  # every module was really imported
 
 

@@ -58,26 +58,45 @@ def test_the_released_manifest_reads_typed_and_writes_back_unchanged(tmp_path):
 
 def test_unknown_keys_and_trust_survive_a_round_trip(release_copy):
     trust = {"schema": 1, "temperature": 1.3}
-    edit(release_copy, lambda d: (d["variants"]["int8"].update(trust=trust, newer_key=[1, 2]),
-                                  d.update(newer_top={"a": 1})))
+    edit(
+        release_copy,
+        lambda d: (
+            d["variants"]["int8"].update(trust=trust, newer_key=[1, 2]),
+            d.update(newer_top={"a": 1}),
+        ),
+    )
     manifest = manifests.read(release_copy)
     assert manifest.variants[INT8].trust == trust
-    assert manifest.variants[INT8].extra == {"newer_key": [1, 2]} and manifest.extra == {"newer_top": {"a": 1}}
+    assert manifest.variants[INT8].extra == {"newer_key": [1, 2]} and manifest.extra == {
+        "newer_top": {"a": 1}
+    }
     manifests.write(manifest, release_copy)
     again = json.loads((release_copy / "manifest.json").read_text())
     assert again["variants"]["int8"]["trust"] == trust and again["newer_top"] == {"a": 1}
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    (lambda d: d.update(format_version=2), "field format_version is 2"),
-    (lambda d: d.pop("format_version"), "missing field format_version"),
-    (lambda d: d.pop("labels"), "missing field labels"),
-    (lambda d: d["variants"]["int8"].pop("sha256"), "missing field variants.int8.sha256"),
-    (lambda d: d["variants"]["int8"]["input"].pop("dtype"), "missing field variants.int8.input.dtype"),
-    (lambda d: d["variants"]["fp16"]["verification"].pop("n"), "missing field variants.fp16.verification.n"),
-    (lambda d: d["variants"]["int8"].update(bytes="big"), "field variants.int8.bytes must be a number"),
-    (lambda d: d.update(variants=[]), "field variants must be an object"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.update(format_version=2), "field format_version is 2"),
+        (lambda d: d.pop("format_version"), "missing field format_version"),
+        (lambda d: d.pop("labels"), "missing field labels"),
+        (lambda d: d["variants"]["int8"].pop("sha256"), "missing field variants.int8.sha256"),
+        (
+            lambda d: d["variants"]["int8"]["input"].pop("dtype"),
+            "missing field variants.int8.input.dtype",
+        ),
+        (
+            lambda d: d["variants"]["fp16"]["verification"].pop("n"),
+            "missing field variants.fp16.verification.n",
+        ),
+        (
+            lambda d: d["variants"]["int8"].update(bytes="big"),
+            "field variants.int8.bytes must be a number",
+        ),
+        (lambda d: d.update(variants=[]), "field variants must be an object"),
+    ],
+)
 def test_a_bad_manifest_is_refused_naming_the_file_and_the_field(release_copy, change, field):
     path = edit(release_copy, change)
     with pytest.raises(ManifestError) as error:
@@ -105,7 +124,10 @@ def test_write_is_atomic_and_never_writes_an_invalid_manifest(release_copy):
     manifest.variants[INT8].status = "failed: accuracy drop"
     manifests.write(manifest, release_copy)
     assert manifests.read(release_copy).variants[INT8].failed
-    assert sorted(p.name for p in release_copy.iterdir()) == ["manifest.json", "model_int8.tflite"]  # no temp
+    assert sorted(p.name for p in release_copy.iterdir()) == [
+        "manifest.json",
+        "model_int8.tflite",
+    ]  # no temp
     assert stat.S_IMODE((release_copy / "manifest.json").stat().st_mode) == 0o644
 
 
@@ -120,8 +142,18 @@ def test_check_writable_refuses_a_read_only_manifest(release_copy):
 
 def test_the_app_names_the_file_and_field_of_a_bad_manifest(release_copy, tmp_path):
     path = edit(release_copy, lambda d: d.update(format_version=7))
-    result = run_cli("edge-app", "run", "--model", release_copy / "model_int8.tflite", "--source", tmp_path,
-                     "--headless", "--db", tmp_path / "r.sqlite", check=False)
+    result = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        release_copy / "model_int8.tflite",
+        "--source",
+        tmp_path,
+        "--headless",
+        "--db",
+        tmp_path / "r.sqlite",
+        check=False,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(errors) == 1 and str(path) in errors[0] and "format_version is 7" in errors[0]

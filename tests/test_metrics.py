@@ -23,7 +23,12 @@ Y_PRED = [p for _, p in PAIRS]
 
 
 def test_confusion_matrix_by_hand():
-    assert confusion_matrix(Y_TRUE, Y_PRED, 4).tolist() == [[3, 1, 0, 0], [1, 2, 0, 1], [0, 0, 2, 0], [0, 0, 0, 0]]
+    assert confusion_matrix(Y_TRUE, Y_PRED, 4).tolist() == [
+        [3, 1, 0, 0],
+        [1, 2, 0, 1],
+        [0, 0, 2, 0],
+        [0, 0, 0, 0],
+    ]
 
 
 def test_metrics_by_hand():
@@ -34,8 +39,12 @@ def test_metrics_by_hand():
     # precision = diagonal / column sum: A 3/4, B 2/3, C 2/2, D 0/1
     # recall = diagonal / row sum:       A 3/4, B 2/4, C 2/2, D 0 (no support)
     # F1 = 2PR / (P + R): A 3/4; B 2(2/3)(1/2) / (2/3 + 1/2) = (2/3) / (7/6) = 4/7; C 1; D 0
-    expected = {"A": (F(3, 4), F(3, 4), F(3, 4), 4), "B": (F(2, 3), F(1, 2), F(4, 7), 4),
-                "C": (F(1), F(1), F(1), 2), "D": (F(0), F(0), F(0), 0)}
+    expected = {
+        "A": (F(3, 4), F(3, 4), F(3, 4), 4),
+        "B": (F(2, 3), F(1, 2), F(4, 7), 4),
+        "C": (F(1), F(1), F(1), 2),
+        "D": (F(0), F(0), F(0), 0),
+    }
     for label, (precision, recall, f1, support) in expected.items():
         got = m["per_class"][label]
         assert got["precision"] == pytest.approx(float(precision)), label

@@ -16,23 +16,42 @@ SCRIPT = REPO / "scripts" / "rebuild_keras_from_tflite.py"
 
 
 def rebuild(*args, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=900
+    )
     if check and result.returncode != 0:
         raise AssertionError(result.stdout + result.stderr[-4000:])
     return result
 
 
 @pytest.mark.slow
-def test_rebuilt_model_computes_what_the_int8_model_computes(tiny_run, converted_dir, data_dir, tmp_path):
+def test_rebuilt_model_computes_what_the_int8_model_computes(
+    tiny_run, converted_dir, data_dir, tmp_path
+):
     import keras
 
     from leukedge.train.model import batch_norm_fold
 
     out = tmp_path / "rebuilt"
-    rebuild(converted_dir / "model_int8.tflite", "--out", out, "--alpha", "0.35", "--data", data_dir,
-            "--labels", tiny_run / "labels.txt", "--split-file", tiny_run / "split.csv")
-    assert {p.name for p in out.iterdir()} == {"model.keras", "labels.txt", "split.csv", "metrics.json"}
+    rebuild(
+        converted_dir / "model_int8.tflite",
+        "--out",
+        out,
+        "--alpha",
+        "0.35",
+        "--data",
+        data_dir,
+        "--labels",
+        tiny_run / "labels.txt",
+        "--split-file",
+        tiny_run / "split.csv",
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "model.keras",
+        "labels.txt",
+        "split.csv",
+        "metrics.json",
+    }
     original = keras.models.load_model(tiny_run / "model.keras", compile=False)
     rebuilt = keras.models.load_model(out / "model.keras", compile=False)
     base, rebuilt_base = original.layers[2], rebuilt.layers[2]
@@ -72,21 +91,37 @@ def test_rebuilt_model_computes_what_the_int8_model_computes(tiny_run, converted
     assert metrics["test"]["accuracy"] == pytest.approx((rebuilt_top1 == y_true).mean())
 
     # Another width does not fit the file: a clear error, and nothing written.
-    result = rebuild(converted_dir / "model_int8.tflite", "--out", tmp_path / "wide", "--alpha", "1.0",
-                     "--data", data_dir, "--labels", tiny_run / "labels.txt",
-                     "--split-file", tiny_run / "split.csv", check=False)
+    result = rebuild(
+        converted_dir / "model_int8.tflite",
+        "--out",
+        tmp_path / "wide",
+        "--alpha",
+        "1.0",
+        "--data",
+        data_dir,
+        "--labels",
+        tiny_run / "labels.txt",
+        "--split-file",
+        tiny_run / "split.csv",
+        check=False,
+    )
     assert_clean_error(result, "--alpha")
     assert not (tmp_path / "wide").exists()
 
 
 def test_bad_inputs(tmp_path):
-    assert_clean_error(rebuild(tmp_path / "nope.tflite", "--out", tmp_path / "o", check=False),
-                       "does not exist")
+    assert_clean_error(
+        rebuild(tmp_path / "nope.tflite", "--out", tmp_path / "o", check=False), "does not exist"
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     (tmp_path / "m.tflite").write_bytes(b"not a model")
-    assert_clean_error(rebuild(tmp_path / "m.tflite", "--out", tmp_path / "full", check=False), "--overwrite")
+    assert_clean_error(
+        rebuild(tmp_path / "m.tflite", "--out", tmp_path / "full", check=False), "--overwrite"
+    )
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
-    assert_clean_error(rebuild(tmp_path / "m.tflite", "--out", tmp_path / "o", check=False),
-                       "not a readable .tflite file")
+    assert_clean_error(
+        rebuild(tmp_path / "m.tflite", "--out", tmp_path / "o", check=False),
+        "not a readable .tflite file",
+    )
     assert not (tmp_path / "o").exists()

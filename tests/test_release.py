@@ -20,8 +20,15 @@ from leukedge.train.dataset import CANONICAL_LABELS, load_pixels, read_split
 from leukedge.train.metrics import classification_metrics
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-RELEASED = ("model_int8.tflite", "model_fp16.tflite", "model_fast_int8.tflite", "labels.txt", "manifest.json",
-            "model_card.md", "split.csv")
+RELEASED = (
+    "model_int8.tflite",
+    "model_fp16.tflite",
+    "model_fast_int8.tflite",
+    "labels.txt",
+    "manifest.json",
+    "model_card.md",
+    "split.csv",
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,8 @@ def shipped_scores(manifest, data_dir) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [INT8, FAST_INT8])
 def test_released_int8_models_score_what_the_manifest_says_on_the_shipped_test_split(
-        manifest, shipped_scores, variant):
+    manifest, shipped_scores, variant
+):
     entry = manifest.variants[variant]
     metrics = shipped_scores[variant]
     recorded = entry.verification
@@ -101,6 +109,7 @@ def test_released_int8_meets_the_release_figures(manifest, shipped_scores):
 
 # -- the release code (leukedge.convert.release) --------------------------------------------------
 
+
 def _identity(folder: Path) -> dict:
     """Inode and bytes of each file: os.replace changes the inode, so "not replaced" is checkable."""
     return {p.name: (p.stat().st_ino, p.read_bytes()) for p in folder.iterdir() if p.is_file()}
@@ -112,7 +121,9 @@ def test_publish_refuses_an_unwritable_manifest_before_replacing_any_model(tmp_p
     shutil.copytree(MODELS, staging)
     (models / "manifest.json").chmod(0o444)
     before = _identity(models)
-    with pytest.raises(ReleaseError, match=r"release refused, nothing was replaced: .*manifest.json is read-only"):
+    with pytest.raises(
+        ReleaseError, match=r"release refused, nothing was replaced: .*manifest.json is read-only"
+    ):
         publish(staging, models)
     assert _identity(models) == before
     (models / "manifest.json").chmod(0o644)
@@ -131,11 +142,22 @@ def test_publish_refuses_an_unwritable_manifest_before_replacing_any_model(tmp_p
 
 
 @pytest.mark.slow
-def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(tiny_run, data_dir, tmp_path):
+def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(
+    tiny_run, data_dir, tmp_path
+):
     models = tmp_path / "models"
     small = ("--data", data_dir, "--calibration-samples", "64", "--max-drop", "100")  # a tiny model
-    run_cli("python", "-m", "leukedge.convert.release", tiny_run, tiny_run, "--models", models, *small,
-            cwd=tmp_path)
+    run_cli(
+        "python",
+        "-m",
+        "leukedge.convert.release",
+        tiny_run,
+        tiny_run,
+        "--models",
+        models,
+        *small,
+        cwd=tmp_path,
+    )
     manifest = manifests.read(models)
     assert list(manifest.variants) == [INT8, "fp16", FAST_INT8]
     assert {p.name for p in models.iterdir()} == set(RELEASE_FILES)
@@ -148,11 +170,25 @@ def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(
         assert classifier.vouched_by == (models / "manifest.json").resolve()
     card = (models / "model_card.md").read_text()
     assert "## Release" in card and "scripts/release" in card and "## Fast model" in card
-    assert "## Verification on the test split" in card and "--calibration-samples 64 --max-drop 100" in card
+    assert (
+        "## Verification on the test split" in card
+        and "--calibration-samples 64 --max-drop 100" in card
+    )
     (models / "manifest.json").chmod(0o444)
     before = _identity(models)
-    refused = run_cli("python", "-m", "leukedge.convert.release", tiny_run, "--models", models, *small,
-                      cwd=tmp_path, check=False)
-    assert_clean_error(refused, "release refused, nothing was replaced", "manifest.json is read-only")
+    refused = run_cli(
+        "python",
+        "-m",
+        "leukedge.convert.release",
+        tiny_run,
+        "--models",
+        models,
+        *small,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert_clean_error(
+        refused, "release refused, nothing was replaced", "manifest.json is read-only"
+    )
     assert "converting" not in refused.stderr  # refused before the (slow) conversion started
     assert _identity(models) == before

@@ -46,8 +46,12 @@ class Server:
     def __init__(self, *args: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([str(BIN / "edge-app"), "serve", "--port", str(self.port), *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [str(BIN / "edge-app"), "serve", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,9 +78,26 @@ def clinic(tmp_path_factory, data_dir) -> dict:
         slides.mkdir()
         for path in sorted((data_dir / "Original" / folder).glob("*.jpg"))[:5]:
             shutil.copy(path, slides / path.name)
-        run_cli("edge-app", "run", "--model", MODEL, "--source", slides, "--headless", "--db", db,
-                "--save-dir", frames, "--sample-id", sample_id, "--operator", "tech-1",
-                "--site", "Clinic-North", timeout=180)
+        run_cli(
+            "edge-app",
+            "run",
+            "--model",
+            MODEL,
+            "--source",
+            slides,
+            "--headless",
+            "--db",
+            db,
+            "--save-dir",
+            frames,
+            "--sample-id",
+            sample_id,
+            "--operator",
+            "tech-1",
+            "--site",
+            "Clinic-North",
+            timeout=180,
+        )
     secret = root / "secret.txt"  # a file outside the save folder that must never be served
     secret.write_text("PATIENT-SECRET\n")
     return {"root": root, "db": db, "frames": frames, "secret": secret}
@@ -98,9 +119,18 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="leukedge-chromium-")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -111,14 +141,18 @@ def browser():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("LEUKEDGE_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder = Path(
+        os.environ.get("LEUKEDGE_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def reviews(db: Path) -> list[tuple]:
     connection = sqlite3.connect(db)
-    rows = connection.execute("SELECT sample_id, reviewer, action, reason, after FROM reviews ORDER BY id").fetchall()
+    rows = connection.execute(
+        "SELECT sample_id, reviewer, action, reason, after FROM reviews ORDER BY id"
+    ).fetchall()
     connection.close()
     return rows
 
@@ -139,17 +173,26 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     from selenium.webdriver.support.ui import Select
 
     browser.get(server.url + "/")
-    listed = [row.get_attribute("data-sample") for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")]
+    listed = [
+        row.get_attribute("data-sample")
+        for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
+    ]
     assert sorted(listed) == sorted(SAMPLES)
-    assert browser.find_element(By.CSS_SELECTOR, "link[rel=stylesheet]").get_attribute("href").startswith(server.url)
+    assert (
+        browser.find_element(By.CSS_SELECTOR, "link[rel=stylesheet]")
+        .get_attribute("href")
+        .startswith(server.url)
+    )
     browser.save_screenshot(str(shots / "review-list.png"))
 
     # Confirm S-BRAVO through the page.
     browser.find_element(By.LINK_TEXT, "S-BRAVO").click()
     assert browser.find_element(By.ID, "no-history")
     thumbs = browser.find_elements(By.CSS_SELECTOR, ".frame img")
-    assert len(thumbs) == 5 and all(browser.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in thumbs)
+    assert len(thumbs) == 5 and all(
+        browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        for img in thumbs
+    )
     browser.set_window_size(1280, 1900)  # the whole page: result, review form, history, fields
     browser.save_screenshot(str(shots / "review-sample.png"))
     browser.set_window_size(1280, 1000)
@@ -180,12 +223,16 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     browser.save_screenshot(str(shots / "review-history.png"))
     browser.set_window_size(1280, 1000)
     stored = reviews(clinic["db"])
-    assert [(r[0], r[1], r[2]) for r in stored] == [("S-BRAVO", "Dr Vega", "confirm"),
-                                                    ("S-ALPHA", "Dr Okafor", "override")]
+    assert [(r[0], r[1], r[2]) for r in stored] == [
+        ("S-BRAVO", "Dr Vega", "confirm"),
+        ("S-ALPHA", "Dr Okafor", "override"),
+    ]
     assert json.loads(stored[1][4])["label"] == "Pro-B"
     browser.get(server.url + "/")
-    statuses = {row.get_attribute("data-sample"): row.find_element(By.CSS_SELECTOR, ".status").text
-                for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")}
+    statuses = {
+        row.get_attribute("data-sample"): row.find_element(By.CSS_SELECTOR, ".status").text
+        for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
+    }
     assert statuses == {"S-ALPHA": "overridden", "S-BRAVO": "confirmed"}
 
     # Phone-sized screen: the same page, readable without sideways scrolling.
@@ -203,9 +250,20 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     pdf = clinic["root"] / "S-ALPHA.pdf"
     pdf.write_bytes(body)
     text = " ".join(page.extract_text() for page in PdfReader(pdf).pages)
-    sha256 = sqlite3.connect(clinic["db"]).execute("SELECT DISTINCT model_sha256 FROM results").fetchone()[0]
-    for expected in ("S-ALPHA", sha256, STATEMENT, "Clinic-North", "tech-1", "Dr Okafor",
-                     "Blasts look Pro-B"):
+    sha256 = (
+        sqlite3.connect(clinic["db"])
+        .execute("SELECT DISTINCT model_sha256 FROM results")
+        .fetchone()[0]
+    )
+    for expected in (
+        "S-ALPHA",
+        sha256,
+        STATEMENT,
+        "Clinic-North",
+        "tech-1",
+        "Dr Okafor",
+        "Blasts look Pro-B",
+    ):
         assert expected in text.replace("\n", " "), expected
 
 
@@ -214,8 +272,10 @@ def test_api_lists_samples_with_frames_and_decisions(server):
     assert status == 200 and headers["Content-Type"] == "application/json"
     items = {item["sample_id"]: item for item in json.loads(body)}
     assert set(items) == set(SAMPLES)
-    assert all(item["n_frames"] == 5 and item["decision"] in ("label", "uncertain", "unknown")
-               for item in items.values())
+    assert all(
+        item["n_frames"] == 5 and item["decision"] in ("label", "uncertain", "unknown")
+        for item in items.values()
+    )
     status, body, _ = fetch(server.url + "/api/frames?sample_id=S-ALPHA")
     assert status == 200 and len(json.loads(body)) == 5
     status, body, _ = fetch(server.url + "/api/samples/NOPE")
@@ -224,8 +284,10 @@ def test_api_lists_samples_with_frames_and_decisions(server):
 
 def test_post_without_csrf_token_and_override_without_reason_are_rejected(clinic, server):
     before = reviews(clinic["db"])
-    status, body, _ = fetch(server.url + "/review/S-ALPHA",
-                            {"action": "confirm", "reason": "no token", "reviewer": "mallory"})
+    status, body, _ = fetch(
+        server.url + "/review/S-ALPHA",
+        {"action": "confirm", "reason": "no token", "reviewer": "mallory"},
+    )
     assert status == 403 and b"CSRF" in body
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
@@ -233,13 +295,23 @@ def test_post_without_csrf_token_and_override_without_reason_are_rejected(clinic
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
-    status, _, _ = fetch(server.url + "/review/S-ALPHA", {"action": "confirm", "reason": "x",
-                                                         "reviewer": "mallory", "csrf_token": "forged"},
-                         opener=opener)
+    status, _, _ = fetch(
+        server.url + "/review/S-ALPHA",
+        {"action": "confirm", "reason": "x", "reviewer": "mallory", "csrf_token": "forged"},
+        opener=opener,
+    )
     assert status == 403
-    status, body, _ = fetch(server.url + "/review/S-ALPHA", {"action": "override", "reason": "  ",
-                                                            "override_label": "Benign", "reviewer": "dr",
-                                                            "csrf_token": token}, opener=opener)
+    status, body, _ = fetch(
+        server.url + "/review/S-ALPHA",
+        {
+            "action": "override",
+            "reason": "  ",
+            "override_label": "Benign",
+            "reviewer": "dr",
+            "csrf_token": token,
+        },
+        opener=opener,
+    )
     assert status == 400 and b"reason is required" in body
     assert reviews(clinic["db"]) == before  # nothing written by any of them
 
@@ -249,20 +321,38 @@ def test_no_file_outside_the_save_folder_is_served(clinic, server):
 
     store = ResultStore(clinic["db"])  # a frame whose recorded path lies outside --save-dir
     row = {name: None for name in COLUMN_NAMES[1:]}
-    row.update(timestamp_utc="2026-01-01T00:00:00Z", mode="live", source="x", decision="unfit",
-               quality_ok=0, model_file="m", model_sha256="0" * 64, model_verified=0, runtime="r",
-               app_version="0", image_path=str(clinic["secret"]))
+    row.update(
+        timestamp_utc="2026-01-01T00:00:00Z",
+        mode="live",
+        source="x",
+        decision="unfit",
+        quality_ok=0,
+        model_file="m",
+        model_sha256="0" * 64,
+        model_verified=0,
+        runtime="r",
+        app_version="0",
+        image_path=str(clinic["secret"]),
+    )
     outside = store.add(row)
     store.close()
     secret = clinic["secret"]
-    for path in (f"/frames/{outside}/image", f"/frames/{outside}/thumb", "/frames/99999/image",
-                 f"/static/../{os.path.relpath(secret, Path(__file__).parent)}",
-                 "/static/..%2f..%2f..%2fetc%2fpasswd", f"/frames/..%2f..%2f{secret.name}/image",
-                 "/frames/" + urllib.parse.quote(str(secret), safe="") + "/image", "/samples/NOPE"):
+    for path in (
+        f"/frames/{outside}/image",
+        f"/frames/{outside}/thumb",
+        "/frames/99999/image",
+        f"/static/../{os.path.relpath(secret, Path(__file__).parent)}",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+        f"/frames/..%2f..%2f{secret.name}/image",
+        "/frames/" + urllib.parse.quote(str(secret), safe="") + "/image",
+        "/samples/NOPE",
+    ):
         status, body, headers = fetch(server.url + path)
         assert status == 404, path
         assert b"PATIENT-SECRET" not in body and b"root:" not in body
-        assert headers["Content-Type"].startswith("text/html") and b"Back to the samples" in body, path
+        assert headers["Content-Type"].startswith("text/html") and b"Back to the samples" in body, (
+            path
+        )
 
 
 def test_read_only_server_shows_but_accepts_no_review(clinic, browser):
@@ -277,9 +367,11 @@ def test_read_only_server_shows_but_accepts_no_review(clinic, browser):
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         _, page, _ = fetch(running.url + "/samples/S-ALPHA", opener=opener)
         token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
-        status, body, _ = fetch(running.url + "/review/S-ALPHA", {"action": "confirm", "reason": "r",
-                                                                 "reviewer": "x", "csrf_token": token},
-                                opener=opener)
+        status, body, _ = fetch(
+            running.url + "/review/S-ALPHA",
+            {"action": "confirm", "reason": "r", "reviewer": "x", "csrf_token": token},
+            opener=opener,
+        )
         assert status == 403 and b"read-only" in body
     finally:
         running.stop()
@@ -289,7 +381,16 @@ def test_accounts_login_and_rate_limit(clinic, browser):
     from selenium.webdriver.common.by import By
 
     users = clinic["root"] / "users.json"
-    run_cli("edge-app", "users", "add", "dr-vega", "--users", users, input="a long passphrase\n", timeout=60)
+    run_cli(
+        "edge-app",
+        "users",
+        "add",
+        "dr-vega",
+        "--users",
+        users,
+        input="a long passphrase\n",
+        timeout=60,
+    )
     running = Server("--db", str(clinic["db"]), "--users", str(users))
     try:
         status, body, _ = fetch(running.url + "/api/samples")
@@ -306,11 +407,20 @@ def test_accounts_login_and_rate_limit(clinic, browser):
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         _, page, _ = fetch(running.url + "/login", opener=opener)
         token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
-        codes = [fetch(running.url + "/login", {"name": "dr-vega", "password": f"guess {n}",
-                                                "csrf_token": token}, opener=opener)[0] for n in range(6)]
+        codes = [
+            fetch(
+                running.url + "/login",
+                {"name": "dr-vega", "password": f"guess {n}", "csrf_token": token},
+                opener=opener,
+            )[0]
+            for n in range(6)
+        ]
         assert codes == [401] * 5 + [429]
-        status, _, _ = fetch(running.url + "/login", {"name": "dr-vega", "password": "a long passphrase",
-                                                      "csrf_token": token}, opener=opener)
+        status, _, _ = fetch(
+            running.url + "/login",
+            {"name": "dr-vega", "password": "a long passphrase", "csrf_token": token},
+            opener=opener,
+        )
         assert status == 429  # still locked out, even with the right password
     finally:
         running.stop()

@@ -32,26 +32,53 @@ RELEASE_1_SCHEMA = (
     "label TEXT, top_label TEXT, confidence REAL, probabilities TEXT, quality_ok INTEGER NOT NULL, "
     "quality_reason TEXT, focus REAL, brightness REAL, contrast REAL, clipped REAL, model_file TEXT NOT NULL, "
     "model_sha256 TEXT NOT NULL, model_variant TEXT, model_verified INTEGER NOT NULL, runtime TEXT NOT NULL, "
-    "app_version TEXT NOT NULL, image_path TEXT)")
+    "app_version TEXT NOT NULL, image_path TEXT)"
+)
 RELEASE_1_COLUMNS = COLUMN_NAMES[:24]
 LABELS = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
 
-def frame(decision: str, label: str | None = None, p: float = 0.95, frame_id: int | None = None,
-          top: str = "Pre-B", **extra) -> dict:
+def frame(
+    decision: str,
+    label: str | None = None,
+    p: float = 0.95,
+    frame_id: int | None = None,
+    top: str = "Pre-B",
+    **extra,
+) -> dict:
     probabilities = {name: (p if name == (label or top) else (1 - p) / 3) for name in LABELS}
-    row = {"id": frame_id, "decision": decision, "label": label, "top_label": label or top,
-           "confidence": p, "probabilities": None if decision == "unfit" else json.dumps(probabilities)}
+    row = {
+        "id": frame_id,
+        "decision": decision,
+        "label": label,
+        "top_label": label or top,
+        "confidence": p,
+        "probabilities": None if decision == "unfit" else json.dumps(probabilities),
+    }
     row.update(extra)
     return row
 
 
 def stored_row(**extra) -> dict:
     row = {name: None for name in COLUMN_NAMES[1:]}
-    row.update(timestamp_utc="2026-01-01T00:00:00Z", mode="live", source="s", decision="label",
-               label="Pre-B", top_label="Pre-B", confidence=0.95, quality_ok=1, model_file="m.tflite",
-               model_sha256="a" * 64, model_verified=1, runtime="ai-edge-litert", app_version="0.1.0",
-               probabilities=json.dumps({"Benign": 0.01, "Early Pre-B": 0.02, "Pre-B": 0.95, "Pro-B": 0.02}))
+    row.update(
+        timestamp_utc="2026-01-01T00:00:00Z",
+        mode="live",
+        source="s",
+        decision="label",
+        label="Pre-B",
+        top_label="Pre-B",
+        confidence=0.95,
+        quality_ok=1,
+        model_file="m.tflite",
+        model_sha256="a" * 64,
+        model_verified=1,
+        runtime="ai-edge-litert",
+        app_version="0.1.0",
+        probabilities=json.dumps(
+            {"Benign": 0.01, "Early Pre-B": 0.02, "Pre-B": 0.95, "Pro-B": 0.02}
+        ),
+    )
     row.update(extra)
     return row
 
@@ -63,10 +90,14 @@ def release_1_database(path: Path, rows: int = 6) -> list[tuple]:
     connection.execute(RELEASE_1_SCHEMA)
     connection.execute("PRAGMA user_version=1")
     for number in range(rows):
-        row = stored_row(sample_id=f"OLD-{number % 2}", timestamp_utc=f"2026-01-01T00:00:0{number}Z")
-        connection.execute(f"INSERT INTO results ({', '.join(RELEASE_1_COLUMNS[1:])}) VALUES "
-                           f"({', '.join('?' * (len(RELEASE_1_COLUMNS) - 1))})",
-                           [row[name] for name in RELEASE_1_COLUMNS[1:]])
+        row = stored_row(
+            sample_id=f"OLD-{number % 2}", timestamp_utc=f"2026-01-01T00:00:0{number}Z"
+        )
+        connection.execute(
+            f"INSERT INTO results ({', '.join(RELEASE_1_COLUMNS[1:])}) VALUES "
+            f"({', '.join('?' * (len(RELEASE_1_COLUMNS) - 1))})",
+            [row[name] for name in RELEASE_1_COLUMNS[1:]],
+        )
     before = connection.execute("SELECT * FROM results ORDER BY id").fetchall()
     connection.close()
     return before
@@ -78,18 +109,29 @@ def test_a_release_1_database_upgrades_and_keeps_every_row(tmp_path):
     before = release_1_database(db)
     store = ResultStore(db)
     assert store.count() == len(before)
-    store.add(stored_row(sample_id="NEW", ood_score=1.5, decision_rule="r", prediction_set=["Pre-B"]))
+    store.add(
+        stored_row(sample_id="NEW", ood_score=1.5, decision_rule="r", prediction_set=["Pre-B"])
+    )
     store.close()
     connection = sqlite3.connect(db)
     assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    after = connection.execute(f"SELECT {', '.join(RELEASE_1_COLUMNS)} FROM results ORDER BY id").fetchall()
-    assert after[:len(before)] == before  # every old row, every value
-    new = connection.execute("SELECT ood_score, decision_rule, prediction_set FROM results "
-                             "WHERE sample_id = 'NEW'").fetchone()
+    after = connection.execute(
+        f"SELECT {', '.join(RELEASE_1_COLUMNS)} FROM results ORDER BY id"
+    ).fetchall()
+    assert after[: len(before)] == before  # every old row, every value
+    new = connection.execute(
+        "SELECT ood_score, decision_rule, prediction_set FROM results WHERE sample_id = 'NEW'"
+    ).fetchone()
     assert new == (1.5, "r", '["Pre-B"]')
-    samples = connection.execute("SELECT sample_id, created_utc FROM samples ORDER BY sample_id").fetchall()
-    assert samples == [("NEW", samples[0][1]), ("OLD-0", "2026-01-01T00:00:00Z"), ("OLD-1", "2026-01-01T00:00:01Z")]
+    samples = connection.execute(
+        "SELECT sample_id, created_utc FROM samples ORDER BY sample_id"
+    ).fetchall()
+    assert samples == [
+        ("NEW", samples[0][1]),
+        ("OLD-0", "2026-01-01T00:00:00Z"),
+        ("OLD-1", "2026-01-01T00:00:01Z"),
+    ]
     connection.close()
 
 
@@ -103,8 +145,11 @@ def test_a_newer_database_is_refused_and_left_untouched(tmp_path):
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     with pytest.raises(SchemaError, match="newer LeukEdge"):
         ResultStore(db)
-    for args in (("serve", "--db", db), ("report", "X", "--db", db, "--out", tmp_path / "x.pdf"),
-                 ("export", "--db", db, "--samples-json", tmp_path / "x.json")):
+    for args in (
+        ("serve", "--db", db),
+        ("report", "X", "--db", db, "--out", tmp_path / "x.pdf"),
+        ("export", "--db", db, "--samples-json", tmp_path / "x.json"),
+    ):
         result = run_cli("edge-app", *args, check=False, timeout=60)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "written by a newer LeukEdge (database schema 99" in result.stderr, result.stderr
@@ -124,10 +169,15 @@ def test_missing_or_non_sqlite_database_is_a_clear_error(tmp_path):
         ResultStore(text)
     with pytest.raises(SchemaError, match="not a LeukEdge results database"):
         ResultStore(other)
-    for db, message in ((tmp_path / "missing.sqlite", "no such database"), (text, "not an SQLite database"),
-                        (other, "not a LeukEdge results database")):
+    for db, message in (
+        (tmp_path / "missing.sqlite", "no such database"),
+        (text, "not an SQLite database"),
+        (other, "not a LeukEdge results database"),
+    ):
         result = run_cli("edge-app", "serve", "--db", db, check=False, timeout=60)
-        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        assert (
+            result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        )
     assert text.read_text().startswith("this is not")
     assert not (tmp_path / "missing.sqlite").exists()
 
@@ -139,7 +189,9 @@ def test_reviews_are_append_only_and_answers_never_change(tmp_path):
         store.add(stored_row(sample_id="S1"))
     store.close()
     connection = connect(db)
-    review = data.add_review(connection, "S1", "dr-a", "confirm", "looks right", labels=list(LABELS))
+    review = data.add_review(
+        connection, "S1", "dr-a", "confirm", "looks right", labels=list(LABELS)
+    )
     assert json.loads(review["before"])["label"] == "Pre-B" and review["n_frames"] == 3
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         connection.execute("UPDATE reviews SET reason = 'changed'")
@@ -148,8 +200,10 @@ def test_reviews_are_append_only_and_answers_never_change(tmp_path):
     with pytest.raises(sqlite3.DatabaseError, match="never changed"):
         connection.execute("UPDATE results SET label = 'Benign'")
     with pytest.raises(sqlite3.DatabaseError, match="CHECK"):
-        connection.execute("INSERT INTO reviews (sample_id, reviewed_utc, reviewer, action, before, after, "
-                           "reason, n_frames) VALUES ('S1', 't', 'x', 'confirm', '{}', '{}', '  ', 1)")
+        connection.execute(
+            "INSERT INTO reviews (sample_id, reviewed_utc, reviewer, action, before, after, "
+            "reason, n_frames) VALUES ('S1', 't', 'x', 'confirm', '{}', '{}', '  ', 1)"
+        )
     with pytest.raises(data.ReviewError, match="reason is required"):
         data.add_review(connection, "S1", "dr-a", "override", " ", "Benign", list(LABELS))
     with pytest.raises(data.ReviewError, match="override needs a label"):
@@ -209,8 +263,12 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o600
     for sample, message in (("S-EMPTY", "has no frames"), ("NOPE", "no sample 'NOPE'")):
         out = tmp_path / f"{sample}.pdf"
-        result = run_cli("edge-app", "report", sample, "--db", small_db, "--out", out, check=False, timeout=60)
-        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        result = run_cli(
+            "edge-app", "report", sample, "--db", small_db, "--out", out, check=False, timeout=60
+        )
+        assert (
+            result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        )
         assert not out.exists() and not list(tmp_path.glob(".report-*"))
 
 
@@ -219,10 +277,22 @@ def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):
     data.add_review(connection, "S-REP", "dr-a", "confirm", "agree", labels=list(LABELS))
     connection.close()
     out_csv, out_json = tmp_path / "samples.csv", tmp_path / "samples.json"
-    run_cli("edge-app", "export", "--db", small_db, "--samples-csv", out_csv, "--samples-json", out_json,
-            timeout=60)
+    run_cli(
+        "edge-app",
+        "export",
+        "--db",
+        small_db,
+        "--samples-csv",
+        out_csv,
+        "--samples-json",
+        out_json,
+        timeout=60,
+    )
     exported = {item["sample_id"]: item for item in json.loads(out_json.read_text())["samples"]}
-    assert exported["S-REP"]["status"] == "confirmed" and exported["S-REP"]["reviews"][0]["reason"] == "agree"
+    assert (
+        exported["S-REP"]["status"] == "confirmed"
+        and exported["S-REP"]["reviews"][0]["reason"] == "agree"
+    )
     assert exported["S-EMPTY"]["n_frames"] == 0 and exported["S-EMPTY"]["status"] == "referred"
     lines = out_csv.read_text().splitlines()
     assert lines[0].startswith("sample_id,created_utc,operator,site") and len(lines) == 3
@@ -234,12 +304,16 @@ def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):
 
 def test_users_add_hashes_into_an_owner_only_file(tmp_path):
     db = tmp_path / "results.sqlite"
-    run_cli("edge-app", "users", "add", "dr.a", "--db", db, input="correct horse battery\n", timeout=60)
+    run_cli(
+        "edge-app", "users", "add", "dr.a", "--db", db, input="correct horse battery\n", timeout=60
+    )
     users_file = tmp_path / "review-users.json"
     assert stat.S_IMODE(users_file.stat().st_mode) == 0o600
     stored = json.loads(users_file.read_text())["users"]["dr.a"]["hash"]
     assert stored.startswith("scrypt:") and "correct horse" not in users_file.read_text()
-    short = run_cli("edge-app", "users", "add", "dr.b", "--db", db, input="short\n", check=False, timeout=60)
+    short = run_cli(
+        "edge-app", "users", "add", "dr.b", "--db", db, input="short\n", check=False, timeout=60
+    )
     assert short.returncode == 1 and "password too short" in short.stderr
     assert "dr.b" not in users_file.read_text()
 
@@ -251,23 +325,41 @@ def _free_port() -> int:
 
 
 def test_serve_refuses_a_network_bind_without_accounts_and_a_busy_port(small_db):
-    refused = run_cli("edge-app", "serve", "--db", small_db, "--host", "0.0.0.0", check=False, timeout=60)
+    refused = run_cli(
+        "edge-app", "serve", "--db", small_db, "--host", "0.0.0.0", check=False, timeout=60
+    )
     assert refused.returncode == 1 and "without reviewer accounts" in refused.stderr
     assert "edge-app users add" in refused.stderr and "Traceback" not in refused.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("edge-app", "serve", "--db", small_db, "--port", port, check=False, timeout=60)
+        result = run_cli(
+            "edge-app", "serve", "--db", small_db, "--port", port, check=False, timeout=60
+        )
     assert result.returncode == 1 and f"--port {port}: already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_network_bind_with_accounts_starts(small_db, tmp_path):
-    run_cli("edge-app", "users", "add", "dr-a", "--db", small_db, input="a long password\n", timeout=60)
+    run_cli(
+        "edge-app", "users", "add", "dr-a", "--db", small_db, input="a long password\n", timeout=60
+    )
     port = _free_port()
-    server = subprocess.Popen([str(BIN / "edge-app"), "serve", "--db", str(small_db), "--host", "0.0.0.0",
-                               "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            str(BIN / "edge-app"),
+            "serve",
+            "--db",
+            str(small_db),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -295,11 +387,32 @@ def test_capture_mode_files_frames_under_sample_records(data_dir, tmp_path):
     for path in sorted((data_dir / "Original" / "Pro").glob("*.jpg"))[:3]:
         (slides / path.name).symlink_to(path)
     db = tmp_path / "r.sqlite"
-    run_cli("edge-app", "run", "--model", MODEL, "--source", slides, "--mode", "capture", "--db", db,
-            "--headless", "--operator", "tech-9", "--site", "Ward-2", input="S-1\n\nS-2\nq\n", timeout=120)
+    run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        MODEL,
+        "--source",
+        slides,
+        "--mode",
+        "capture",
+        "--db",
+        db,
+        "--headless",
+        "--operator",
+        "tech-9",
+        "--site",
+        "Ward-2",
+        input="S-1\n\nS-2\nq\n",
+        timeout=120,
+    )
     connection = sqlite3.connect(db)
-    samples = connection.execute("SELECT sample_id, operator, site FROM samples ORDER BY sample_id").fetchall()
-    filed = connection.execute("SELECT sample_id, COUNT(*) FROM results GROUP BY sample_id").fetchall()
+    samples = connection.execute(
+        "SELECT sample_id, operator, site FROM samples ORDER BY sample_id"
+    ).fetchall()
+    filed = connection.execute(
+        "SELECT sample_id, COUNT(*) FROM results GROUP BY sample_id"
+    ).fetchall()
     connection.close()
     assert samples == [("S-1", "tech-9", "Ward-2"), ("S-2", "tech-9", "Ward-2")]
     assert filed == [("S-1", 2), ("S-2", 1)]
@@ -308,13 +421,34 @@ def test_capture_mode_files_frames_under_sample_records(data_dir, tmp_path):
 @pytest.mark.slow  # an edge-bench simulation/timing job
 def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "samples.json"
-    result = run_cli("edge-bench", "samples", "--model", MODEL, "--split", "val", "--limit-per-class", "12",
-                     "--external-limit", "20", "--ks", "1,3,5", "--trials", "40", "--json", out,
-                     "--plot", tmp_path / "samples.png", "--quiet", timeout=300)
+    result = run_cli(
+        "edge-bench",
+        "samples",
+        "--model",
+        MODEL,
+        "--split",
+        "val",
+        "--limit-per-class",
+        "12",
+        "--external-limit",
+        "20",
+        "--ks",
+        "1,3,5",
+        "--trials",
+        "40",
+        "--json",
+        out,
+        "--plot",
+        tmp_path / "samples.png",
+        "--quiet",
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     assert report["legacy_frame_rule"] is True and "legacy per-frame rule" in result.stdout
     rows = {(row["kind"], row["k"]): row for row in report["rows"]}
-    assert set(rows) == {(kind, k) for kind in ("clean", "contaminated", "foreign") for k in (1, 3, 5)}
+    assert set(rows) == {
+        (kind, k) for kind in ("clean", "contaminated", "foreign") for k in (1, 3, 5)
+    }
     assert rows[("clean", 1)]["referred_rate"] == 1.0  # fewer fit fields than the rule's minimum
     assert rows[("foreign", 5)]["right"] == 0 and rows[("clean", 5)]["answered"] > 0
     assert report["frames"]["blurred"] == {"unfit": 48}
@@ -325,8 +459,23 @@ def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
 @pytest.mark.slow  # an edge-bench simulation/timing job
 def test_edge_bench_review_server_small(tmp_path):
     out = tmp_path / "review.json"
-    run_cli("edge-bench", "review-server", "--model", MODEL, "--samples", "30", "--frames-per-sample", "5",
-            "--requests", "3", "--run-frames", "40", "--json", out, timeout=300)
+    run_cli(
+        "edge-bench",
+        "review-server",
+        "--model",
+        MODEL,
+        "--samples",
+        "30",
+        "--frames-per-sample",
+        "5",
+        "--requests",
+        "3",
+        "--run-frames",
+        "40",
+        "--json",
+        out,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     beside = report["beside_run"]
     assert beside["run_frames_stored"] == beside["run_frames_printed"] == 40

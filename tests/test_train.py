@@ -18,10 +18,29 @@ from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
 from leukedge.train import dataset
 from leukedge.train.metrics import classification_metrics
 
-ARTIFACTS = {"model.keras", "labels.txt", "split.csv", "history.csv", "metrics.json", "curves.png",
-             "confusion_matrix.png", "model_card.md", "skipped.txt"}
-QUICK = ("--alpha", "0.35", "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "0",
-         "--batch-size", "16")
+ARTIFACTS = {
+    "model.keras",
+    "labels.txt",
+    "split.csv",
+    "history.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "model_card.md",
+    "skipped.txt",
+}
+QUICK = (
+    "--alpha",
+    "0.35",
+    "--image-size",
+    "64",
+    "--epochs",
+    "1",
+    "--fine-tune-epochs",
+    "0",
+    "--batch-size",
+    "16",
+)
 
 
 def test_run_writes_every_artifact(tiny_run):
@@ -82,9 +101,16 @@ def test_tiny_run_split_has_no_leak(tiny_run, data_dir):
 
 
 def test_folder_names_of_both_releases_map_to_canonical_labels():
-    for name, label in [("Benign", "Benign"), ("Early", "Early Pre-B"), ("[Malignant] early Pre-B", "Early Pre-B"),
-                        ("Pre", "Pre-B"), ("[Malignant] Pre-B", "Pre-B"), ("Pro", "Pro-B"),
-                        ("[Malignant] Pro-B", "Pro-B"), ("Lymphocyte", "Lymphocyte")]:
+    for name, label in [
+        ("Benign", "Benign"),
+        ("Early", "Early Pre-B"),
+        ("[Malignant] early Pre-B", "Early Pre-B"),
+        ("Pre", "Pre-B"),
+        ("[Malignant] Pre-B", "Pre-B"),
+        ("Pro", "Pro-B"),
+        ("[Malignant] Pro-B", "Pro-B"),
+        ("Lymphocyte", "Lymphocyte"),
+    ]:
         assert dataset.canonical_label(name) == label
 
 
@@ -96,8 +122,12 @@ def real_image(data_dir: Path, label_folder: str, index: int = 0) -> Path:
 def messy_dataset(tmp_path, data_dir) -> Path:
     """Real images in the other release's folder names, plus every kind of awkward file."""
     root = tmp_path / "messy"
-    names = {"Benign": "Benign", "Early": "[Malignant] early Pre-B", "Pre": "[Malignant] Pre-B",
-             "Pro": "[Malignant] Pro-B"}
+    names = {
+        "Benign": "Benign",
+        "Early": "[Malignant] early Pre-B",
+        "Pre": "[Malignant] Pre-B",
+        "Pro": "[Malignant] Pro-B",
+    }
     for source, target in names.items():
         (root / target).mkdir(parents=True)
         for path in sorted((data_dir / "Original" / source).glob("*.jpg"))[20:32]:
@@ -123,13 +153,21 @@ def test_awkward_files_are_converted_or_skipped_and_listed(messy_dataset, tmp_pa
     assert set(skipped) == {"Benign/truncated.jpg", "Benign/empty.jpg", "Benign/notes.jpg"}
     assert "3 file(s) skipped" in result.stdout
     kept = {row["path"] for row in csv.DictReader((out / "split.csv").read_text().splitlines())}
-    assert {"[Malignant] Pre-B/grey.png", "[Malignant] Pre-B/rgba.png", "[Malignant] Pro-B/deep16.png",
-            "[Malignant] Pro-B/wide.jpg"} <= kept
+    assert {
+        "[Malignant] Pre-B/grey.png",
+        "[Malignant] Pre-B/rgba.png",
+        "[Malignant] Pro-B/deep16.png",
+        "[Malignant] Pro-B/wide.jpg",
+    } <= kept
     assert (out / "labels.txt").read_text().splitlines() == list(dataset.CANONICAL_LABELS)
 
 
 def test_load_rgb_converts_every_layout(messy_dataset):
-    for name in ("[Malignant] Pre-B/grey.png", "[Malignant] Pre-B/rgba.png", "[Malignant] Pro-B/deep16.png"):
+    for name in (
+        "[Malignant] Pre-B/grey.png",
+        "[Malignant] Pre-B/rgba.png",
+        "[Malignant] Pro-B/deep16.png",
+    ):
         image = load_rgb(messy_dataset / name)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     for name in ("truncated.jpg", "empty.jpg", "notes.jpg"):
@@ -139,10 +177,19 @@ def test_load_rgb_converts_every_layout(messy_dataset):
 
 def test_split_file_is_reused_exactly(tiny_run, data_dir, tmp_path):
     out = tmp_path / "reuse"
-    run_cli("edge-train", "--data", data_dir, "--out", out, "--split-file", tiny_run / "split.csv",
-            "--limit-per-class", "40", *QUICK)
+    run_cli(
+        "edge-train",
+        "--data",
+        data_dir,
+        "--out",
+        out,
+        "--split-file",
+        tiny_run / "split.csv",
+        "--limit-per-class",
+        "40",
+        *QUICK,
+    )
     assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
-
 
 
 def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run):
@@ -168,24 +215,56 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run)
     lost.write_text((tiny_run / "split.csv").read_text().replace("WBC-", "GONE-"))
     assert_clean_error(train("--data", data_dir, "--split-file", lost), "missing under")
 
-    alpha_one = run_cli("edge-train", "--out", out, "--data", data_dir, "--limit-per-class", "10",
-                        "--alpha", "1.0", "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "0",
-                        "--weights", WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
-                        check=False)
+    alpha_one = run_cli(
+        "edge-train",
+        "--out",
+        out,
+        "--data",
+        data_dir,
+        "--limit-per-class",
+        "10",
+        "--alpha",
+        "1.0",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "0",
+        "--weights",
+        WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+        check=False,
+    )
     assert_clean_error(alpha_one, "does not fit MobileNetV2 alpha 1.0")
     assert not out.exists()
 
     assert_clean_error(run_cli("edge-train", "--out", tiny_run, *QUICK, check=False), "--overwrite")
     assert (tiny_run / "metrics.json").is_file(), "a refused run must leave the earlier one intact"
     assert_clean_error(train("--weights", tmp_path / "nope.h5"), "--weights")
-    assert_clean_error(train("--data", data_dir, "--int8-per-tensor", "Conv_1,block_99_expand"),
-                       "--int8-per-tensor", "block_99_expand")
+    assert_clean_error(
+        train("--data", data_dir, "--int8-per-tensor", "Conv_1,block_99_expand"),
+        "--int8-per-tensor",
+        "block_99_expand",
+    )
     assert not out.exists()
 
 
 def test_defaults_match_the_documented_interface():
     result = run_cli("edge-train", "--help")
-    for option in ("--data", "--out", "--subset", "--alpha", "--image-size", "--epochs", "--fine-tune-epochs",
-                   "--batch-size", "--weights", "--seed", "--split-file", "--limit-per-class", "--strategy",
-                   "--overwrite"):
+    for option in (
+        "--data",
+        "--out",
+        "--subset",
+        "--alpha",
+        "--image-size",
+        "--epochs",
+        "--fine-tune-epochs",
+        "--batch-size",
+        "--weights",
+        "--seed",
+        "--split-file",
+        "--limit-per-class",
+        "--strategy",
+        "--overwrite",
+    ):
         assert option in result.stdout

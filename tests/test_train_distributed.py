@@ -23,14 +23,37 @@ from conftest import BIN, WEIGHTS_DIR, assert_clean_error, run_cli
 from leukedge.train.cluster import ClusterError, parse_tf_config
 
 WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-TINY = ("--alpha", "0.35", "--image-size", "96", "--limit-per-class", "12", "--epochs", "2",
-        "--fine-tune-epochs", "1", "--int8-refit-epochs", "1", "--batch-size", "8", "--dropout", "0",
-        "--seed", "3", "--weights", str(WEIGHTS))
+TINY = (
+    "--alpha",
+    "0.35",
+    "--image-size",
+    "96",
+    "--limit-per-class",
+    "12",
+    "--epochs",
+    "2",
+    "--fine-tune-epochs",
+    "1",
+    "--int8-refit-epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--dropout",
+    "0",
+    "--seed",
+    "3",
+    "--weights",
+    str(WEIGHTS),
+)
 
 
 def worker_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 def free_ports(n: int) -> list[int]:
@@ -53,19 +76,35 @@ def test_tf_config_is_checked_before_anything_runs():
     with pytest.raises(ClusterError, match="host:port"):
         parse_tf_config('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}')
     with pytest.raises(ClusterError, match="not one of the cluster's tasks"):
-        parse_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}')
+        parse_tf_config(
+            '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}'
+        )
     role = parse_tf_config(worker_config([1, 2], 1))
     assert (role.workers, role.index, role.is_chief) == (2, 1, False)
     assert parse_tf_config(worker_config([1, 2], 0)).is_chief
-    with_chief = parse_tf_config('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, '
-                                 '"task": {"type": "worker", "index": 0}}')
+    with_chief = parse_tf_config(
+        '{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}'
+    )
     assert (with_chief.workers, with_chief.is_chief) == (2, False)
 
 
 def test_multiworker_without_tf_config_is_one_line(tmp_path, data_dir):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    result = subprocess.run([str(BIN / "edge-train"), "--data", str(data_dir), "--out", str(tmp_path / "o"),
-                             "--strategy", "multiworker"], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            str(BIN / "edge-train"),
+            "--data",
+            str(data_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--strategy",
+            "multiworker",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert_clean_error(result, "TF_CONFIG")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -83,9 +122,25 @@ main(sys.argv[2:])
 
 
 def mirrored_run(devices: int, out: Path, data_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", MIRRORED, str(devices), "--data", str(data_dir), "--out", str(out),
-                           "--strategy", "mirrored", *TINY], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MIRRORED,
+            str(devices),
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--strategy",
+            "mirrored",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def history(run: Path) -> list[dict]:
@@ -98,7 +153,9 @@ def test_mirrored_on_two_cpu_devices_equals_one(tmp_path, data_dir):
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert "mirrored: 1 worker(s), 2 replica(s)" in two.stdout
-    steps = [r.stdout.split("training steps run by this worker: ")[1].split()[0] for r in (one, two)]
+    steps = [
+        r.stdout.split("training steps run by this worker: ")[1].split()[0] for r in (one, two)
+    ]
     assert steps[0] == steps[1] and int(steps[0]) > 0
     rows_one, rows_two = history(tmp_path / "d1"), history(tmp_path / "d2")
     assert len(rows_one) == len(rows_two) == 4
@@ -115,11 +172,28 @@ def test_mirrored_on_two_cpu_devices_equals_one(tmp_path, data_dir):
 def test_a_worker_killed_mid_run_stops_the_other_cleanly(tmp_path, data_dir):
     ports = free_ports(2)
     out = tmp_path / "mw"
-    slow = [a if a != "1" or TINY[i - 1] != "--fine-tune-epochs" else "20" for i, a in enumerate(TINY)]
-    workers = [subprocess.Popen([str(BIN / "edge-train"), "--data", str(data_dir), "--out", str(out if i == 0 else
-                                 tmp_path / "w1"), "--strategy", "multiworker", *slow],
-                                env={**os.environ, "TF_CONFIG": worker_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    slow = [
+        a if a != "1" or TINY[i - 1] != "--fine-tune-epochs" else "20" for i, a in enumerate(TINY)
+    ]
+    workers = [
+        subprocess.Popen(
+            [
+                str(BIN / "edge-train"),
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out if i == 0 else tmp_path / "w1"),
+                "--strategy",
+                "multiworker",
+                *slow,
+            ],
+            env={**os.environ, "TF_CONFIG": worker_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     # Kill worker 1 once it is fine-tuning (its log says so), i.e. mid-run.
     seen = ""
     for line in workers[1].stdout:
@@ -152,15 +226,30 @@ def test_teacher_that_does_not_fit_is_refused(tmp_path, data_dir):
     out = tmp_path / "student"
 
     def student(*args):
-        return run_cli("edge-train", "--data", data_dir, "--out", out, "--limit-per-class", "10",
-                       "--epochs", "1", "--fine-tune-epochs", "0", *args, check=False)
+        return run_cli(
+            "edge-train",
+            "--data",
+            data_dir,
+            "--out",
+            out,
+            "--limit-per-class",
+            "10",
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "0",
+            *args,
+            check=False,
+        )
 
     assert_clean_error(student("--teacher", tmp_path), "has no model.keras")
     assert_clean_error(student("--teacher", teacher), "exactly the student's classes")
     (teacher / "labels.txt").write_text("\n".join(dataset.CANONICAL_LABELS) + "\n")
     other = tmp_path / "other.csv"
     dataset.write_split(dataset.stratified_split(samples, seed=1), other)
-    assert_clean_error(student("--teacher", teacher, "--split-file", other), "not the teacher's split")
+    assert_clean_error(
+        student("--teacher", teacher, "--split-file", other), "not the teacher's split"
+    )
     (teacher / "split.csv").unlink()
     assert_clean_error(student("--teacher", teacher), "split.csv is missing")
     assert not out.exists()
@@ -171,12 +260,36 @@ def test_distilled_student_trains_on_the_teachers_split(tmp_path, data_dir, tiny
     import keras
 
     out = tmp_path / "student"
-    run_cli("edge-train", "--data", data_dir, "--out", out, "--alpha", "0.35", "--image-size", "64",
-            "--epochs", "2", "--fine-tune-epochs", "1", "--int8-refit-epochs", "1", "--limit-per-class", "40",
-            "--batch-size", "16", "--teacher", tiny_run, "--weights", WEIGHTS)
+    run_cli(
+        "edge-train",
+        "--data",
+        data_dir,
+        "--out",
+        out,
+        "--alpha",
+        "0.35",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--fine-tune-epochs",
+        "1",
+        "--int8-refit-epochs",
+        "1",
+        "--limit-per-class",
+        "40",
+        "--batch-size",
+        "16",
+        "--teacher",
+        tiny_run,
+        "--weights",
+        WEIGHTS,
+    )
     assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["teacher"]["temperature"] == 4.0 and metrics["teacher"]["soft_target_weight"] == 0.7
+    assert (
+        metrics["teacher"]["temperature"] == 4.0 and metrics["teacher"]["soft_target_weight"] == 0.7
+    )
     model = keras.models.load_model(out / "model.keras")  # loads without LeukEdge's loss code
     assert model.input_shape[1:] == (64, 64, 3)
     losses = [float(row["loss"]) for row in history(out)]

@@ -30,7 +30,9 @@ def decisions(classifier: Classifier, frames) -> list[str]:
     rule = DecisionRule.for_model(classifier.trust)
     out = []
     for frame in frames:
-        probabilities, score = classifier.invoke_outputs(classifier.to_input(prepare(frame, classifier.image_size)))
+        probabilities, score = classifier.invoke_outputs(
+            classifier.to_input(prepare(frame, classifier.image_size))
+        )
         out.append(decide(probabilities, classifier.labels, rule, score).kind)
     return out
 
@@ -74,7 +76,9 @@ def test_thresholds_are_each_variants_own(converted_dir):
     data_dir = Path(manifest["data_dir"])
     val = [s for s in read_split(converted_dir / "split.csv", data_dir) if s.split == "val"]
     classifier = Classifier(converted_dir / "model_int8.tflite")
-    scores = [classifier.invoke_outputs(classifier.to_input(p))[1] for p in load_pixels(val, data_dir, 96)]
+    scores = [
+        classifier.invoke_outputs(classifier.to_input(p))[1] for p in load_pixels(val, data_dir, 96)
+    ]
     assert conformal_quantile(np.array(scores), 0.9) == pytest.approx(thresholds["int8"])
 
 
@@ -89,7 +93,9 @@ def test_int8_ood_output_saturates_above_its_threshold(converted_dir):
 
 
 @pytest.mark.parametrize("variant", ["int8", "fp16"])
-def test_uniform_frames_and_natural_photos_are_unknown_test_images_answered(converted_dir, data_dir, variant):
+def test_uniform_frames_and_natural_photos_are_unknown_test_images_answered(
+    converted_dir, data_dir, variant
+):
     classifier = Classifier(converted_dir / f"model_{variant}.tflite")
     assert set(decisions(classifier, uniform_frames())) == {"unknown"}
     photos = [p for p in sorted(NATURAL.rglob("*")) if is_image_file(p)]
@@ -111,24 +117,49 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
     for sample in test[:4]:
         shutil.copy(data_dir / sample.path, slides / Path(sample.path).name)
     db = tmp_path / "r.sqlite"
-    result = run_cli("edge-app", "run", "--model", converted_dir / "model_int8.tflite", "--source", slides,
-                     "--headless", "--db", db, "--focus-min", "0", "--empty-contrast", "0", "--dark-mean", "-1",
-                     "--bright-mean", "256", "--clipped-max", "1")
+    result = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        converted_dir / "model_int8.tflite",
+        "--source",
+        slides,
+        "--headless",
+        "--db",
+        db,
+        "--focus-min",
+        "0",
+        "--empty-contrast",
+        "0",
+        "--dark-mean",
+        "-1",
+        "--bright-mean",
+        "256",
+        "--clipped-max",
+        "1",
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 9
     by_origin = {Path(line["origin"]).name: line for line in lines}
     for index in range(5):
         line = by_origin[f"u{index}.png"]
         assert line["decision"] == "unknown" and line["label"] is None
-        assert line["ood_score"] > json.loads((converted_dir / "manifest.json").read_text())[
-            "variants"]["int8"]["trust"]["ood"]["threshold"]
+        assert (
+            line["ood_score"]
+            > json.loads((converted_dir / "manifest.json").read_text())["variants"]["int8"][
+                "trust"
+            ]["ood"]["threshold"]
+        )
         assert line["message"].startswith("unknown: not like the images this model was trained on")
     for line in lines:
         assert line["decision_rule"] == "conformal-lac@0.9+ood-mahalanobis"
         assert isinstance(line["prediction_set"], list) and isinstance(line["ood_score"], float)
     with sqlite3.connect(db) as connection:
         connection.row_factory = sqlite3.Row
-        stored = {Path(r["frame_origin"]).name: dict(r) for r in connection.execute("SELECT * FROM results")}
+        stored = {
+            Path(r["frame_origin"]).name: dict(r)
+            for r in connection.execute("SELECT * FROM results")
+        }
     assert {stored[f"u{i}.png"]["decision"] for i in range(5)} == {"unknown"}
     if "ood_score" in stored["u0.png"]:  # the column arrives with the storage migration (helper D)
         assert stored["u0.png"]["ood_score"] == pytest.approx(by_origin["u0.png"]["ood_score"])
@@ -144,8 +175,19 @@ def test_released_model_without_trust_runs_on_the_legacy_rule(tmp_path):
     frames = tmp_path / "f"
     frames.mkdir()
     cv2.imwrite(str(frames / "a.png"), np.full((224, 224, 3), 128, np.uint8))
-    result = run_cli("edge-app", "run", "--model", released, "--source", frames, "--headless",
-                     "--db", tmp_path / "r.sqlite", "--empty-contrast", "0")
+    result = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        released,
+        "--source",
+        frames,
+        "--headless",
+        "--db",
+        tmp_path / "r.sqlite",
+        "--empty-contrast",
+        "0",
+    )
     line = json.loads(result.stdout.splitlines()[0])
     assert line["decision_rule"] == "legacy min-confidence 0.80 (model has no trust parameters)"
     assert line["ood_score"] is None and line["prediction_set"] is None
@@ -159,8 +201,18 @@ def test_mismatched_trust_parameters_are_refused(converted_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="trust parameters in manifest.json differ"):
         Classifier(copy / "model_int8.tflite")
-    result = run_cli("edge-app", "run", "--model", copy / "model_int8.tflite", "--source", copy,
-                     "--headless", "--db", tmp_path / "r.sqlite", check=False)
+    result = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        copy / "model_int8.tflite",
+        "--source",
+        copy,
+        "--headless",
+        "--db",
+        tmp_path / "r.sqlite",
+        check=False,
+    )
     assert_clean_error(result, "differ from those embedded")
     # A trust-less copy of a two-output model has unknown thresholds: refused.
     from leukedge.convert.metadata import with_metadata
@@ -176,8 +228,18 @@ def test_mismatched_trust_parameters_are_refused(converted_dir, tmp_path):
 
 def test_fit_errors_name_the_class_and_the_count(tiny_run, data_dir, tmp_path):
     out = tmp_path / "o"
-    result = run_cli("edge-convert", tiny_run, "--out", out, "--variants", "fp32", "--data", data_dir,
-                     "--no-verify", check=False)
+    result = run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--variants",
+        "fp32",
+        "--data",
+        data_dir,
+        "--no-verify",
+        check=False,
+    )
     assert_clean_error(result, "the val split has 15 image(s); --coverage 0.99 needs at least 99")
     rows = list(csv.DictReader((tiny_run / "split.csv").open()))
     for row in rows:
@@ -188,11 +250,43 @@ def test_fit_errors_name_the_class_and_the_count(tiny_run, data_dir, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = run_cli("edge-convert", tiny_run, "--out", out, "--variants", "fp32", "--data", data_dir,
-                     "--split-file", split, "--no-verify", *TINY_TRUST_ARGS, check=False)
+    result = run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--variants",
+        "fp32",
+        "--data",
+        data_dir,
+        "--split-file",
+        split,
+        "--no-verify",
+        *TINY_TRUST_ARGS,
+        check=False,
+    )
     assert_clean_error(result, "class 'Pro-B' has 0 image(s) in the val split")
-    result = run_cli("edge-convert", tiny_run, "--out", out, "--variants", "fp32", "--data", data_dir,
-                     "--no-verify", "--coverage", "0.9", "--ood-retention", "0.9", "--ood-dims", "200", check=False)
-    assert_clean_error(result, "the train split has 124 image(s) for a 200-dimensional OOD subspace",
-                       "--ood-dims 60")
+    result = run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--variants",
+        "fp32",
+        "--data",
+        data_dir,
+        "--no-verify",
+        "--coverage",
+        "0.9",
+        "--ood-retention",
+        "0.9",
+        "--ood-dims",
+        "200",
+        check=False,
+    )
+    assert_clean_error(
+        result,
+        "the train split has 124 image(s) for a 200-dimensional OOD subspace",
+        "--ood-dims 60",
+    )
     assert not (out / "model_fp32.tflite").exists()

@@ -27,7 +27,8 @@ def params(conformal_threshold=0.1, ood_threshold=5.0) -> TrustParams:
     return TrustParams(
         temperature=1.5,
         conformal=ConformalRule("lac", 0.99, conformal_threshold, 283, "val"),
-        ood=OodRule("mahalanobis", "pool", ood_threshold, 0.99, 2260, ("train",), "val", 283))
+        ood=OodRule("mahalanobis", "pool", ood_threshold, 0.99, 2260, ("train",), "val", 283),
+    )
 
 
 def test_conformal_quantile_is_the_finite_sample_order_statistic():
@@ -37,9 +38,13 @@ def test_conformal_quantile_is_the_finite_sample_order_statistic():
     assert conformal_quantile(scores, 0.9) == 0.9
     assert conformal_quantile(scores, 0.5) == 0.5
     assert conformal_quantile(scores, 0.81) == 0.9  # ceil(8.1) = 9
-    with pytest.raises(FitError, match=r"9 image\(s\) cannot give a 0.95 guarantee \(need at least 19\)"):
+    with pytest.raises(
+        FitError, match=r"9 image\(s\) cannot give a 0.95 guarantee \(need at least 19\)"
+    ):
         conformal_quantile(scores, 0.95)
-    assert conformal_quantile(np.arange(99) / 100, 0.99) == 0.98  # ceil(100 * 0.99) = 99: the largest
+    assert (
+        conformal_quantile(np.arange(99) / 100, 0.99) == 0.98
+    )  # ceil(100 * 0.99) = 99: the largest
 
 
 def test_conformal_sets_reach_the_target_coverage_on_exchangeable_data():
@@ -51,7 +56,9 @@ def test_conformal_sets_reach_the_target_coverage_on_exchangeable_data():
         lac = 1.0 - probabilities[np.arange(1200), y]
         threshold = conformal_quantile(lac[:200], 0.9)
         rule = ConformalRule("lac", 0.9, threshold, 200, "val")
-        coverages.append(np.mean([y[i] in rule.prediction_set(probabilities[i]) for i in range(200, 1200)]))
+        coverages.append(
+            np.mean([y[i] in rule.prediction_set(probabilities[i]) for i in range(200, 1200)])
+        )
     # Marginal coverage lies in [0.9, 0.9 + 1/(n+1)] on average over calibration draws.
     assert 0.9 - 0.01 <= np.mean(coverages) <= 0.9 + 1 / 201 + 0.01
 
@@ -99,11 +106,15 @@ def test_decision_order_unfit_unknown_conformal():
     assert referred.kind == UNCERTAIN and referred.label is None and referred.prediction_set == []
     unknown = decide(sure, LABELS, rule, ood_score=5.01)
     assert unknown.kind == UNKNOWN and unknown.label is None and unknown.ood_score == 5.01
-    assert unknown.message == ("unknown: not like the images this model was trained on (check "
-                               "magnification, stain, focus): refer for expert review")
+    assert unknown.message == (
+        "unknown: not like the images this model was trained on (check "
+        "magnification, stain, focus): refer for expert review"
+    )
     assert decide(sure, LABELS, rule, ood_score=5.0).kind == LABEL  # at the threshold: kept
     assert decide(sure, LABELS, rule, ood_score=99.0, fit=False).kind == UNFIT
-    two = decide(unsure, LABELS, DecisionRule.for_model(params(conformal_threshold=0.7)), ood_score=0.0)
+    two = decide(
+        unsure, LABELS, DecisionRule.for_model(params(conformal_threshold=0.7)), ood_score=0.0
+    )
     assert two.kind == UNCERTAIN and two.prediction_set == ["Benign", "Early Pre-B"]
     assert "could be Benign or Early Pre-B" in two.message
 

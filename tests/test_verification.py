@@ -85,10 +85,17 @@ def test_renamed_and_unlisted_models_run_only_when_allowed(beside, tmp_path):
         assert "--allow-unverified" in str(error.value)
         allowed = Classifier(path, allow_unverified=True)
         assert not allowed.verified and allowed.variant is None
-        assert allowed.labels == ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]  # from the model's metadata
+        assert allowed.labels == [
+            "Benign",
+            "Early Pre-B",
+            "Pre-B",
+            "Pro-B",
+        ]  # from the model's metadata
 
 
-def test_a_packaged_model_that_does_not_match_is_refused_with_how_to_reinstall(tmp_path, monkeypatch):
+def test_a_packaged_model_that_does_not_match_is_refused_with_how_to_reinstall(
+    tmp_path, monkeypatch
+):
     damaged = tmp_path / "site-packages" / "leukedge" / "models"
     shutil.copytree(MODELS, damaged)
     data = bytearray((damaged / INT8_FILE).read_bytes())
@@ -99,7 +106,10 @@ def test_a_packaged_model_that_does_not_match_is_refused_with_how_to_reinstall(t
         with pytest.raises(ModelError) as error:
             Classifier(damaged / INT8_FILE, allow_unverified=allow)
         message = str(error.value)
-        assert "does not match the sha256" in message and "pip install --force-reinstall leukedge[edge]" in message
+        assert (
+            "does not match the sha256" in message
+            and "pip install --force-reinstall leukedge[edge]" in message
+        )
     (damaged / "manifest.json").unlink()
     with pytest.raises(ModelError, match="manifest.json is missing.*force-reinstall"):
         Classifier(damaged / "model_fp16.tflite", allow_unverified=True)
@@ -114,17 +124,46 @@ def stored(db: Path) -> list[tuple]:
 
 def test_the_app_names_the_vouching_manifest_and_marks_unverified_rows(beside, slides, tmp_path):
     db = tmp_path / "ok.sqlite"
-    result = run_cli("edge-app", "run", "--model", beside / INT8_FILE, "--source", slides, "--headless",
-                     "--db", db)
+    result = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        beside / INT8_FILE,
+        "--source",
+        slides,
+        "--headless",
+        "--db",
+        db,
+    )
     assert f"verified by {(beside / 'manifest.json').resolve()}" in result.stderr
     assert stored(db) == [("int8", 1)] * 2
     set_status(beside, "failed: accuracy drop")
-    refused = run_cli("edge-app", "run", "--model", beside / INT8_FILE, "--source", slides, "--headless",
-                      "--db", tmp_path / "refused.sqlite", check=False)
+    refused = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        beside / INT8_FILE,
+        "--source",
+        slides,
+        "--headless",
+        "--db",
+        tmp_path / "refused.sqlite",
+        check=False,
+    )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "--allow-unverified" in refused.stderr and not (tmp_path / "refused.sqlite").exists()
     db = tmp_path / "allowed.sqlite"
-    allowed = run_cli("edge-app", "run", "--model", beside / INT8_FILE, "--source", slides, "--headless",
-                      "--db", db, "--allow-unverified")
+    allowed = run_cli(
+        "edge-app",
+        "run",
+        "--model",
+        beside / INT8_FILE,
+        "--source",
+        slides,
+        "--headless",
+        "--db",
+        db,
+        "--allow-unverified",
+    )
     assert "NOT verified" in allowed.stderr and "model_verified = 0" in allowed.stderr
     assert stored(db) == [("int8", 0)] * 2

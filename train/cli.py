@@ -18,61 +18,146 @@ def _weights(ctx, param, value: str) -> str:
 
 
 def _layer_names(ctx, param, value: str) -> tuple[str, ...]:
-    return () if value.strip().lower() in ("", "none") else tuple(n.strip() for n in value.split(",") if n.strip())
+    return (
+        ()
+        if value.strip().lower() in ("", "none")
+        else tuple(n.strip() for n in value.split(",") if n.strip())
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Dataset root (Kaggle layout with Original/ and Segmented/) or a folder of class "
-                   "folders. Default: $LEUKEDGE_DATA, else ../shared/data/all-leukemia.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Run folder to create (model.keras, metrics.json, plots, model card).")
-@click.option("--subset", type=click.Choice(SUBSETS), default="original",
-              help="Which Kaggle image set to train on.")
-@click.option("--alpha", type=click.Choice([str(a) for a in ALPHAS]), default="1.0",
-              help="MobileNetV2 width multiplier (smaller is faster on the Pi).")
-@click.option("--image-size", type=click.IntRange(32, 512), default=224, help="Square input side in pixels.")
-@click.option("--epochs", type=click.IntRange(0), default=TrainConfig.epochs,
-              help="Frozen-backbone epochs (head only).")
-@click.option("--fine-tune-epochs", type=click.IntRange(0), default=TrainConfig.fine_tune_epochs,
-              help="Epochs with the top of the backbone unfrozen; 0 skips fine-tuning.")
-@click.option("--fine-tune-from", type=click.IntRange(0), default=TrainConfig.fine_tune_from,
-              help="First backbone layer index to unfreeze (MobileNetV2 has ~154; 54 is block_6).")
-@click.option("--int8-grid/--no-int8-grid", default=TrainConfig.int8_grid,
-              help="Keep the backbone kernels on TFLite's per-channel int8 grid (frozen ones before "
-                   "training, fine-tuned ones after it, then a short head refit), so the int8 model "
-                   "computes what the trained model does.")
-@click.option("--int8-refit-epochs", type=click.IntRange(0), default=TrainConfig.int8_refit_epochs,
-              help="Head epochs after the fine-tuned kernels are rounded (with --int8-grid).")
-@click.option("--int8-per-tensor", "int8_per_tensor_layers", callback=_layer_names,
-              default=",".join(TrainConfig.int8_per_tensor_layers),
-              help="Backbone layers (comma-separated Keras names, or 'none') whose kernels share one "
-                   "int8 scale instead of one per channel (with --int8-grid); edge-convert then stores "
-                   "one scale for them, which makes the int8 file smaller.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset root (Kaggle layout with Original/ and Segmented/) or a folder of class "
+    "folders. Default: $LEUKEDGE_DATA, else ../shared/data/all-leukemia.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder to create (model.keras, metrics.json, plots, model card).",
+)
+@click.option(
+    "--subset",
+    type=click.Choice(SUBSETS),
+    default="original",
+    help="Which Kaggle image set to train on.",
+)
+@click.option(
+    "--alpha",
+    type=click.Choice([str(a) for a in ALPHAS]),
+    default="1.0",
+    help="MobileNetV2 width multiplier (smaller is faster on the Pi).",
+)
+@click.option(
+    "--image-size", type=click.IntRange(32, 512), default=224, help="Square input side in pixels."
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(0),
+    default=TrainConfig.epochs,
+    help="Frozen-backbone epochs (head only).",
+)
+@click.option(
+    "--fine-tune-epochs",
+    type=click.IntRange(0),
+    default=TrainConfig.fine_tune_epochs,
+    help="Epochs with the top of the backbone unfrozen; 0 skips fine-tuning.",
+)
+@click.option(
+    "--fine-tune-from",
+    type=click.IntRange(0),
+    default=TrainConfig.fine_tune_from,
+    help="First backbone layer index to unfreeze (MobileNetV2 has ~154; 54 is block_6).",
+)
+@click.option(
+    "--int8-grid/--no-int8-grid",
+    default=TrainConfig.int8_grid,
+    help="Keep the backbone kernels on TFLite's per-channel int8 grid (frozen ones before "
+    "training, fine-tuned ones after it, then a short head refit), so the int8 model "
+    "computes what the trained model does.",
+)
+@click.option(
+    "--int8-refit-epochs",
+    type=click.IntRange(0),
+    default=TrainConfig.int8_refit_epochs,
+    help="Head epochs after the fine-tuned kernels are rounded (with --int8-grid).",
+)
+@click.option(
+    "--int8-per-tensor",
+    "int8_per_tensor_layers",
+    callback=_layer_names,
+    default=",".join(TrainConfig.int8_per_tensor_layers),
+    help="Backbone layers (comma-separated Keras names, or 'none') whose kernels share one "
+    "int8 scale instead of one per channel (with --int8-grid); edge-convert then stores "
+    "one scale for them, which makes the int8 file smaller.",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=32)
-@click.option("--weights", default="imagenet", callback=_weights,
-              help="Backbone weights: imagenet (looked up in the Keras cache, $LEUKEDGE_WEIGHTS, "
-                   "../shared/weights, then downloaded), none, or a no-top .h5 path.")
-@click.option("--seed", type=int, default=0, help="Seed for the split, initialisation and augmentation.")
-@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Reuse this split.csv exactly (e.g. from an earlier run).")
-@click.option("--limit-per-class", type=click.IntRange(1), default=None,
-              help="Use only the first N images per class (quick experiments, tests).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="default",
-              help="tf.distribute strategy: mirrored for several GPUs (or CPU devices), multiworker for "
-                   "several hosts (TF_CONFIG on each; only the chief writes --out). See docs/training.md.")
-@click.option("--dropout", type=click.FloatRange(0.0, 0.9), default=TrainConfig.dropout,
-              help="Dropout before the softmax layer.")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
-              help="Distil from this model: an edge-train run folder, or a .tflite with labels.txt and "
-                   "split.csv beside it (e.g. models/model_fp16.tflite). The student uses its split.")
-@click.option("--distill-temperature", type=click.FloatRange(1.0, 20.0), default=TrainConfig.distill_temperature,
-              help="Temperature that softens the teacher's and the student's probabilities (with --teacher).")
-@click.option("--distill-weight", type=click.FloatRange(0.0, 1.0), default=TrainConfig.distill_weight,
-              help="Share of the soft-target term in the loss; the labels get the rest (with --teacher).")
+@click.option(
+    "--weights",
+    default="imagenet",
+    callback=_weights,
+    help="Backbone weights: imagenet (looked up in the Keras cache, $LEUKEDGE_WEIGHTS, "
+    "../shared/weights, then downloaded), none, or a no-top .h5 path.",
+)
+@click.option(
+    "--seed", type=int, default=0, help="Seed for the split, initialisation and augmentation."
+)
+@click.option(
+    "--split-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Reuse this split.csv exactly (e.g. from an earlier run).",
+)
+@click.option(
+    "--limit-per-class",
+    type=click.IntRange(1),
+    default=None,
+    help="Use only the first N images per class (quick experiments, tests).",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default="default",
+    help="tf.distribute strategy: mirrored for several GPUs (or CPU devices), multiworker for "
+    "several hosts (TF_CONFIG on each; only the chief writes --out). See docs/training.md.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0.0, 0.9),
+    default=TrainConfig.dropout,
+    help="Dropout before the softmax layer.",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Distil from this model: an edge-train run folder, or a .tflite with labels.txt and "
+    "split.csv beside it (e.g. models/model_fp16.tflite). The student uses its split.",
+)
+@click.option(
+    "--distill-temperature",
+    type=click.FloatRange(1.0, 20.0),
+    default=TrainConfig.distill_temperature,
+    help="Temperature that softens the teacher's and the student's probabilities (with --teacher).",
+)
+@click.option(
+    "--distill-weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=TrainConfig.distill_weight,
+    help="Share of the soft-target term in the loss; the labels get the rest (with --teacher).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show TensorFlow's C++ log lines and library warnings (hidden: they are harmless noise).",
+)
 def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) -> None:
     """Train the MobileNetV2 leukemia blood-smear classifier.
 
@@ -110,20 +195,35 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
             dataset.read_split(config.split_file, data_dir)
         if config.teacher:
             check_teacher(config.teacher, None, config.split_file)
-        scan = dataset.scan(data_dir, config.subset, config.image_size, config.limit_per_class,
-                            progress=lambda items: tqdm(items, desc="decode images", unit="img"))
+        scan = dataset.scan(
+            data_dir,
+            config.subset,
+            config.image_size,
+            config.limit_per_class,
+            progress=lambda items: tqdm(items, desc="decode images", unit="img"),
+        )
         click.echo(dataset.summary(scan))
         from leukedge.train.training import train
 
         metrics = train(config, echo=click.echo, scan=scan)
-    except (dataset.DatasetError, RunDirError, WeightsError, SettingsError, WorkerLostError) as error:
+    except (
+        dataset.DatasetError,
+        RunDirError,
+        WeightsError,
+        SettingsError,
+        WorkerLostError,
+    ) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None
     if "test" not in metrics:  # a worker other than the chief: the chief reports and writes
         return
     test = metrics["test"]
-    click.echo(f"test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro']['f1']:.4f} "
-               f"(n={test['n']}); {metrics['timing_seconds']['total'] / 60:.1f} min, "
-               f"peak RSS {metrics['peak_rss_mb']:.0f} MB")
-    click.echo(f"wrote {out_dir}/ (model.keras, metrics.json, curves.png, confusion_matrix.png, model_card.md)")
+    click.echo(
+        f"test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro']['f1']:.4f} "
+        f"(n={test['n']}); {metrics['timing_seconds']['total'] / 60:.1f} min, "
+        f"peak RSS {metrics['peak_rss_mb']:.0f} MB"
+    )
+    click.echo(
+        f"wrote {out_dir}/ (model.keras, metrics.json, curves.png, confusion_matrix.png, model_card.md)"
+    )

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from leukedge.train.config import SettingsError
 
-TF_CONFIG_HELP = ('set TF_CONFIG on every host, e.g. TF_CONFIG=\'{"cluster": {"worker": '
-                  '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
-                  "(index 0 on the first host, 1 on the second, ...)")
+TF_CONFIG_HELP = (
+    'set TF_CONFIG on every host, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+    '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
+    "(index 0 on the first host, 1 on the second, ...)"
+)
 
 
 class ClusterError(SettingsError):
@@ -34,35 +36,58 @@ class Role:
 
     @property
     def is_chief(self) -> bool:
-        return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0
-                                             and not self.has_chief_task)
+        return self.task_type == "chief" or (
+            self.task_type == "worker" and self.index == 0 and not self.has_chief_task
+        )
 
     def describe(self) -> str:
-        who = "the chief (writes the run folder)" if self.is_chief else f"{self.task_type} {self.index}"
+        who = (
+            "the chief (writes the run folder)"
+            if self.is_chief
+            else f"{self.task_type} {self.index}"
+        )
         return f"{self.strategy}: {self.workers} worker(s), {self.replicas} replica(s); this process is {who}"
 
 
 def parse_tf_config(value: str | None) -> Role:
     """The cluster TF_CONFIG describes, checked so that a typo fails in one line, not in gRPC."""
     if value is None or not value.strip():
-        raise ClusterError(f"--strategy multiworker needs the TF_CONFIG environment variable: {TF_CONFIG_HELP}")
+        raise ClusterError(
+            f"--strategy multiworker needs the TF_CONFIG environment variable: {TF_CONFIG_HELP}"
+        )
     try:
         spec = json.loads(value)
     except json.JSONDecodeError as error:
-        raise ClusterError(f"TF_CONFIG is not valid JSON ({error.msg} at character {error.pos}): "
-                           f"{TF_CONFIG_HELP}") from None
+        raise ClusterError(
+            f"TF_CONFIG is not valid JSON ({error.msg} at character {error.pos}): {TF_CONFIG_HELP}"
+        ) from None
     cluster = spec.get("cluster") if isinstance(spec, dict) else None
     task = spec.get("task") if isinstance(spec, dict) else None
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise ClusterError(f"TF_CONFIG needs a 'cluster' and a 'task' object: {TF_CONFIG_HELP}")
-    bad = [k for k, v in cluster.items() if k not in ("chief", "worker")
-           or not isinstance(v, list) or not all(isinstance(a, str) and ":" in a for a in v)]
+    bad = [
+        k
+        for k, v in cluster.items()
+        if k not in ("chief", "worker")
+        or not isinstance(v, list)
+        or not all(isinstance(a, str) and ":" in a for a in v)
+    ]
     if bad or not cluster:
-        raise ClusterError(f"TF_CONFIG cluster must map 'worker' (and optionally 'chief') to lists of "
-                           f"'host:port' addresses, found {cluster!r}: {TF_CONFIG_HELP}")
+        raise ClusterError(
+            f"TF_CONFIG cluster must map 'worker' (and optionally 'chief') to lists of "
+            f"'host:port' addresses, found {cluster!r}: {TF_CONFIG_HELP}"
+        )
     task_type, index = task.get("type"), task.get("index")
-    if task_type not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
-        raise ClusterError(f"TF_CONFIG task {task!r} is not one of the cluster's tasks "
-                           f"({', '.join(f'{k} 0..{len(v) - 1}' for k, v in cluster.items())}): {TF_CONFIG_HELP}")
+    if (
+        task_type not in cluster
+        or not isinstance(index, int)
+        or not 0 <= index < len(cluster[task_type])
+    ):
+        raise ClusterError(
+            f"TF_CONFIG task {task!r} is not one of the cluster's tasks "
+            f"({', '.join(f'{k} 0..{len(v) - 1}' for k, v in cluster.items())}): {TF_CONFIG_HELP}"
+        )
     workers = sum(len(v) for v in cluster.values())
-    return Role("multiworker", workers, task_type, index, workers, has_chief_task="chief" in cluster)
+    return Role(
+        "multiworker", workers, task_type, index, workers, has_chief_task="chief" in cluster
+    )

@@ -26,17 +26,26 @@ class TrainConfig:
     image_size: int = 224  # square model input side, pixels
     epochs: int = 30  # frozen-backbone epochs (head only, on cached backbone features)
     fine_tune_epochs: int = 20  # epochs with the top of the backbone unfrozen, 0 to skip
-    fine_tune_from: int = 54  # first backbone layer index to unfreeze (of ~154): block_6, the 14x14 stage
+    fine_tune_from: int = (
+        54  # first backbone layer index to unfreeze (of ~154): block_6, the 14x14 stage
+    )
     batch_size: int = 32
     learning_rate: float = 1e-3  # head phase (Adam)
     fine_tune_learning_rate: float = 1e-4  # fine-tuning phase (Adam, cosine decay)
     dropout: float = 0.2  # before the softmax layer
     label_smoothing: float = 0.1
     int8_grid: bool = True  # kernels on TFLite's int8 grid: frozen ones before training, all after
-    int8_refit_epochs: int = 10  # head epochs on the all-int8-grid backbone after fine-tuning (Adam, fine-tune rate)
+    int8_refit_epochs: int = (
+        10  # head epochs on the all-int8-grid backbone after fine-tuning (Adam, fine-tune rate)
+    )
     # Wide 1x1 layers rounded to one int8 grid per kernel instead of per channel (with int8_grid):
     # edge-convert stores them with one scale, 24 bytes less per channel (4,160 here, ~100 KB).
-    int8_per_tensor_layers: tuple[str, ...] = ("block_14_expand", "block_15_expand", "block_16_expand", "Conv_1")
+    int8_per_tensor_layers: tuple[str, ...] = (
+        "block_14_expand",
+        "block_15_expand",
+        "block_16_expand",
+        "Conv_1",
+    )
     patience: int = 8  # early stopping on validation loss, best weights restored
     weights: str = "imagenet"  # imagenet | none | path to a no-top .h5 file
     seed: int = 0
@@ -50,14 +59,16 @@ class TrainConfig:
     distill_temperature: float = 4.0
     distill_weight: float = 0.7
     overwrite: bool = False  # replace a non-empty out_dir
-    augment: dict = field(default_factory=lambda: {
-        "flip": "horizontal_and_vertical",
-        "rotation": 0.5,  # fraction of a full turn, both ways: cells have no "up"
-        "zoom": 0.2,
-        "brightness": 0.15,
-        "contrast": 0.15,
-        "saturation": 0.15,
-        "hue": 0.04,  # stain tint varies between labs and microscopes
-        "blur_sigma": 1.5,  # pixels: focus varies between microscopes and technicians
-        "noise_sigma": 10.0,  # on 0..255: small camera sensors are noisy
-    })
+    augment: dict = field(
+        default_factory=lambda: {
+            "flip": "horizontal_and_vertical",
+            "rotation": 0.5,  # fraction of a full turn, both ways: cells have no "up"
+            "zoom": 0.2,
+            "brightness": 0.15,
+            "contrast": 0.15,
+            "saturation": 0.15,
+            "hue": 0.04,  # stain tint varies between labs and microscopes
+            "blur_sigma": 1.5,  # pixels: focus varies between microscopes and technicians
+            "noise_sigma": 10.0,  # on 0..255: small camera sensors are noisy
+        }
+    )

@@ -82,9 +82,11 @@ def default_data_dir() -> Path:
     if beside_repo is not None and beside_repo.is_dir():
         return beside_repo
     looked = f", nor at {beside_repo}" if beside_repo is not None else ""
-    raise DatasetError(f"no dataset given: --data is not set, $LEUKEDGE_DATA is not set{looked}. Download "
-                       "the Kaggle dataset mehradaria/leukemia (https://www.kaggle.com/datasets/mehradaria/"
-                       "leukemia), unzip it and pass --data PATH or set LEUKEDGE_DATA=PATH")
+    raise DatasetError(
+        f"no dataset given: --data is not set, $LEUKEDGE_DATA is not set{looked}. Download "
+        "the Kaggle dataset mehradaria/leukemia (https://www.kaggle.com/datasets/mehradaria/"
+        "leukemia), unzip it and pass --data PATH or set LEUKEDGE_DATA=PATH"
+    )
 
 
 def canonical_label(folder_name: str) -> str:
@@ -100,8 +102,17 @@ def ordered_labels(labels: Iterable[str]) -> list[str]:
 
 
 # Folders that archivers and operating systems leave beside the data: never classes.
-METADATA_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information",
-                              "lost+found", "thumbs.db", ".ds_store"})
+METADATA_FOLDERS = frozenset(
+    {
+        "__macosx",
+        "@eadir",
+        "$recycle.bin",
+        "system volume information",
+        "lost+found",
+        "thumbs.db",
+        ".ds_store",
+    }
+)
 
 
 def is_metadata_name(name: str) -> bool:
@@ -120,12 +131,17 @@ def suggest_label(folder_name: str) -> str | None:
     from leukedge.edge_app.clitools import closest
 
     key = re.sub(r"[^a-z]", "", folder_name.lower())
-    names = {**_FOLDER_ALIASES, **{re.sub(r"[^a-z]", "", label.lower()): label for label in CANONICAL_LABELS}}
+    names = {
+        **_FOLDER_ALIASES,
+        **{re.sub(r"[^a-z]", "", label.lower()): label for label in CANONICAL_LABELS},
+    }
     match = closest(key, names) if key else None
     return names[match] if match else None
 
 
-def survey(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Path], list[tuple[str, str]]]:
+def survey(
+    data_dir: Path, subset: str = "original"
+) -> tuple[Path, dict[str, Path], list[tuple[str, str]]]:
     """The folder holding class folders, label -> folder, and (folder, why) for each folder ignored.
 
     Accepts the Kaggle root (with Original/ and Segmented/) or any folder of class folders.
@@ -147,11 +163,21 @@ def survey(data_dir: Path, subset: str = "original") -> tuple[Path, dict[str, Pa
         label = known_label(folder.name)
         if label is None:
             if folder.name.lower() in SUBSETS:
-                ignored.append((folder.name, f"a Kaggle image set: choose it with --subset {folder.name.lower()}"))
+                ignored.append(
+                    (
+                        folder.name,
+                        f"a Kaggle image set: choose it with --subset {folder.name.lower()}",
+                    )
+                )
                 continue
             hint = suggest_label(folder.name)
-            ignored.append((folder.name, "not a known label" + (f"; did you mean {hint}?" if hint else
-                                                                 f" ({', '.join(CANONICAL_LABELS)})")))
+            ignored.append(
+                (
+                    folder.name,
+                    "not a known label"
+                    + (f"; did you mean {hint}?" if hint else f" ({', '.join(CANONICAL_LABELS)})"),
+                )
+            )
             continue
         if label in folders:
             raise DatasetError(
@@ -176,12 +202,21 @@ def class_folders(data_dir: Path, subset: str = "original") -> tuple[Path, dict[
 
 def class_images(folder: Path) -> list[Path]:
     """The image files under a class folder, leaving out hidden and metadata files and folders."""
-    return sorted(p for p in folder.rglob("*")
-                  if is_image_file(p) and not any(is_metadata_name(part) for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if is_image_file(p)
+        and not any(is_metadata_name(part) for part in p.relative_to(folder).parts)
+    )
 
 
-def scan(data_dir: Path, subset: str = "original", image_size: int | None = None,
-         limit_per_class: int | None = None, progress=None) -> Scan:
+def scan(
+    data_dir: Path,
+    subset: str = "original",
+    image_size: int | None = None,
+    limit_per_class: int | None = None,
+    progress=None,
+) -> Scan:
     """Decode every image once, drop unreadable ones and content duplicates.
 
     Images whose bytes are identical are kept once (the first path in sorted order); content
@@ -208,7 +243,9 @@ def scan(data_dir: Path, subset: str = "original", image_size: int | None = None
             duplicates += 1
             if by_hash[digest].label != label:
                 conflicting.add(digest)
-                skipped.append((relative, f"same content as {by_hash[digest].path} with another label"))
+                skipped.append(
+                    (relative, f"same content as {by_hash[digest].path} with another label")
+                )
             continue
         try:
             pixels = load_rgb(path)
@@ -230,24 +267,42 @@ def scan(data_dir: Path, subset: str = "original", image_size: int | None = None
             + ", ".join(folders[label].name for label in empty)
         )
     if len(folders) < 2:
-        raise DatasetError(f"{image_dir} has only one class folder ({next(iter(folders))}); need at least 2")
+        raise DatasetError(
+            f"{image_dir} has only one class folder ({next(iter(folders))}); need at least 2"
+        )
     labels = ordered_labels(folders)
     samples = sorted(by_hash.values(), key=lambda s: (labels.index(s.label), s.path))
-    return Scan(data_dir, image_dir, labels, samples, images, skipped, duplicates,
-                {label: found[label] for label in labels}, ignored)
+    return Scan(
+        data_dir,
+        image_dir,
+        labels,
+        samples,
+        images,
+        skipped,
+        duplicates,
+        {label: found[label] for label in labels},
+        ignored,
+    )
 
 
 def summary(scan: Scan) -> str:
     counts = ", ".join(f"{label} {n}" for label, n in scan.found_per_class.items())
-    skipped = f"{len(scan.skipped)} file(s) skipped" + (" (listed in skipped.txt)" if scan.skipped else "")
+    skipped = f"{len(scan.skipped)} file(s) skipped" + (
+        " (listed in skipped.txt)" if scan.skipped else ""
+    )
     text = f"found in {scan.image_dir}: {counts}; {scan.duplicates} duplicate(s) removed, {skipped}"
     if scan.ignored_folders:
-        text += "; ignored folder(s): " + "; ".join(f"{name} ({why})" for name, why in scan.ignored_folders)
+        text += "; ignored folder(s): " + "; ".join(
+            f"{name} ({why})" for name, why in scan.ignored_folders
+        )
     return text
 
 
-def stratified_split(samples: Sequence[Sample], seed: int = 0,
-                     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[Sample]:
+def stratified_split(
+    samples: Sequence[Sample],
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> list[Sample]:
     """Assign train/val/test per class with a seeded shuffle; same inputs, same split."""
     by_label: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
@@ -285,12 +340,16 @@ def read_split(path: Path, data_dir: Path | None = None, check_files: bool = Tru
                     f"split file {path} must have the columns {','.join(SPLIT_COLUMNS)}, "
                     f"found {reader.fieldnames}"
                 )
-            samples = [Sample(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
+            samples = [
+                Sample(row["path"], row["sha256"], row["label"], row["split"]) for row in reader
+            ]
     except (UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"split file {path} is not a readable CSV: {error}") from None
     bad = [s.split for s in samples if s.split not in SPLITS]
     if bad:
-        raise DatasetError(f"split file {path} has unknown split name {bad[0]!r} (use train/val/test)")
+        raise DatasetError(
+            f"split file {path} has unknown split name {bad[0]!r} (use train/val/test)"
+        )
     if not samples:
         raise DatasetError(f"split file {path} lists no images")
     leaks = [h for h, n in Counter(s.sha256 for s in samples).items() if n > 1]
@@ -306,8 +365,9 @@ def read_split(path: Path, data_dir: Path | None = None, check_files: bool = Tru
     return samples
 
 
-def load_pixels(samples: Sequence[Sample], data_dir: Path, image_size: int,
-                progress=None) -> np.ndarray:
+def load_pixels(
+    samples: Sequence[Sample], data_dir: Path, image_size: int, progress=None
+) -> np.ndarray:
     """Decode and prepare the images of `samples` as one uint8 array (n, size, size, 3)."""
     out = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
     indexed = list(enumerate(samples))

@@ -36,7 +36,9 @@ class Teacher:
     split_file: Path
 
 
-def check_teacher(path: Path, labels: list[str] | None = None, split_file: Path | None = None) -> Teacher:
+def check_teacher(
+    path: Path, labels: list[str] | None = None, split_file: Path | None = None
+) -> Teacher:
     """Find the teacher's model, labels and split; refuse what cannot fit. No TensorFlow.
 
     `labels` are the student's labels (from its data); they must be the teacher's, in the same
@@ -49,27 +51,37 @@ def check_teacher(path: Path, labels: list[str] | None = None, split_file: Path 
         model_path = path / "model.keras"
         folder = path
         if not model_path.is_file():
-            raise TeacherError(f"--teacher {path} has no model.keras: pass an edge-train run folder "
-                               "or a .tflite file with labels.txt and split.csv beside it")
+            raise TeacherError(
+                f"--teacher {path} has no model.keras: pass an edge-train run folder "
+                "or a .tflite file with labels.txt and split.csv beside it"
+            )
     elif path.is_file() and path.suffix in (".tflite", ".keras"):
         model_path, folder = path, path.parent
     else:
-        raise TeacherError(f"--teacher {path} is neither an edge-train run folder nor a .tflite/.keras file")
+        raise TeacherError(
+            f"--teacher {path} is neither an edge-train run folder nor a .tflite/.keras file"
+        )
     labels_file, teacher_split = folder / "labels.txt", folder / "split.csv"
     for needed in (labels_file, teacher_split):
         if not needed.is_file():
-            raise TeacherError(f"--teacher {path}: {needed.name} is missing beside the model "
-                               "(the student trains on the teacher's labels and split)")
+            raise TeacherError(
+                f"--teacher {path}: {needed.name} is missing beside the model "
+                "(the student trains on the teacher's labels and split)"
+            )
     teacher_labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
     if labels is not None and list(labels) != teacher_labels:
-        raise TeacherError(f"--teacher {path} was trained on the labels {teacher_labels}, the data has "
-                           f"{list(labels)}: a teacher must know exactly the student's classes")
+        raise TeacherError(
+            f"--teacher {path} was trained on the labels {teacher_labels}, the data has "
+            f"{list(labels)}: a teacher must know exactly the student's classes"
+        )
     if split_file is not None:
         ours = {(s.sha256, s.split) for s in dataset.read_split(split_file, check_files=False)}
         theirs = {(s.sha256, s.split) for s in dataset.read_split(teacher_split, check_files=False)}
         if ours != theirs:
-            raise TeacherError(f"--split-file {split_file} is not the teacher's split ({teacher_split}): "
-                               "leave --split-file out, the student uses the teacher's split")
+            raise TeacherError(
+                f"--split-file {split_file} is not the teacher's split ({teacher_split}): "
+                "leave --split-file out, the student uses the teacher's split"
+            )
     return Teacher(model_path, teacher_labels, teacher_split)
 
 
@@ -81,8 +93,13 @@ def soft_targets(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def teacher_probabilities(teacher: Teacher, samples: list[dataset.Sample], data_dir: Path,
-                          batch_size: int = 32, progress=None) -> np.ndarray:
+def teacher_probabilities(
+    teacher: Teacher,
+    samples: list[dataset.Sample],
+    data_dir: Path,
+    batch_size: int = 32,
+    progress=None,
+) -> np.ndarray:
     """The teacher's probabilities for `samples`, each decoded at the teacher's input size."""
     if teacher.model_path.suffix == ".tflite":
         from leukedge.edge_app.runtime import Classifier, ModelError
@@ -92,8 +109,10 @@ def teacher_probabilities(teacher: Teacher, samples: list[dataset.Sample], data_
         except ModelError as error:
             raise TeacherError(f"--teacher: {error}") from None
         if model.labels != teacher.labels:
-            raise TeacherError(f"--teacher {teacher.model_path} carries the labels {model.labels}, "
-                               f"its labels.txt says {teacher.labels}")
+            raise TeacherError(
+                f"--teacher {teacher.model_path} carries the labels {model.labels}, "
+                f"its labels.txt says {teacher.labels}"
+            )
         pixels = dataset.load_pixels(samples, data_dir, model.image_size, progress=progress)
         return np.stack([model.invoke(model.to_input(image)) for image in pixels])
     import keras
@@ -101,14 +120,21 @@ def teacher_probabilities(teacher: Teacher, samples: list[dataset.Sample], data_
     model = keras.models.load_model(teacher.model_path, compile=False)
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] is None:
-        raise TeacherError(f"--teacher {teacher.model_path} takes inputs of shape {shape}, "
-                           "not square RGB images")
+        raise TeacherError(
+            f"--teacher {teacher.model_path} takes inputs of shape {shape}, not square RGB images"
+        )
     if model.output_shape[-1] != len(teacher.labels):
-        raise TeacherError(f"--teacher {teacher.model_path} has {model.output_shape[-1]} outputs "
-                           f"for {len(teacher.labels)} labels")
+        raise TeacherError(
+            f"--teacher {teacher.model_path} has {model.output_shape[-1]} outputs "
+            f"for {len(teacher.labels)} labels"
+        )
     pixels = dataset.load_pixels(samples, data_dir, int(shape[1]), progress=progress)
-    return np.concatenate([model.predict_on_batch(pixels[i:i + batch_size].astype(np.float32))
-                           for i in range(0, len(pixels), batch_size)])
+    return np.concatenate(
+        [
+            model.predict_on_batch(pixels[i : i + batch_size].astype(np.float32))
+            for i in range(0, len(pixels), batch_size)
+        ]
+    )
 
 
 def distillation_loss(n_classes: int, temperature: float, weight: float, label_smoothing: float):
@@ -123,7 +149,9 @@ def distillation_loss(n_classes: int, temperature: float, weight: float, label_s
     import keras
     import tensorflow as tf
 
-    hard_loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+    hard_loss = keras.losses.CategoricalCrossentropy(
+        label_smoothing=label_smoothing, reduction=None
+    )
 
     def loss(y_true, y_pred):
         y_true = tf.convert_to_tensor(y_true, tf.float32)
@@ -131,11 +159,13 @@ def distillation_loss(n_classes: int, temperature: float, weight: float, label_s
         if y_true.shape[-1] == n_classes:
             return hard
         soft_teacher = y_true[:, n_classes:]
-        student_log = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)) / temperature)
+        student_log = tf.nn.log_softmax(
+            tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)) / temperature
+        )
         # KL divergence (0 when the student matches the teacher), not plain cross-entropy: same
         # gradients, but the logged loss is not dominated by the teacher's own entropy.
         teacher_log = tf.math.log(tf.clip_by_value(soft_teacher, 1e-12, 1.0))
-        soft = tf.reduce_sum(soft_teacher * (teacher_log - student_log), axis=-1) * temperature ** 2
+        soft = tf.reduce_sum(soft_teacher * (teacher_log - student_log), axis=-1) * temperature**2
         return (1.0 - weight) * hard + weight * soft
 
     return loss
@@ -147,6 +177,9 @@ def label_accuracy(n_classes: int):
     import tensorflow as tf
 
     def accuracy(y_true, y_pred):
-        return tf.cast(tf.equal(tf.argmax(y_true[:, :n_classes], axis=-1), tf.argmax(y_pred, axis=-1)), tf.float32)
+        return tf.cast(
+            tf.equal(tf.argmax(y_true[:, :n_classes], axis=-1), tf.argmax(y_pred, axis=-1)),
+            tf.float32,
+        )
 
     return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")

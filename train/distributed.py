@@ -31,7 +31,16 @@ import tensorflow as tf
 from leukedge.train.cluster import ClusterError, Role, WorkerLostError, parse_tf_config
 from leukedge.train.config import SettingsError
 
-__all__ = ["ClusterError", "Role", "WorkerLostError", "fit", "make_strategy", "parse_tf_config", "predict"]
+__all__ = [
+    "ClusterError",
+    "Role",
+    "WorkerLostError",
+    "fit",
+    "make_strategy",
+    "parse_tf_config",
+    "predict",
+]
+
 
 def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
     """The strategy for `--strategy`, and this process's role in it."""
@@ -39,32 +48,51 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
         return tf.distribute.get_strategy(), Role("default")
     if name == "mirrored":
         # All GPUs; without any, every (logical) CPU device, so the path runs and is tested on CPUs.
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-                  [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         return strategy, Role("mirrored", 1, replicas=strategy.num_replicas_in_sync)
     if name == "multiworker":
         role = parse_tf_config(os.environ.get("TF_CONFIG"))
         # A lost peer must end the run, not hang it: collectives time out, and TensorFlow's
         # coordination service reports workers that stop sending heartbeats.
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(
-            os.environ.get("LEUKEDGE_COLLECTIVE_TIMEOUT", "600")))
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=float(os.environ.get("LEUKEDGE_COLLECTIVE_TIMEOUT", "600"))
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        return strategy, Role("multiworker", role.workers, role.task_type, role.index,
-                              strategy.num_replicas_in_sync, has_chief_task=role.has_chief_task)
+        return strategy, Role(
+            "multiworker",
+            role.workers,
+            role.task_type,
+            role.index,
+            strategy.num_replicas_in_sync,
+            has_chief_task=role.has_chief_task,
+        )
     raise SettingsError(f"unknown strategy {name!r}: use default, mirrored or multiworker")
 
 
-def distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> tf.distribute.DistributedDataset:
+def distribute(
+    strategy: tf.distribute.Strategy, ds: tf.data.Dataset
+) -> tf.distribute.DistributedDataset:
     """Split every global batch of `ds` across the replicas (DATA sharding, same batches as one worker)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(ds.with_options(options))
 
 
-def fit(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable, optimizer,
-        train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int,
-        callbacks: list[keras.callbacks.Callback], n_classes: int, echo=print) -> tuple[dict, int]:
+def fit(
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    loss_fn: Callable,
+    optimizer,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    n_classes: int,
+    echo=print,
+) -> tuple[dict, int]:
     """Train `model` on (images, targets, weights) batches; returns (history dict, steps run).
 
     `loss_fn(targets, probabilities)` gives one loss per example; the step loss is the weighted
@@ -81,7 +109,9 @@ def fit(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable,
         with tf.GradientTape() as tape:
             p = model(x, training=True)
             per_example = loss_fn(y, p) * w
-            n = tf.distribute.get_replica_context().all_reduce("SUM", tf.cast(tf.shape(x)[0], tf.float32))
+            n = tf.distribute.get_replica_context().all_reduce(
+                "SUM", tf.cast(tf.shape(x)[0], tf.float32)
+            )
             loss = tf.reduce_sum(per_example) / tf.maximum(n, 1.0)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -99,7 +129,12 @@ def fit(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable,
     def val_step(iterator):
         return _reduce(strategy, strategy.run(val_replica, args=next(iterator)))
 
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    history: dict[str, list[float]] = {
+        "loss": [],
+        "accuracy": [],
+        "val_loss": [],
+        "val_accuracy": [],
+    }
     model.stop_training = False
     for callback in callbacks:
         callback.set_model(model)
@@ -118,12 +153,18 @@ def fit(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable,
         iterator = iter(val_dist)
         for _ in range(val_steps):
             val_totals += [float(v) for v in val_step(iterator)]
-        logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2],
-                "val_loss": val_totals[0] / val_totals[2], "val_accuracy": val_totals[1] / val_totals[2]}
+        logs = {
+            "loss": totals[0] / totals[2],
+            "accuracy": totals[1] / totals[2],
+            "val_loss": val_totals[0] / val_totals[2],
+            "val_accuracy": val_totals[1] / val_totals[2],
+        }
         for key, value in logs.items():
             history[key].append(float(value))
-        echo(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - started:.0f}s - "
-             + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        echo(
+            f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - started:.0f}s - "
+            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+        )
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
         if model.stop_training:
@@ -135,8 +176,11 @@ def fit(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: Callable,
 
 def _sums(y, p, per_example_loss, n_classes: int):
     correct = tf.equal(tf.argmax(y[:, :n_classes], axis=-1), tf.argmax(p, axis=-1))
-    return (tf.reduce_sum(per_example_loss), tf.reduce_sum(tf.cast(correct, tf.float32)),
-            tf.cast(tf.shape(p)[0], tf.float32))
+    return (
+        tf.reduce_sum(per_example_loss),
+        tf.reduce_sum(tf.cast(correct, tf.float32)),
+        tf.cast(tf.shape(p)[0], tf.float32),
+    )
 
 
 def _reduce(strategy: tf.distribute.Strategy, values):
@@ -147,5 +191,9 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarr
     """Local predictions on this worker, outside Keras's distributed predict (which would need
     every worker to take part: it gathers the outputs of all replicas)."""
     call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-    return np.concatenate([call(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
-                           for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            call(tf.constant(images[i : i + batch_size], tf.float32)).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+    )

@@ -18,8 +18,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return matrix
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
-                           labels: Sequence[str]) -> dict:
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
+) -> dict:
     """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, confusion."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -27,25 +28,37 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
     true_positive = np.diag(matrix).astype(float)
     support = matrix.sum(axis=1).astype(float)
     predicted = matrix.sum(axis=0).astype(float)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    precision = np.divide(
+        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
+    )
     recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
     denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
     present = support > 0
     weights = support / support.sum() if support.sum() else support
     per_class = {
-        label: {"precision": float(precision[i]), "recall": float(recall[i]),
-                "f1": float(f1[i]), "support": int(support[i])}
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, label in enumerate(labels)
     }
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "per_class": per_class,
-        "macro": {name: float(values[present].mean()) if present.any() else 0.0
-                  for name, values in (("precision", precision), ("recall", recall), ("f1", f1))},
-        "weighted": {name: float((values * weights).sum())
-                     for name, values in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "macro": {
+            name: float(values[present].mean()) if present.any() else 0.0
+            for name, values in (("precision", precision), ("recall", recall), ("f1", f1))
+        },
+        "weighted": {
+            name: float((values * weights).sum())
+            for name, values in (("precision", precision), ("recall", recall), ("f1", f1))
+        },
         "confusion_matrix": matrix.tolist(),
         "labels": list(labels),
     }

@@ -35,7 +35,9 @@ def imagenet_weights_file(alpha: float, echo: Callable[[str], None] | None = Non
     env = os.environ.get("LEUKEDGE_WEIGHTS")
     candidates = [("the Keras cache", cache_dir / name)]
     if env:
-        candidates.append(("$LEUKEDGE_WEIGHTS", Path(env) if Path(env).is_file() else Path(env) / name))
+        candidates.append(
+            ("$LEUKEDGE_WEIGHTS", Path(env) if Path(env).is_file() else Path(env) / name)
+        )
     candidates.append(("../shared/weights beside the checkout", SHARED_WEIGHTS / name))
     for where, path in candidates:
         if path.is_file():
@@ -61,7 +63,9 @@ def build_backbone(alpha: float, image_size: int, weights: str) -> keras.Model:
         weights_path = str(imagenet_weights_file(alpha))
     elif weights != "none":
         if not Path(weights).is_file():
-            raise WeightsError(f"weights file {weights} does not exist (use imagenet, none or a path)")
+            raise WeightsError(
+                f"weights file {weights} does not exist (use imagenet, none or a path)"
+            )
         weights_path = weights
     base = keras.applications.MobileNetV2(
         input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=None
@@ -78,8 +82,9 @@ def build_backbone(alpha: float, image_size: int, weights: str) -> keras.Model:
     return base
 
 
-def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None,
-                      per_tensor: Collection[str] = ()) -> int:
+def snap_to_int8_grid(
+    base: keras.Model, before_layer: int | None = None, per_tensor: Collection[str] = ()
+) -> int:
     """Round convolution kernels to the int8 grid full-int8 TFLite will use.
 
     Post-training int8 rounds every kernel per output channel to 255 levels. Measured on our
@@ -98,8 +103,10 @@ def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None,
     """
     unknown = sorted(set(per_tensor) - {layer.name for layer in base.layers})
     if unknown:
-        raise SettingsError(f"--int8-per-tensor: the backbone has no layer named {', '.join(unknown)} "
-                            "(use Keras MobileNetV2 layer names such as Conv_1, block_16_expand, or 'none')")
+        raise SettingsError(
+            f"--int8-per-tensor: the backbone has no layer named {', '.join(unknown)} "
+            "(use Keras MobileNetV2 layer names such as Conv_1, block_16_expand, or 'none')"
+        )
     rounded = 0
     for index, layer in enumerate(base.layers):
         if before_layer is not None and index >= before_layer:
@@ -113,7 +120,9 @@ def snap_to_int8_grid(base: keras.Model, before_layer: int | None = None,
         weights = layer.get_weights()
         kernel = weights[0]
         if layer.name in per_tensor:
-            fold = batch_norm_fold(base, index).reshape([-1 if i == axis else 1 for i in range(kernel.ndim)])
+            fold = batch_norm_fold(base, index).reshape(
+                [-1 if i == axis else 1 for i in range(kernel.ndim)]
+            )
             folded = kernel * fold
             step = max(float(np.abs(folded).max()) / 127.0, np.finfo(np.float32).tiny)
             weights[0] = (np.round(folded / step) * step / fold).astype(kernel.dtype)
@@ -132,10 +141,15 @@ def batch_norm_fold(base: keras.Model, index: int) -> np.ndarray:
     layer = base.layers[index]
     following = base.layers[index + 1] if index + 1 < len(base.layers) else None
     channels = layer.kernel.shape[2 if isinstance(layer, keras.layers.DepthwiseConv2D) else 3]
-    if not isinstance(following, keras.layers.BatchNormalization) or following.input is not layer.output:
+    if (
+        not isinstance(following, keras.layers.BatchNormalization)
+        or following.input is not layer.output
+    ):
         return np.ones(channels, dtype=np.float32)
     gamma = following.gamma.numpy() if following.scale else 1.0
-    return (gamma / np.sqrt(following.moving_variance.numpy() + following.epsilon)).astype(np.float32)
+    return (gamma / np.sqrt(following.moving_variance.numpy() + following.epsilon)).astype(
+        np.float32
+    )
 
 
 def build_classifier(base: keras.Model, n_classes: int, dropout: float) -> keras.Model:
@@ -185,23 +199,40 @@ def augmentation(settings: dict, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
     added after the robustness report showed sensor noise of sigma 6 costing 10 points.
     """
     value_range = (0, 255)
-    layers = keras.Sequential([
-        keras.layers.RandomFlip(settings["flip"], seed=seed),
-        keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomBrightness(settings["brightness"], value_range=value_range, seed=seed + 3),
-        keras.layers.RandomContrast(settings["contrast"], value_range=value_range, seed=seed + 4),
-        keras.layers.RandomSaturation(
-            (0.5 - settings["saturation"], 0.5 + settings["saturation"]), value_range=value_range, seed=seed + 5),
-        keras.layers.RandomHue(settings["hue"], value_range=value_range, seed=seed + 6),
-        keras.layers.RandomGaussianBlur(1.0, kernel_size=5, sigma=(0.01, settings["blur_sigma"]),
-                                        value_range=value_range, seed=seed + 7),
-    ], name="augmentation")
+    layers = keras.Sequential(
+        [
+            keras.layers.RandomFlip(settings["flip"], seed=seed),
+            keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomBrightness(
+                settings["brightness"], value_range=value_range, seed=seed + 3
+            ),
+            keras.layers.RandomContrast(
+                settings["contrast"], value_range=value_range, seed=seed + 4
+            ),
+            keras.layers.RandomSaturation(
+                (0.5 - settings["saturation"], 0.5 + settings["saturation"]),
+                value_range=value_range,
+                seed=seed + 5,
+            ),
+            keras.layers.RandomHue(settings["hue"], value_range=value_range, seed=seed + 6),
+            keras.layers.RandomGaussianBlur(
+                1.0,
+                kernel_size=5,
+                sigma=(0.01, settings["blur_sigma"]),
+                value_range=value_range,
+                seed=seed + 7,
+            ),
+        ],
+        name="augmentation",
+    )
 
     def augment(images: tf.Tensor) -> tf.Tensor:
         images = layers(images, training=True)
         # Additive sensor noise, its sigma drawn per image from [0, noise_sigma].
-        sigma = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.0, settings["noise_sigma"], seed=seed + 8)
+        sigma = tf.random.uniform(
+            [tf.shape(images)[0], 1, 1, 1], 0.0, settings["noise_sigma"], seed=seed + 8
+        )
         noise = tf.random.normal(tf.shape(images), seed=seed + 9) * sigma
         return tf.clip_by_value(images + noise, 0.0, 255.0)
 

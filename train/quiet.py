@@ -28,11 +28,17 @@ NOISE = (
     rb"oneDNN custom operations are on",
     rb"This TensorFlow binary is optimized to use available CPU instructions",
     rb"To enable the following instructions",
-    rb"Unable to register cuDNN factory", rb"Unable to register cuFFT factory",
-    rb"Unable to register cuBLAS factory", rb"computation placer already registered",
-    rb"TF-TRT Warning", rb"could not open file to read NUMA node", rb"Could not find cuda drivers",
-    rb"failed call to cuInit", rb"Created TensorFlow Lite XNNPACK delegate",
-    rb"INFO: Created TensorFlow Lite", rb"INFO: Initialized TensorFlow Lite runtime",
+    rb"Unable to register cuDNN factory",
+    rb"Unable to register cuFFT factory",
+    rb"Unable to register cuBLAS factory",
+    rb"computation placer already registered",
+    rb"TF-TRT Warning",
+    rb"could not open file to read NUMA node",
+    rb"Could not find cuda drivers",
+    rb"failed call to cuInit",
+    rb"Created TensorFlow Lite XNNPACK delegate",
+    rb"INFO: Created TensorFlow Lite",
+    rb"INFO: Initialized TensorFlow Lite runtime",
 )
 # Python warnings known to be harmless in these two commands (all from third-party code).
 HARMLESS_WARNINGS = (
@@ -79,13 +85,18 @@ def quiet_tensorflow(verbose: bool) -> None:
         return
     # Python's stderr keeps writing to the terminal (progress bars stay live); fd 2 is filtered.
     # Buffered until a newline or flush, so "50%" and its "\r" reach the terminal as one write.
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(original), "wb"),
-                                  encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",
-                                  line_buffering=True)
+    sys.stderr = io.TextIOWrapper(
+        os.fdopen(os.dup(original), "wb"),
+        encoding=sys.stderr.encoding or "utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    thread = threading.Thread(target=_pump, args=(read_fd, original), name="quiet-stderr", daemon=True)
+    thread = threading.Thread(
+        target=_pump, args=(read_fd, original), name="quiet-stderr", daemon=True
+    )
     thread.start()
 
     def restore() -> None:  # at exit: stop the pipe, let the thread pass on what is left

@@ -27,7 +27,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, key in zip(axes, ("accuracy", "loss")):
         axis.plot(epochs, [row.get(key) for row in history], marker=".", label="train")
-        axis.plot(epochs, [row.get(f"val_{key}") for row in history], marker=".", label="validation")
+        axis.plot(
+            epochs, [row.get(f"val_{key}") for row in history], marker=".", label="validation"
+        )
         for phase in ("fine-tune", "int8-refit"):
             starts = [row["epoch"] for row in history if row["phase"] == phase]
             if starts:
@@ -44,7 +46,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def plot_confusion(metrics_by_split: dict[str, dict], path: Path) -> None:
     """One confusion matrix panel per split, counts in the cells."""
-    figure, axes = plt.subplots(1, len(metrics_by_split), figsize=(5.5 * len(metrics_by_split), 4.8))
+    figure, axes = plt.subplots(
+        1, len(metrics_by_split), figsize=(5.5 * len(metrics_by_split), 4.8)
+    )
     axes = np.atleast_1d(axes)
     for axis, (split, metrics) in zip(axes, metrics_by_split.items()):
         matrix = np.array(metrics["confusion_matrix"])
@@ -64,36 +68,63 @@ def plot_confusion(metrics_by_split: dict[str, dict], path: Path) -> None:
 
 
 def model_card(metrics: dict) -> str:
-    settings, data, test, val = metrics["settings"], metrics["data"], metrics["test"], metrics["val"]
+    settings, data, test, val = (
+        metrics["settings"],
+        metrics["data"],
+        metrics["test"],
+        metrics["val"],
+    )
     rows = "\n".join(
         f"| {label} | {test['per_class'][label]['precision']:.4f} | "
         f"{test['per_class'][label]['recall']:.4f} | {test['per_class'][label]['f1']:.4f} | "
         f"{test['per_class'][label]['support']} |"
         for label in metrics["labels"]
     )
-    int8_note = (" Kernels kept on TFLite's per-channel int8 grid (frozen ones before training, the "
-                 f"fine-tuned ones after it, then up to {settings.get('int8_refit_epochs', 0)} head epochs on "
-                 "the rounded backbone), so the int8 model computes what this model does."
-                 + (f" Layers sharing one int8 scale per kernel: {', '.join(settings['int8_per_tensor_layers'])}."
-                    if settings.get("int8_per_tensor_layers") else "")
-                 if settings.get("int8_grid") else "")
+    int8_note = (
+        " Kernels kept on TFLite's per-channel int8 grid (frozen ones before training, the "
+        f"fine-tuned ones after it, then up to {settings.get('int8_refit_epochs', 0)} head epochs on "
+        "the rounded backbone), so the int8 model computes what this model does."
+        + (
+            f" Layers sharing one int8 scale per kernel: {', '.join(settings['int8_per_tensor_layers'])}."
+            if settings.get("int8_per_tensor_layers")
+            else ""
+        )
+        if settings.get("int8_grid")
+        else ""
+    )
     counts = "\n".join(
         f"| {label} | {data['usable_per_class'][label]} | "
-        + " | ".join(str(data["split_counts"][s][label]) for s in ("train", "val", "test")) + " |"
+        + " | ".join(str(data["split_counts"][s][label]) for s in ("train", "val", "test"))
+        + " |"
         for label in metrics["labels"]
     )
-    weights = portable_path(settings["weights"]) if settings["weights"] not in ("imagenet", "none") else settings["weights"]
+    weights = (
+        portable_path(settings["weights"])
+        if settings["weights"] not in ("imagenet", "none")
+        else settings["weights"]
+    )
     command = (
         f"edge-train --data {portable_path(data['root'])} --out {portable_path(settings['out_dir'])} "
         f"--subset {settings['subset']} "
         f"--alpha {settings['alpha']} --image-size {settings['image_size']} --epochs {settings['epochs']} "
         f"--fine-tune-epochs {settings['fine_tune_epochs']} --fine-tune-from {settings['fine_tune_from']} "
         f"--batch-size {settings['batch_size']} --weights {weights} --seed {settings['seed']}"
-        + (f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)} --int8-per-tensor "
-           f"{','.join(settings.get('int8_per_tensor_layers') or ()) or 'none'}" if settings.get("int8_grid")
-           else " --no-int8-grid")
-        + (f" --split-file {portable_path(settings['split_file'])}" if settings["split_file"] else "")
-        + (f" --limit-per-class {settings['limit_per_class']}" if settings["limit_per_class"] else "")
+        + (
+            f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)} --int8-per-tensor "
+            f"{','.join(settings.get('int8_per_tensor_layers') or ()) or 'none'}"
+            if settings.get("int8_grid")
+            else " --no-int8-grid"
+        )
+        + (
+            f" --split-file {portable_path(settings['split_file'])}"
+            if settings["split_file"]
+            else ""
+        )
+        + (
+            f" --limit-per-class {settings['limit_per_class']}"
+            if settings["limit_per_class"]
+            else ""
+        )
     )
     return f"""# Model card: LeukEdge MobileNetV2 ALL blood-smear classifier
 

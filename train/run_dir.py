@@ -14,7 +14,9 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunDirError(f"--out {out_dir} is a file, not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"--out {out_dir} is not empty: choose another folder or pass --overwrite")
+        raise RunDirError(
+            f"--out {out_dir} is not empty: choose another folder or pass --overwrite"
+        )
 
 
 def staging_dir(out_dir: Path) -> Path:

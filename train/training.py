@@ -29,11 +29,18 @@ from leukedge.train.model import (
 )
 from leukedge.train.run_dir import check_out_dir, publish, staging_dir
 
-PUBLISHED = {"accuracy": 0.9858, "precision": 0.986, "recall": 0.9858, "f1": 0.9857,
-             "source": "MobileNetV2, 30 epochs, batch 32, 80:10:10 split (published study)"}
+PUBLISHED = {
+    "accuracy": 0.9858,
+    "precision": 0.986,
+    "recall": 0.9858,
+    "f1": 0.9857,
+    "source": "MobileNetV2, 30 epochs, batch 32, 80:10:10 split (published study)",
+}
 
 
-def assign_split(config: TrainConfig, scan: dataset.Scan, split_file: Path | None = None) -> list[dataset.Sample]:
+def assign_split(
+    config: TrainConfig, scan: dataset.Scan, split_file: Path | None = None
+) -> list[dataset.Sample]:
     split_file = split_file or config.split_file
     if split_file is None:
         return dataset.stratified_split(scan.samples, config.seed)
@@ -53,7 +60,9 @@ def assign_split(config: TrainConfig, scan: dataset.Scan, split_file: Path | Non
 def arrays(samples: list[dataset.Sample], scan: dataset.Scan, labels: list[str], split: str):
     chosen = [s for s in samples if s.split == split]
     if not chosen:
-        raise dataset.DatasetError(f"the {split} split is empty: add images or use a larger --limit-per-class")
+        raise dataset.DatasetError(
+            f"the {split} split is empty: add images or use a larger --limit-per-class"
+        )
     x = np.stack([scan.images[s.sha256] for s in chosen])
     y = np.array([labels.index(s.label) for s in chosen], dtype=np.int64)
     return x, y
@@ -68,24 +77,37 @@ def fine_tune_dataset(x, y, weights, targets, config: TrainConfig) -> tf.data.Da
     augment = augmentation(config.augment, config.seed)
     sample_weights = weights[y].astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, targets, sample_weights))
-    ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
-    ds = ds.map(lambda img, label, w: (augment(tf.cast(img, tf.float32)), label, w),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(
+        config.batch_size
+    )
+    ds = ds.map(
+        lambda img, label, w: (augment(tf.cast(img, tf.float32)), label, w),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Predictions batch by batch, casting each batch to float: no float copy of the whole set."""
-    return np.concatenate([model.predict_on_batch(images[start:start + batch_size].astype(np.float32))
-                           for start in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            model.predict_on_batch(images[start : start + batch_size].astype(np.float32))
+            for start in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def history_rows(history: dict[str, list[float]], phase: str, first_epoch: int) -> list[dict]:
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     n = len(history.get("loss", []))
-    return [{"epoch": first_epoch + i, "phase": phase,
-             **{k: float(history[k][i]) for k in keys if k in history}}
-            for i in range(n)]
+    return [
+        {
+            "epoch": first_epoch + i,
+            "phase": phase,
+            **{k: float(history[k][i]) for k in keys if k in history},
+        }
+        for i in range(n)
+    ]
 
 
 def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> dict:
@@ -96,26 +118,39 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     started = time.monotonic()
     out_dir = Path(config.out_dir)
     check_out_dir(out_dir, config.overwrite)
-    teacher = distill.check_teacher(config.teacher, None, config.split_file) if config.teacher else None
-    scan = scan or dataset.scan(config.data_dir, config.subset, config.image_size, config.limit_per_class)
+    teacher = (
+        distill.check_teacher(config.teacher, None, config.split_file) if config.teacher else None
+    )
+    scan = scan or dataset.scan(
+        config.data_dir, config.subset, config.image_size, config.limit_per_class
+    )
     labels = scan.labels
     if teacher:
         distill.check_teacher(config.teacher, labels)
     samples = assign_split(config, scan, teacher.split_file if teacher else None)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        arrays(samples, scan, labels, split) for split in dataset.SPLITS)
+        arrays(samples, scan, labels, split) for split in dataset.SPLITS
+    )
     echo(f"split: train {len(y_train)}, val {len(y_val)}, test {len(y_test)}")
     n_classes = len(labels)
     one_hot = np.eye(n_classes, dtype=np.float32)
     targets_train, targets_val = one_hot[y_train], one_hot[y_val]
     if teacher:
         # Soft targets once per image (see distill.py); the columns follow the labels' order.
-        echo(f"teacher {teacher.model_path}: soft targets at temperature {config.distill_temperature:g}")
-        soft = distill.soft_targets(distill.teacher_probabilities(
-            teacher, [s for split in ("train", "val") for s in samples if s.split == split],
-            config.data_dir, config.batch_size), config.distill_temperature)
-        targets_train = np.concatenate([targets_train, soft[:len(y_train)]], axis=1)
-        targets_val = np.concatenate([targets_val, soft[len(y_train):]], axis=1)
+        echo(
+            f"teacher {teacher.model_path}: soft targets at temperature {config.distill_temperature:g}"
+        )
+        soft = distill.soft_targets(
+            distill.teacher_probabilities(
+                teacher,
+                [s for split in ("train", "val") for s in samples if s.split == split],
+                config.data_dir,
+                config.batch_size,
+            ),
+            config.distill_temperature,
+        )
+        targets_train = np.concatenate([targets_train, soft[: len(y_train)]], axis=1)
+        targets_val = np.concatenate([targets_val, soft[len(y_train) :]], axis=1)
     decoded = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -128,11 +163,14 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     # loss_fn gives one loss per example: Keras's fit weights and averages it itself, the
     # distributed loop sums it over the global batch.
     if teacher:
-        loss_fn = distill.distillation_loss(n_classes, config.distill_temperature, config.distill_weight,
-                                            config.label_smoothing)
+        loss_fn = distill.distillation_loss(
+            n_classes, config.distill_temperature, config.distill_weight, config.label_smoothing
+        )
         fit_loss = loss_fn
     else:
-        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
+        loss_fn = keras.losses.CategoricalCrossentropy(
+            label_smoothing=config.label_smoothing, reduction=None
+        )
         fit_loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
 
     def accuracy():
@@ -154,17 +192,34 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     def run_fit(target_model, optimizer, train_ds, val_ds, epochs, phase, **fit_args) -> dict:
         """One phase of training, on one machine (Keras fit) or distributed (distributed.fit)."""
         nonlocal worker_steps
-        callbacks = [keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
-                     EtaCallback(phase, epochs, echo)]
+        callbacks = [
+            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            EtaCallback(phase, epochs, echo),
+        ]
         if not distributed_run:
             with strategy.scope():
                 target_model.compile(optimizer, fit_loss, metrics=[accuracy()])
-            fitted = target_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                                      verbose=1 if sys.stdout.isatty() and phase == "fine-tune" else 2,
-                                      callbacks=callbacks, **fit_args)
+            fitted = target_model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                verbose=1 if sys.stdout.isatty() and phase == "fine-tune" else 2,
+                callbacks=callbacks,
+                **fit_args,
+            )
             return fitted.history
-        history, steps = distributed.fit(strategy, target_model, loss_fn, optimizer, train_ds, val_ds,
-                                         epochs, callbacks, n_classes, echo)
+        history, steps = distributed.fit(
+            strategy,
+            target_model,
+            loss_fn,
+            optimizer,
+            train_ds,
+            val_ds,
+            epochs,
+            callbacks,
+            n_classes,
+            echo,
+        )
         worker_steps += steps
         return history
 
@@ -179,11 +234,22 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         if distributed_run:
             train_ds = tf.data.Dataset.from_tensor_slices((f_train, targets_train, sample_weights))
             train_ds = train_ds.shuffle(len(f_train), seed=config.seed).batch(config.batch_size)
-            val_ds = tf.data.Dataset.from_tensor_slices((f_val, targets_val)).batch(config.batch_size)
+            val_ds = tf.data.Dataset.from_tensor_slices((f_val, targets_val)).batch(
+                config.batch_size
+            )
             history = run_fit(head, optimizer, train_ds, val_ds, epochs, phase)
         else:  # arrays, Keras shuffles them itself (the recipe of the released model)
-            history = run_fit(head, optimizer, f_train, (f_val, targets_val), epochs, phase, y=targets_train,
-                              sample_weight=weights[y_train], batch_size=config.batch_size)
+            history = run_fit(
+                head,
+                optimizer,
+                f_train,
+                (f_val, targets_val),
+                epochs,
+                phase,
+                y=targets_train,
+                sample_weight=weights[y_train],
+                batch_size=config.batch_size,
+            )
         model.get_layer("probabilities").set_weights(head.get_layer("probabilities").get_weights())
         return history
 
@@ -200,22 +266,36 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                 # would first undo what the head learned (seen here: 96% -> 79% train accuracy).
                 warmup = int(np.ceil(len(y_train) / config.batch_size))
                 schedule = keras.optimizers.schedules.CosineDecay(
-                    0.0, max(steps - warmup, 1), warmup_target=config.fine_tune_learning_rate, warmup_steps=warmup)
+                    0.0,
+                    max(steps - warmup, 1),
+                    warmup_target=config.fine_tune_learning_rate,
+                    warmup_steps=warmup,
+                )
                 optimizer = keras.optimizers.Adam(schedule)
-            echo(f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
-                 f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs")
+            echo(
+                f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
+                f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs"
+            )
             train_ds = fine_tune_dataset(x_train, y_train, weights, targets_train, config)
-            val_ds = tf.data.Dataset.from_tensor_slices((x_val, targets_val)).batch(config.batch_size)
+            val_ds = tf.data.Dataset.from_tensor_slices((x_val, targets_val)).batch(
+                config.batch_size
+            )
             val_ds = val_ds.map(lambda img, label: (tf.cast(img, tf.float32), label))
-            tuned = run_fit(model, optimizer, train_ds, val_ds, config.fine_tune_epochs, "fine-tune")
+            tuned = run_fit(
+                model, optimizer, train_ds, val_ds, config.fine_tune_epochs, "fine-tune"
+            )
             history += history_rows(tuned, "fine-tune", len(history) + 1)
         if config.int8_grid and config.int8_refit_epochs > 0:
             # The fine-tuned kernels go onto the int8 grid too (the converter would round them the
             # same way), and the head refits on what the int8 model's backbone computes.
-            echo(f"int8 refit: rounded {snap_to_int8_grid(base, None, config.int8_per_tensor_layers)} kernels; "
-                 f"head refits for up to {config.int8_refit_epochs} epochs")
+            echo(
+                f"int8 refit: rounded {snap_to_int8_grid(base, None, config.int8_per_tensor_layers)} kernels; "
+                f"head refits for up to {config.int8_refit_epochs} epochs"
+            )
             # The head starts from where fine-tuning left it.
-            head.get_layer("probabilities").set_weights(model.get_layer("probabilities").get_weights())
+            head.get_layer("probabilities").set_weights(
+                model.get_layer("probabilities").get_weights()
+            )
             refit = fit_head(config.fine_tune_learning_rate, config.int8_refit_epochs, "int8-refit")
             history += history_rows(refit, "int8-refit", len(history) + 1)
     except tf.errors.OpError as error:
@@ -225,7 +305,8 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         first = str(error).strip().splitlines()[0][:300]
         raise distributed.WorkerLostError(
             f"distributed training stopped: another worker failed or became unreachable "
-            f"({type(error).__name__}: {first}); no run folder was written, restart all workers") from None
+            f"({type(error).__name__}: {first}); no run folder was written, restart all workers"
+        ) from None
     tuned_done = time.monotonic()
     if distributed_run:
         echo(f"training steps run by this worker: {worker_steps}")
@@ -238,36 +319,64 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         probabilities = local_predict(model, x, config.batch_size)
         metrics[split] = classification_metrics(y, probabilities.argmax(axis=1), labels)
     finished = time.monotonic()
-    metrics.update({
-        "data": {
-            "root": str(config.data_dir), "image_dir": str(scan.image_dir), "subset": config.subset,
-            "usable_per_class": scan.found_per_class, "duplicates_removed": scan.duplicates,
-            "skipped": len(scan.skipped),
-            "split_counts": {split: {label: sum(1 for s in samples if s.split == split and s.label == label)
-                                     for label in labels} for split in dataset.SPLITS},
-        },
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "timing_seconds": {"decode_and_split": round(decoded - started, 1),
-                           "frozen_phase": round(frozen_done - decoded, 1),
-                           "fine_tune_phase": round(tuned_done - frozen_done, 1),
-                           "evaluation": round(finished - tuned_done, 1),
-                           "total": round(finished - started, 1)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "environment": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                        "keras": keras.__version__, "machine": platform.machine(),
-                        "cpu": cpu_model()},
-        "published_reference": PUBLISHED,
-    })
+    metrics.update(
+        {
+            "data": {
+                "root": str(config.data_dir),
+                "image_dir": str(scan.image_dir),
+                "subset": config.subset,
+                "usable_per_class": scan.found_per_class,
+                "duplicates_removed": scan.duplicates,
+                "skipped": len(scan.skipped),
+                "split_counts": {
+                    split: {
+                        label: sum(1 for s in samples if s.split == split and s.label == label)
+                        for label in labels
+                    }
+                    for split in dataset.SPLITS
+                },
+            },
+            "settings": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+            },
+            "timing_seconds": {
+                "decode_and_split": round(decoded - started, 1),
+                "frozen_phase": round(frozen_done - decoded, 1),
+                "fine_tune_phase": round(tuned_done - frozen_done, 1),
+                "evaluation": round(finished - tuned_done, 1),
+                "total": round(finished - started, 1),
+            },
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "environment": {
+                "python": platform.python_version(),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "machine": platform.machine(),
+                "cpu": cpu_model(),
+            },
+            "published_reference": PUBLISHED,
+        }
+    )
     if distributed_run:
-        metrics["distributed"] = {"strategy": role.strategy, "workers": role.workers,
-                                  "replicas": role.replicas, "global_batch_size": config.batch_size,
-                                  "chief_steps": worker_steps}
+        metrics["distributed"] = {
+            "strategy": role.strategy,
+            "workers": role.workers,
+            "replicas": role.replicas,
+            "global_batch_size": config.batch_size,
+            "chief_steps": worker_steps,
+        }
     if teacher:
         # The saved model needs no LeukEdge code to load: plain cross-entropy in its compile config.
-        model.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), "categorical_crossentropy",
-                      metrics=["accuracy"])
-        metrics["teacher"] = {"model": str(teacher.model_path), "temperature": config.distill_temperature,
-                              "soft_target_weight": config.distill_weight}
+        model.compile(
+            keras.optimizers.Adam(config.fine_tune_learning_rate),
+            "categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        metrics["teacher"] = {
+            "model": str(teacher.model_path),
+            "temperature": config.distill_temperature,
+            "soft_target_weight": config.distill_weight,
+        }
     write_outputs(config, model, labels, samples, scan, history, metrics)
     return metrics
 
@@ -299,8 +408,10 @@ class EtaCallback(keras.callbacks.Callback):
         left = self.epochs - epoch - 1
         if left and elapsed / (epoch + 1) >= 5:  # quiet for the seconds-long head epochs
             eta = elapsed / (epoch + 1) * left
-            self.echo(f"{self.phase}: epoch {epoch + 1}/{self.epochs} done after {elapsed / 60:.1f} min; "
-                      f"at most {eta / 60:.1f} min left in this phase ({time.strftime('%H:%M', time.localtime(time.time() + eta))})")
+            self.echo(
+                f"{self.phase}: epoch {epoch + 1}/{self.epochs} done after {elapsed / 60:.1f} min; "
+                f"at most {eta / 60:.1f} min left in this phase ({time.strftime('%H:%M', time.localtime(time.time() + eta))})"
+            )
 
 
 def write_outputs(config, model, labels, samples, scan, history, metrics) -> None:
@@ -317,7 +428,9 @@ def write_outputs(config, model, labels, samples, scan, history, metrics) -> Non
             writer.writeheader()
             writer.writerows(history)
         report.plot_curves(history, staging / "curves.png")
-        report.plot_confusion({s: metrics[s] for s in ("val", "test")}, staging / "confusion_matrix.png")
+        report.plot_confusion(
+            {s: metrics[s] for s in ("val", "test")}, staging / "confusion_matrix.png"
+        )
         (staging / "model_card.md").write_text(report.model_card(metrics))
         # metrics.json last: its presence marks a complete run.
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

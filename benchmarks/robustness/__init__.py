@@ -7,11 +7,19 @@ Split as `edge-bench run` is: `settings` (what is evaluated: conditions, seeds, 
 
 from leukedge.benchmarks.robustness.evaluation import Results, evaluate, load_models, summarise
 from leukedge.benchmarks.robustness.settings import (
-           Condition,
-           RobustnessSettings,
-           conditions,
-           image_seed,
+    Condition,
+    RobustnessSettings,
+    conditions,
+    image_seed,
 )
 
-__all__ = ["Condition", "Results", "RobustnessSettings", "conditions", "evaluate", "image_seed", "load_models",
-           "summarise"]
+__all__ = [
+    "Condition",
+    "Results",
+    "RobustnessSettings",
+    "conditions",
+    "evaluate",
+    "image_seed",
+    "load_models",
+    "summarise",
+]

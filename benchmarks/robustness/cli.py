@@ -50,35 +50,94 @@ Shifts (severity 1 = mild .. 5 = severe):
 
 @click.command("robustness", epilog=EXAMPLES)
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Dataset folder of class folders, or a split.csv (its test rows). "
-                   "Default: the test rows of the split.csv beside the model(s).")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None,
-              help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the shared dataset.")
-@click.option("--shifts", "shift_names", default="all", show_default=True, callback=_shifts_option,
-              help="'all' or comma-separated shift names.")
-@click.option("--severities", default="1,2,3,4,5", show_default=True, callback=_severities_option,
-              help="Comma-separated severities, 1 (mild) to 5 (severe). Clean is always scored.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="At most N images per class (quick runs). Default: every image.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder of class folders, or a split.csv (its test rows). "
+    "Default: the test rows of the split.csv beside the model(s).",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the shared dataset.",
+)
+@click.option(
+    "--shifts",
+    "shift_names",
+    default="all",
+    show_default=True,
+    callback=_shifts_option,
+    help="'all' or comma-separated shift names.",
+)
+@click.option(
+    "--severities",
+    default="1,2,3,4,5",
+    show_default=True,
+    callback=_severities_option,
+    help="Comma-separated severities, 1 (mild) to 5 (severe). Clean is always scored.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most N images per class (quick runs). Default: every image.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random shifts.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Interpreter threads. Default: min(4, cores).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
-@click.option("--csv", "csv_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write one row per variant x shift x severity.")
-@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the tables as Markdown.")
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write a PNG grid: accuracy and answered-wrong against severity, one panel per shift.")
-@click.option("--montage", "montage_out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write a PNG (or .jpg) of the first test image under every shift and severity.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Interpreter threads. Default: min(4, cores).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write results as JSON.",
+)
+@click.option(
+    "--csv",
+    "csv_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write one row per variant x shift x severity.",
+)
+@click.option(
+    "--markdown",
+    "markdown_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the tables as Markdown.",
+)
+@click.option(
+    "--plot",
+    "plot_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a PNG grid: accuracy and answered-wrong against severity, one panel per shift.",
+)
+@click.option(
+    "--montage",
+    "montage_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a PNG (or .jpg) of the first test image under every shift and severity.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: Path | None,
-                       shift_names: tuple[str, ...], severities: tuple[int, ...], limit: int | None,
-                       seed: int, threads: int | None, json_out: Path | None, csv_out: Path | None,
-                       markdown_out: Path | None, plot_out: Path | None, montage_out: Path | None,
-                       quiet: bool) -> None:
+def robustness_command(
+    models: tuple[Path, ...],
+    data: Path | None,
+    data_root: Path | None,
+    shift_names: tuple[str, ...],
+    severities: tuple[int, ...],
+    limit: int | None,
+    seed: int,
+    threads: int | None,
+    json_out: Path | None,
+    csv_out: Path | None,
+    markdown_out: Path | None,
+    plot_out: Path | None,
+    montage_out: Path | None,
+    quiet: bool,
+) -> None:
     """Accuracy of each model variant on the test images under field shifts.
 
     Each image is shifted at full resolution (blur, exposure, stain colour, JPEG, noise,
@@ -88,13 +147,20 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     MODELS are .tflite files or edge-convert folders (default: models/model_int8.tflite).
     Ctrl-C stops early and still reports the conditions already finished.
     """
-    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (markdown_out, "--markdown"),
-                         (plot_out, "--plot"), (montage_out, "--montage")):
+    for path, option in (
+        (json_out, "--json"),
+        (csv_out, "--csv"),
+        (markdown_out, "--markdown"),
+        (plot_out, "--plot"),
+        (montage_out, "--montage"),
+    ):
         _writable(path, option)
     if plot_out is not None and plot_out.suffix.lower() != ".png":
         raise click.BadParameter(f"{plot_out} should end in .png", param_hint="--plot")
     if montage_out is not None and montage_out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise click.BadParameter(f"{montage_out} should end in .png (or .jpg, 10x smaller)", param_hint="--montage")
+        raise click.BadParameter(
+            f"{montage_out} should end in .png (or .jpg, 10x smaller)", param_hint="--montage"
+        )
     settings = RobustnessSettings(shift_names, severities, seed, threads, limit)
     try:
         entries = discover_models(models)
@@ -105,7 +171,9 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     loaded = load_models(entries, eval_set, threads)
     for model in loaded:
         if model.ok:
-            click.echo(f"model: {model.classifier.describe()}; decision rule: {model.rule.name}", err=True)
+            click.echo(
+                f"model: {model.classifier.describe()}; decision rule: {model.rule.name}", err=True
+            )
         else:
             click.echo(f"model {model.entry.path}: failed: {model.error}", err=True)
     if not any(m.ok for m in loaded):
@@ -113,8 +181,14 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     click.echo(f"data: {eval_set.describe()}", err=True)
     click.echo(f"quality gate: {GATE_FUNCTION}", err=True)
     if montage_out is not None:
-        montage(images[0], [SHIFTS[n] for n in shift_names], severities, seed,
-                eval_set.samples[0].path, montage_out)
+        montage(
+            images[0],
+            [SHIFTS[n] for n in shift_names],
+            severities,
+            seed,
+            eval_set.samples[0].path,
+            montage_out,
+        )
     results = evaluate(loaded, eval_set, images, settings, progress=not quiet)
     report = markdown(results)
     click.echo(report)
@@ -127,11 +201,14 @@ def robustness_command(models: tuple[Path, ...], data: Path | None, data_root: P
     if plot_out is not None:
         plot(results, plot_out)
     if results.interrupted:
-        click.echo("edge-bench robustness: interrupted; the figures above cover the finished conditions only",
-                   err=True)
+        click.echo(
+            "edge-bench robustness: interrupted; the figures above cover the finished conditions only",
+            err=True,
+        )
         raise SystemExit(130)
     failed = [m for m in loaded if not m.ok]
     if failed:
-        raise click.ClickException(f"{len(failed)} model(s) could not be evaluated: "
-                                   + "; ".join(f"{m.entry.path}: {m.error}" for m in failed))
-
+        raise click.ClickException(
+            f"{len(failed)} model(s) could not be evaluated: "
+            + "; ".join(f"{m.entry.path}: {m.error}" for m in failed)
+        )

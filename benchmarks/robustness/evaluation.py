@@ -71,38 +71,65 @@ def gate_reason(rgb: np.ndarray) -> str | None:
     return None if quality.ok else str(quality.reason or "rejected").split(" (")[0]
 
 
-def load_models(entries: Sequence[ModelEntry], eval_set: EvalSet, threads: int | None) -> list[LoadedModel]:
+def load_models(
+    entries: Sequence[ModelEntry], eval_set: EvalSet, threads: int | None
+) -> list[LoadedModel]:
     """Each model loaded once; a model that cannot be used keeps its one-line reason."""
     loaded = []
     for entry in entries:
         if entry.kind != "tflite":
-            loaded.append(LoadedModel(entry, error=f"{entry.kind} models are not evaluated here "
-                                                   "(robustness runs the TFLite variants only)"))
+            loaded.append(
+                LoadedModel(
+                    entry,
+                    error=f"{entry.kind} models are not evaluated here "
+                    "(robustness runs the TFLite variants only)",
+                )
+            )
             continue
         try:
             classifier = Classifier(entry.path, threads=threads)
-            loaded.append(LoadedModel(entry, classifier, ModelOutputs(classifier),
-                                      DecisionRule(trust_params(entry.path, classifier)),
-                                      label_indices(eval_set, classifier.labels)))
+            loaded.append(
+                LoadedModel(
+                    entry,
+                    classifier,
+                    ModelOutputs(classifier),
+                    DecisionRule(trust_params(entry.path, classifier)),
+                    label_indices(eval_set, classifier.labels),
+                )
+            )
         except (ModelError, LabelMismatchError, TrustError) as error:
             loaded.append(LoadedModel(entry, error=str(error).splitlines()[0]))
     return loaded
 
 
-def outcome_fractions(kinds: np.ndarray, answer: np.ndarray, y_true: np.ndarray, unfit: np.ndarray) -> dict:
+def outcome_fractions(
+    kinds: np.ndarray, answer: np.ndarray, y_true: np.ndarray, unfit: np.ndarray
+) -> dict:
     """Shares of all frames: answered right / wrong, referred (uncertain + unknown + unfit)."""
     n = len(kinds)
     if n == 0:
-        return dict.fromkeys(("answered_right", "answered_wrong", "referred", "uncertain", "unknown", "unfit"), 0.0)
+        return dict.fromkeys(
+            ("answered_right", "answered_wrong", "referred", "uncertain", "unknown", "unfit"), 0.0
+        )
     labelled = (kinds == LABEL) & ~unfit
     right = labelled & (answer == y_true)
-    return {"answered_right": float(right.mean()), "answered_wrong": float((labelled & ~right).mean()),
-            "referred": float((~labelled).mean()), "uncertain": float(((kinds == UNCERTAIN) & ~unfit).mean()),
-            "unknown": float(((kinds == UNKNOWN) & ~unfit).mean()), "unfit": float(unfit.mean())}
+    return {
+        "answered_right": float(right.mean()),
+        "answered_wrong": float((labelled & ~right).mean()),
+        "referred": float((~labelled).mean()),
+        "uncertain": float(((kinds == UNCERTAIN) & ~unfit).mean()),
+        "unknown": float(((kinds == UNKNOWN) & ~unfit).mean()),
+        "unfit": float(unfit.mean()),
+    }
 
 
-def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.ndarray],
-             settings: RobustnessSettings, progress: bool = True) -> Results:
+def evaluate(
+    models: list[LoadedModel],
+    eval_set: EvalSet,
+    images: Sequence[np.ndarray],
+    settings: RobustnessSettings,
+    progress: bool = True,
+) -> Results:
     """Score every working model on every condition; one shifted image serves all models.
 
     Ctrl-C stops after the image in flight; the conditions finished by then are still scored.
@@ -110,20 +137,35 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
     usable = [m for m in models if m.ok]
     todo = conditions(settings)
     n, classes = len(images), {id(m): len(m.classifier.labels) for m in usable}
-    probabilities = {(id(m), *c.key): np.zeros((n, classes[id(m)]), np.float32) for m in usable for c in todo}
+    probabilities = {
+        (id(m), *c.key): np.zeros((n, classes[id(m)]), np.float32) for m in usable for c in todo
+    }
     scores = {(id(m), *c.key): np.zeros(n) for m in usable for c in todo if m.outputs.has_ood}
     rejected = {c.key: np.zeros(n, bool) for c in todo}
     reasons: dict[tuple[str, int], Counter] = {c.key: Counter() for c in todo}
-    bar = tqdm(total=len(todo) * n, desc="robustness", unit="image", disable=not progress,
-               file=None, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo) * n,
+        desc="robustness",
+        unit="image",
+        disable=not progress,
+        file=None,
+        dynamic_ncols=True,
+    )
     completed: list[Condition] = []
     interrupted = False
     try:
         for condition in todo:
             bar.set_postfix_str(f"{condition.name} {condition.severity}")
             for index, (sample, image) in enumerate(zip(eval_set.samples, images, strict=True)):
-                shifted = image if condition.shift is None else condition.shift.apply(
-                    image, condition.severity, image_seed(settings.seed, condition.name, sample.path))
+                shifted = (
+                    image
+                    if condition.shift is None
+                    else condition.shift.apply(
+                        image,
+                        condition.severity,
+                        image_seed(settings.seed, condition.name, sample.path),
+                    )
+                )
                 reason = gate_reason(shifted)
                 if reason is not None:
                     rejected[condition.key][index] = True
@@ -142,9 +184,15 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
     results = Results(settings, eval_set, models, completed=completed, interrupted=interrupted)
     for condition in completed:
         reject = rejected[condition.key]
-        results.gate_rows.append({"shift": condition.name, "severity": condition.severity,
-                                  "parameter": condition.parameter, "reject_fraction": float(reject.mean()),
-                                  "reasons": dict(reasons[condition.key].most_common())})
+        results.gate_rows.append(
+            {
+                "shift": condition.name,
+                "severity": condition.severity,
+                "parameter": condition.parameter,
+                "reject_fraction": float(reject.mean()),
+                "reasons": dict(reasons[condition.key].most_common()),
+            }
+        )
         for model in usable:
             p = probabilities[(id(model), *condition.key)]
             y_pred = p.argmax(axis=1)
@@ -152,18 +200,31 @@ def evaluate(models: list[LoadedModel], eval_set: EvalSet, images: Sequence[np.n
             kinds, answer = model.rule.decide(p, scores_here)
             metrics = score(model.y_true, y_pred, model.classifier.labels)
             accepted = ~reject
-            results.rows.append(robustness_row(
-                model=str(model.entry.path), variant=model.entry.variant, name=model.entry.name,
-                shift=condition.name, severity=condition.severity, parameter=condition.parameter,
-                n=metrics["n"], accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
-                per_class_recall=metrics["per_class_recall"],
-                confusion_matrix=metrics["metrics"]["confusion_matrix"],  # rows true, columns predicted
-                gate_reject_fraction=float(reject.mean()),
-                accuracy_on_accepted=(float((y_pred[accepted] == model.y_true[accepted]).mean())
-                                      if accepted.any() else None),
-                **outcome_fractions(kinds, answer, model.y_true, reject),
-                decision_rule=model.rule.name,
-            ))
+            results.rows.append(
+                robustness_row(
+                    model=str(model.entry.path),
+                    variant=model.entry.variant,
+                    name=model.entry.name,
+                    shift=condition.name,
+                    severity=condition.severity,
+                    parameter=condition.parameter,
+                    n=metrics["n"],
+                    accuracy=metrics["accuracy"],
+                    macro_f1=metrics["macro_f1"],
+                    per_class_recall=metrics["per_class_recall"],
+                    confusion_matrix=metrics["metrics"][
+                        "confusion_matrix"
+                    ],  # rows true, columns predicted
+                    gate_reject_fraction=float(reject.mean()),
+                    accuracy_on_accepted=(
+                        float((y_pred[accepted] == model.y_true[accepted]).mean())
+                        if accepted.any()
+                        else None
+                    ),
+                    **outcome_fractions(kinds, answer, model.y_true, reject),
+                    decision_rule=model.rule.name,
+                )
+            )
     return results
 
 
@@ -189,17 +250,21 @@ def summarise(results: Results) -> list[dict]:
             # every image of one class into another.
             weakest = min(recall, key=recall.get) if recall else None
             wrong = max(r["answered_wrong"] for r in by_severity.values())
-            summary.append({
-                "model": str(model.entry.path), "variant": model.entry.variant, "shift": name,
-                "clean_accuracy": clean,
-                "mild_accuracy": mild,
-                "mild_ok": None if mild is None else mild >= MILD_FLOOR,
-                "first_severity_below_90": below[0] if below else None,
-                "worst_accuracy": accuracy[worst],
-                "worst_severity": worst,
-                "weakest_class_at_worst": weakest,
-                "weakest_class_recall_at_worst": recall.get(weakest) if weakest else None,
-                "max_answered_wrong": wrong,
-                "answered_wrong_ok": wrong <= WRONG_CEILING,
-            })
+            summary.append(
+                {
+                    "model": str(model.entry.path),
+                    "variant": model.entry.variant,
+                    "shift": name,
+                    "clean_accuracy": clean,
+                    "mild_accuracy": mild,
+                    "mild_ok": None if mild is None else mild >= MILD_FLOOR,
+                    "first_severity_below_90": below[0] if below else None,
+                    "worst_accuracy": accuracy[worst],
+                    "worst_severity": worst,
+                    "weakest_class_at_worst": weakest,
+                    "weakest_class_recall_at_worst": recall.get(weakest) if weakest else None,
+                    "max_answered_wrong": wrong,
+                    "answered_wrong_ok": wrong <= WRONG_CEILING,
+                }
+            )
     return summary

@@ -19,7 +19,9 @@ class RobustnessSettings:
     """What `edge-bench robustness` evaluates; defaults are the full report."""
 
     shifts: tuple[str, ...] = tuple(SHIFTS)  # names from benchmarks.shifts.SHIFTS
-    severities: tuple[int, ...] = SEVERITIES  # 1 (mild) .. 5 (severe); the clean image is always scored
+    severities: tuple[int, ...] = (
+        SEVERITIES  # 1 (mild) .. 5 (severe); the clean image is always scored
+    )
     seed: int = 0  # base seed of the random shifts (noise, blur direction, colour direction)
     threads: int | None = None  # interpreter threads; None lets the runtime choose (min(4, cores))
     limit_per_class: int | None = None  # at most this many images per class; None for all

@@ -19,7 +19,9 @@ DB_HELP = "The results database written by edge-app run."
 
 
 def _db_option(function):
-    return click.option("--db", "db_path", type=click.Path(path_type=Path), required=True, help=DB_HELP)(function)
+    return click.option(
+        "--db", "db_path", type=click.Path(path_type=Path), required=True, help=DB_HELP
+    )(function)
 
 
 def _open_checked(db_path: Path, read_only: bool):
@@ -35,20 +37,49 @@ def _open_checked(db_path: Path, read_only: bool):
 
 @click.command(epilog=DISCLAIMER)
 @_db_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback needs reviewer accounts (edge-app users add).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback needs reviewer accounts (edge-app users add).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The --save-dir of edge-app run: field images are shown only from under this folder.")
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The --save-dir of edge-app run: field images are shown only from under this folder.",
+)
 @click.option("--read-only", is_flag=True, help="Show results and history; accept no review.")
-@click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Reviewer accounts file. Default: review-users.json beside the database.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Serve HTTPS with this certificate (PEM); needs --tls-key.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The certificate's private key (PEM).")
-def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only: bool,
-          users_file: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Reviewer accounts file. Default: review-users.json beside the database.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The certificate's private key (PEM).",
+)
+def serve(
+    db_path: Path,
+    host: str,
+    port: int,
+    save_dir: Path | None,
+    read_only: bool,
+    users_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
     """Serve the review page: samples, fields, confirm/override with a reason, reports.
 
     \b
@@ -71,29 +102,47 @@ def serve(db_path: Path, host: str, port: int, save_dir: Path | None, read_only:
     if not is_loopback(host) and not users:
         raise click.ClickException(
             f"--host {host}: refusing to serve beyond this machine without reviewer accounts: "
-            f"add one with `edge-app users add NAME --db {db_path}` (or keep --host 127.0.0.1)")
+            f"add one with `edge-app users add NAME --db {db_path}` (or keep --host 127.0.0.1)"
+        )
     if save_dir is not None and not save_dir.is_dir():
         raise click.ClickException(f"--save-dir {save_dir}: no such folder")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     _open_checked(db_path, read_only).close()  # upgrades an older database once, before serving
-    app = create_app(ServerConfig(db_path, save_dir, read_only, users, secure_cookie=tls_cert is not None))
+    app = create_app(
+        ServerConfig(db_path, save_dir, read_only, users, secure_cookie=tls_cert is not None)
+    )
     try:
         _probe(host, port)  # werkzeug would print its own text and exit; say it our way first
-        server = make_server(host, port, app, threaded=True,
-                             ssl_context=(str(tls_cert), str(tls_key)) if tls_cert else None)
+        server = make_server(
+            host,
+            port,
+            app,
+            threaded=True,
+            ssl_context=(str(tls_cert), str(tls_key)) if tls_cert else None,
+        )
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            raise click.ClickException(f"--port {port}: already in use on {host}: stop the other "
-                                       "server or pass another --port") from None
-        raise click.ClickException(f"--host {host} --port {port}: cannot listen ({error})") from None
+            raise click.ClickException(
+                f"--port {port}: already in use on {host}: stop the other "
+                "server or pass another --port"
+            ) from None
+        raise click.ClickException(
+            f"--host {host} --port {port}: cannot listen ({error})"
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(host) and tls_cert is None:
-        click.echo("edge-app: warning: plain HTTP beyond this machine: passwords and results cross "
-                   "the network unencrypted; pass --tls-cert/--tls-key or use an SSH tunnel", err=True)
-    click.echo(f"edge-app: review page on http{'s' if tls_cert else ''}://{shown}:{server.server_port}/ "
-               f"({'read-only, ' if read_only else ''}{'login required' if users else 'no login: this machine only'}); "
-               "Ctrl+C to stop", err=True)
+        click.echo(
+            "edge-app: warning: plain HTTP beyond this machine: passwords and results cross "
+            "the network unencrypted; pass --tls-cert/--tls-key or use an SSH tunnel",
+            err=True,
+        )
+    click.echo(
+        f"edge-app: review page on http{'s' if tls_cert else ''}://{shown}:{server.server_port}/ "
+        f"({'read-only, ' if read_only else ''}{'login required' if users else 'no login: this machine only'}); "
+        "Ctrl+C to stop",
+        err=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -119,12 +168,26 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
-              help="Put the accounts file beside this database (review-users.json).")
-@click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The accounts file (default: review-users.json beside --db).")
-@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
-def users_add(name: str, db_path: Path | None, users_file: Path | None, password_stdin: bool) -> None:
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Put the accounts file beside this database (review-users.json).",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The accounts file (default: review-users.json beside --db).",
+)
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+def users_add(
+    name: str, db_path: Path | None, users_file: Path | None, password_stdin: bool
+) -> None:
     """Add (or reset) a reviewer account; the password is asked for, never an argument.
 
     \b
@@ -146,17 +209,30 @@ def users_add(name: str, db_path: Path | None, users_file: Path | None, password
     try:
         replaced = add_user(users_file, name, password)
     except (UsersError, OSError) as error:
-        raise click.ClickException(f"{users_file}: {error}" if isinstance(error, OSError) else str(error)) from None
-    click.echo(f"edge-app: {'reset' if replaced else 'added'} reviewer {name} in {users_file} (owner-only)", err=True)
+        raise click.ClickException(
+            f"{users_file}: {error}" if isinstance(error, OSError) else str(error)
+        ) from None
+    click.echo(
+        f"edge-app: {'reset' if replaced else 'added'} reviewer {name} in {users_file} (owner-only)",
+        err=True,
+    )
 
 
 @click.command(epilog=DISCLAIMER)
 @click.argument("sample_id")
 @_db_option
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="The report file: .pdf or .html (written atomically, owner-only).")
-@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Read thumbnails only from under this folder (default: the paths recorded).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The report file: .pdf or .html (written atomically, owner-only).",
+)
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Read thumbnails only from under this folder (default: the paths recorded).",
+)
 def report(sample_id: str, db_path: Path, out: Path, save_dir: Path | None) -> None:
     """Write a sample's printable report (PDF or HTML).
 
@@ -169,7 +245,11 @@ def report(sample_id: str, db_path: Path, out: Path, save_dir: Path | None) -> N
 
     if out.suffix.lower() not in (".pdf", ".html", ".htm"):
         raise click.BadParameter(f"{out}: give a .pdf or .html file name", param_hint="--out")
-    connection = _open_checked(db_path, read_only=True) if _is_current(db_path) else _open_checked(db_path, False)
+    connection = (
+        _open_checked(db_path, read_only=True)
+        if _is_current(db_path)
+        else _open_checked(db_path, False)
+    )
     try:
         built = build_report(connection, sample_id, save_dir, confined=save_dir is not None)
         kind = write_report(built, out)

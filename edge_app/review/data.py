@@ -18,11 +18,32 @@ from leukedge.edge_app.storage import utc_now
 AWAITING, CONFIRMED, OVERRIDDEN, REFERRED = "awaiting review", "confirmed", "overridden", "referred"
 CONFIRM, OVERRIDE = "confirm", "override"
 REFER_CHOICE = "refer"  # an override that withholds an answer: "not assessable, refer"
-FRAME_FIELDS = ("id", "timestamp_utc", "sample_id", "decision", "label", "top_label", "confidence",
-                "probabilities", "quality_ok", "quality_reason", "focus", "brightness", "contrast",
-                "clipped", "model_file", "model_sha256", "model_variant", "model_verified",
-                "app_version", "image_path", "ood_score", "decision_rule", "prediction_set",
-                "frame_origin")
+FRAME_FIELDS = (
+    "id",
+    "timestamp_utc",
+    "sample_id",
+    "decision",
+    "label",
+    "top_label",
+    "confidence",
+    "probabilities",
+    "quality_ok",
+    "quality_reason",
+    "focus",
+    "brightness",
+    "contrast",
+    "clipped",
+    "model_file",
+    "model_sha256",
+    "model_variant",
+    "model_verified",
+    "app_version",
+    "image_path",
+    "ood_score",
+    "decision_rule",
+    "prediction_set",
+    "frame_origin",
+)
 _RESULT_FIELDS = "id, sample_id, decision, label, confidence, probabilities"
 
 
@@ -57,24 +78,42 @@ class SampleSummary:
 
     @property
     def new_frames_since_review(self) -> bool:
-        return (self.last_review is not None and self.last_frame_id is not None
-                and (self.last_review["last_frame_id"] or 0) < self.last_frame_id)
+        return (
+            self.last_review is not None
+            and self.last_frame_id is not None
+            and (self.last_review["last_frame_id"] or 0) < self.last_frame_id
+        )
 
     def as_dict(self) -> dict:
-        return {"sample_id": self.sample_id, "created_utc": self.created_utc,
-                "operator": self.operator, "site": self.site, "notes": self.notes,
-                "n_frames": self.result.n_frames, "decision": self.result.decision,
-                "label": self.result.label, "confidence": self.result.confidence,
-                "message": self.result.message, "status": self.status, "final": self.final,
-                "result": self.result.as_dict(), "last_review": self.last_review,
-                "new_frames_since_review": self.new_frames_since_review}
+        return {
+            "sample_id": self.sample_id,
+            "created_utc": self.created_utc,
+            "operator": self.operator,
+            "site": self.site,
+            "notes": self.notes,
+            "n_frames": self.result.n_frames,
+            "decision": self.result.decision,
+            "label": self.result.label,
+            "confidence": self.result.confidence,
+            "message": self.result.message,
+            "status": self.status,
+            "final": self.final,
+            "result": self.result.as_dict(),
+            "last_review": self.last_review,
+            "new_frames_since_review": self.new_frames_since_review,
+        }
 
 
 def machine_summary(result: SampleResult) -> dict:
     """The part of a sample result a review records as "before"."""
-    return {"decision": result.decision, "label": result.label,
-            "confidence": None if result.confidence is None else round(result.confidence, 6),
-            "message": result.message, "n_frames": result.n_frames, "n_fit": result.n_fit}
+    return {
+        "decision": result.decision,
+        "label": result.label,
+        "confidence": None if result.confidence is None else round(result.confidence, 6),
+        "message": result.message,
+        "n_frames": result.n_frames,
+        "n_fit": result.n_fit,
+    }
 
 
 def count_samples(connection: sqlite3.Connection) -> int:
@@ -100,8 +139,13 @@ class ResultCache:
         self._entries[sample_id] = (key, result)
 
 
-def list_samples(connection: sqlite3.Connection, limit: int | None = None, offset: int = 0,
-                 rule: SampleRule = DEFAULT_RULE, cache: ResultCache | None = None) -> list[SampleSummary]:
+def list_samples(
+    connection: sqlite3.Connection,
+    limit: int | None = None,
+    offset: int = 0,
+    rule: SampleRule = DEFAULT_RULE,
+    cache: ResultCache | None = None,
+) -> list[SampleSummary]:
     """Samples, newest first, each with its computed result and last review."""
     query = "SELECT * FROM samples ORDER BY created_utc DESC, sample_id"
     params: tuple = ()
@@ -116,12 +160,17 @@ def list_samples(connection: sqlite3.Connection, limit: int | None = None, offse
     reviews: dict[str, dict] = {}
     for chunk in _chunks(ids, 500):  # SQLite's host parameter limit
         marks = ",".join("?" * len(chunk))
-        for row in connection.execute(f"SELECT sample_id, COUNT(*), MAX(id) FROM results WHERE sample_id "
-                                      f"IN ({marks}) GROUP BY sample_id", chunk):
+        for row in connection.execute(
+            f"SELECT sample_id, COUNT(*), MAX(id) FROM results WHERE sample_id "
+            f"IN ({marks}) GROUP BY sample_id",
+            chunk,
+        ):
             keys[row[0]] = (row[1], row[2])
         for row in connection.execute(
-                f"SELECT * FROM reviews WHERE id IN (SELECT MAX(id) FROM reviews WHERE sample_id IN "
-                f"({marks}) GROUP BY sample_id)", chunk):
+            f"SELECT * FROM reviews WHERE id IN (SELECT MAX(id) FROM reviews WHERE sample_id IN "
+            f"({marks}) GROUP BY sample_id)",
+            chunk,
+        ):
             reviews[row["sample_id"]] = dict(row)
     results: dict[str, SampleResult] = {}
     for sample_id in ids:
@@ -132,50 +181,82 @@ def list_samples(connection: sqlite3.Connection, limit: int | None = None, offse
     frames: dict[str, list[dict]] = {sample_id: [] for sample_id in missing}
     for chunk in _chunks(missing, 500):
         marks = ",".join("?" * len(chunk))
-        for row in connection.execute(f"SELECT {_RESULT_FIELDS} FROM results WHERE sample_id IN "
-                                      f"({marks}) ORDER BY id", chunk):
+        for row in connection.execute(
+            f"SELECT {_RESULT_FIELDS} FROM results WHERE sample_id IN ({marks}) ORDER BY id", chunk
+        ):
             frames[row["sample_id"]].append(dict(row))
     for sample_id in missing:
         results[sample_id] = rule.combine(frames[sample_id])
         if cache is not None:
             # keyed by what was read, so frames added meanwhile invalidate it on the next page
             mine = frames[sample_id]
-            cache.put(sample_id, (len(mine), mine[-1]["id"]) if mine else (0, 0), results[sample_id])
-    return [SampleSummary(record["sample_id"], record["created_utc"], record["operator"],
-                          record["site"], record["notes"], results[record["sample_id"]],
-                          keys.get(record["sample_id"], (0, None))[1], reviews.get(record["sample_id"]))
-            for record in records]
+            cache.put(
+                sample_id, (len(mine), mine[-1]["id"]) if mine else (0, 0), results[sample_id]
+            )
+    return [
+        SampleSummary(
+            record["sample_id"],
+            record["created_utc"],
+            record["operator"],
+            record["site"],
+            record["notes"],
+            results[record["sample_id"]],
+            keys.get(record["sample_id"], (0, None))[1],
+            reviews.get(record["sample_id"]),
+        )
+        for record in records
+    ]
 
 
-def get_sample(connection: sqlite3.Connection, sample_id: str,
-               rule: SampleRule = DEFAULT_RULE) -> tuple[SampleSummary, list[dict]] | None:
+def get_sample(
+    connection: sqlite3.Connection, sample_id: str, rule: SampleRule = DEFAULT_RULE
+) -> tuple[SampleSummary, list[dict]] | None:
     """(summary with every review, frames) of one sample; None if there is no such sample."""
-    record = connection.execute("SELECT * FROM samples WHERE sample_id = ?", (sample_id,)).fetchone()
+    record = connection.execute(
+        "SELECT * FROM samples WHERE sample_id = ?", (sample_id,)
+    ).fetchone()
     if record is None:
         return None
     frames = sample_frames(connection, sample_id)
     reviews = sample_reviews(connection, sample_id)
-    summary = SampleSummary(record["sample_id"], record["created_utc"], record["operator"],
-                            record["site"], record["notes"], rule.combine(frames),
-                            frames[-1]["id"] if frames else None,
-                            reviews[-1] if reviews else None, reviews)
+    summary = SampleSummary(
+        record["sample_id"],
+        record["created_utc"],
+        record["operator"],
+        record["site"],
+        record["notes"],
+        rule.combine(frames),
+        frames[-1]["id"] if frames else None,
+        reviews[-1] if reviews else None,
+        reviews,
+    )
     return summary, frames
 
 
 def sample_frames(connection: sqlite3.Connection, sample_id: str) -> list[dict]:
     columns = _existing(connection, FRAME_FIELDS)
-    return [_decoded(dict(row)) for row in connection.execute(
-        f"SELECT {', '.join(columns)} FROM results WHERE sample_id = ? ORDER BY id", (sample_id,))]
+    return [
+        _decoded(dict(row))
+        for row in connection.execute(
+            f"SELECT {', '.join(columns)} FROM results WHERE sample_id = ? ORDER BY id",
+            (sample_id,),
+        )
+    ]
 
 
-def frames_page(connection: sqlite3.Connection, sample_id: str | None, limit: int, offset: int) -> list[dict]:
+def frames_page(
+    connection: sqlite3.Connection, sample_id: str | None, limit: int, offset: int
+) -> list[dict]:
     columns = ", ".join(_existing(connection, FRAME_FIELDS))
     if sample_id is None:
-        rows = connection.execute(f"SELECT {columns} FROM results ORDER BY id LIMIT ? OFFSET ?",
-                                  (limit, offset))
+        rows = connection.execute(
+            f"SELECT {columns} FROM results ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+        )
     else:
-        rows = connection.execute(f"SELECT {columns} FROM results WHERE sample_id = ? ORDER BY id "
-                                  "LIMIT ? OFFSET ?", (sample_id, limit, offset))
+        rows = connection.execute(
+            f"SELECT {columns} FROM results WHERE sample_id = ? ORDER BY id LIMIT ? OFFSET ?",
+            (sample_id, limit, offset),
+        )
     return [_decoded(dict(row)) for row in rows]
 
 
@@ -183,7 +264,9 @@ def sample_reviews(connection: sqlite3.Connection, sample_id: str | None = None)
     if sample_id is None:
         rows = connection.execute("SELECT * FROM reviews ORDER BY id")
     else:
-        rows = connection.execute("SELECT * FROM reviews WHERE sample_id = ? ORDER BY id", (sample_id,))
+        rows = connection.execute(
+            "SELECT * FROM reviews WHERE sample_id = ? ORDER BY id", (sample_id,)
+        )
     return [dict(row) for row in rows]
 
 
@@ -192,9 +275,16 @@ def frame_image_path(connection: sqlite3.Connection, frame_id: int) -> str | Non
     return None if row is None else row["image_path"]
 
 
-def add_review(connection: sqlite3.Connection, sample_id: str, reviewer: str, action: str,
-               reason: str, override_label: str | None = None, labels: list[str] | None = None,
-               rule: SampleRule = DEFAULT_RULE) -> dict:
+def add_review(
+    connection: sqlite3.Connection,
+    sample_id: str,
+    reviewer: str,
+    action: str,
+    reason: str,
+    override_label: str | None = None,
+    labels: list[str] | None = None,
+    rule: SampleRule = DEFAULT_RULE,
+) -> dict:
     """Append one review (never updates one). The machine result it saw is stored as "before"."""
     reason, reviewer = (reason or "").strip(), (reviewer or "").strip()
     if action not in (CONFIRM, OVERRIDE):
@@ -215,28 +305,45 @@ def add_review(connection: sqlite3.Connection, sample_id: str, reviewer: str, ac
         else:
             if override_label == REFER_CHOICE:
                 after = {"decision": "uncertain", "label": None, "message": "refer (reviewer)"}
-            elif override_label and override_label in (labels or summary.result.votes or [override_label]):
+            elif override_label and override_label in (
+                labels or summary.result.votes or [override_label]
+            ):
                 after = {"decision": LABEL, "label": override_label, "message": override_label}
             else:
-                raise ReviewError(f"override needs a label from {', '.join(labels or [])} or "
-                                  f"{REFER_CHOICE!r}, got {override_label!r}")
+                raise ReviewError(
+                    f"override needs a label from {', '.join(labels or [])} or "
+                    f"{REFER_CHOICE!r}, got {override_label!r}"
+                )
             after["by"] = reviewer
         cursor = connection.execute(
             "INSERT INTO reviews (sample_id, reviewed_utc, reviewer, action, before, after, reason, "
             "n_frames, last_frame_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sample_id, utc_now(), reviewer, action, json.dumps(before), json.dumps(after), reason,
-             summary.result.n_frames, summary.last_frame_id))
+            (
+                sample_id,
+                utc_now(),
+                reviewer,
+                action,
+                json.dumps(before),
+                json.dumps(after),
+                reason,
+                summary.result.n_frames,
+                summary.last_frame_id,
+            ),
+        )
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
-    return dict(connection.execute("SELECT * FROM reviews WHERE id = ?", (cursor.lastrowid,)).fetchone())
+    return dict(
+        connection.execute("SELECT * FROM reviews WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    )
 
 
 def model_labels(connection: sqlite3.Connection) -> list[str]:
     """Class labels as the stored frames name them (from their probabilities)."""
-    row = connection.execute("SELECT probabilities FROM results WHERE probabilities IS NOT NULL "
-                             "ORDER BY id DESC LIMIT 1").fetchone()
+    row = connection.execute(
+        "SELECT probabilities FROM results WHERE probabilities IS NOT NULL ORDER BY id DESC LIMIT 1"
+    ).fetchone()
     return list(json.loads(row["probabilities"])) if row else []
 
 
@@ -270,4 +377,4 @@ def _decoded(row: dict) -> dict:
 
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

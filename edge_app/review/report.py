@@ -28,7 +28,7 @@ from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
 from leukedge.edge_app.storage import StorageError, utc_now
 
-STATEMENT = ("Screening aid, not a diagnostic device. " + DISCLAIMER)
+STATEMENT = "Screening aid, not a diagnostic device. " + DISCLAIMER
 THUMBNAILS = 6
 THUMB_PX = 160
 
@@ -59,9 +59,14 @@ def thumbnail(path: Path, size: int = THUMB_PX) -> bytes | None:
         return None
     height, width = rgb.shape[:2]
     scale = size / max(height, width)
-    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    small = cv2.resize(
+        rgb,
+        (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    )
     return encoded.tobytes() if ok else None
 
 
@@ -73,41 +78,80 @@ def driving_frames(summary: SampleSummary, frames: list[dict]) -> list[dict]:
         chosen = [by_id[i] for i in summary.result.driving_frames if i in by_id]
     else:
         unknown = [f for f in frames if f["decision"] == UNKNOWN]
-        chosen = unknown or sorted((f for f in frames if f["decision"] != UNFIT),
-                                   key=lambda f: -(f.get("confidence") or 0.0))
+        chosen = unknown or sorted(
+            (f for f in frames if f["decision"] != UNFIT),
+            key=lambda f: -(f.get("confidence") or 0.0),
+        )
     return chosen[:THUMBNAILS]
 
 
-def build_report(connection: sqlite3.Connection, sample_id: str, save_dir: Path | None = None,
-                 confined: bool = False) -> Report:
+def build_report(
+    connection: sqlite3.Connection,
+    sample_id: str,
+    save_dir: Path | None = None,
+    confined: bool = False,
+) -> Report:
     """Gather a sample's report. With `confined`, images are read only from under `save_dir`."""
     found = get_sample(connection, sample_id)
     if found is None:
         raise ReportError(f"no sample {sample_id!r} in the database")
     summary, frames = found
     if not frames:
-        raise ReportError(f"sample {sample_id!r} has no frames: nothing to report; capture fields "
-                          "for it with edge-app run --sample-id first")
+        raise ReportError(
+            f"sample {sample_id!r} has no frames: nothing to report; capture fields "
+            "for it with edge-app run --sample-id first"
+        )
     models: dict[tuple, dict] = {}
     for frame in frames:
-        key = (frame["model_file"], frame["model_sha256"], frame.get("model_variant"), frame["app_version"])
-        entry = models.setdefault(key, {"file": key[0], "sha256": key[1], "variant": key[2],
-                                        "app_version": key[3], "frames": 0})
+        key = (
+            frame["model_file"],
+            frame["model_sha256"],
+            frame.get("model_variant"),
+            frame["app_version"],
+        )
+        entry = models.setdefault(
+            key,
+            {
+                "file": key[0],
+                "sha256": key[1],
+                "variant": key[2],
+                "app_version": key[3],
+                "frames": 0,
+            },
+        )
         entry["frames"] += 1
     fit = [frame for frame in frames if frame["decision"] != UNFIT]
-    reasons = Counter(frame["quality_reason"] or "unfit" for frame in frames if not frame["quality_ok"])
+    reasons = Counter(
+        frame["quality_reason"] or "unfit" for frame in frames if not frame["quality_ok"]
+    )
     focus = [frame["focus"] for frame in frames if frame.get("focus") is not None]
-    quality = {"fields": len(frames), "fit": len(fit), "unfit": len(frames) - len(fit),
-               "unfit_reasons": dict(reasons), "median_focus": round(median(focus), 2) if focus else None}
+    quality = {
+        "fields": len(frames),
+        "fit": len(fit),
+        "unfit": len(frames) - len(fit),
+        "unfit_reasons": dict(reasons),
+        "median_focus": round(median(focus), 2) if focus else None,
+    }
     thumbs = []
     for frame in driving_frames(summary, frames):
-        path = within(frame.get("image_path"), save_dir) if confined else (
-            Path(frame["image_path"]) if frame.get("image_path") else None)
+        path = (
+            within(frame.get("image_path"), save_dir)
+            if confined
+            else (Path(frame["image_path"]) if frame.get("image_path") else None)
+        )
         data = thumbnail(path) if path is not None and path.is_file() else None
         if data is not None:
             thumbs.append((frame, data))
-    return Report(summary, frames, list(models.values()), dict(summary.result.votes),
-                  dict(Counter(frame["decision"] for frame in frames)), quality, thumbs, utc_now())
+    return Report(
+        summary,
+        frames,
+        list(models.values()),
+        dict(summary.result.votes),
+        dict(Counter(frame["decision"] for frame in frames)),
+        quality,
+        thumbs,
+        utc_now(),
+    )
 
 
 def _review_line(summary: SampleSummary) -> tuple[str, str]:
@@ -115,32 +159,52 @@ def _review_line(summary: SampleSummary) -> tuple[str, str]:
     if review is None:
         return "not reviewed yet", ""
     after = json.loads(review["after"])
-    verdict = "confirmed" if review["action"] == "confirm" else f"overridden to {after.get('message')}"
+    verdict = (
+        "confirmed" if review["action"] == "confirm" else f"overridden to {after.get('message')}"
+    )
     return f"{verdict} by {review['reviewer']} at {review['reviewed_utc']}", review["reason"]
 
 
 def _facts(report: Report) -> list[tuple[str, str]]:
     s, r = report.summary, report.summary.result
     review, reason = _review_line(s)
-    confidence = "" if r.confidence is None or r.decision == LABEL else f" (candidate {r.candidate}, {r.confidence:.1%})"
-    return [("Sample ID", s.sample_id), ("Site", s.site or "-"), ("Operator", s.operator or "-"),
-            ("Sample created (UTC)", s.created_utc),
-            ("Fields captured (UTC)", f"{report.frames[0]['timestamp_utc']} to {report.frames[-1]['timestamp_utc']}"),
-            ("Report generated (UTC)", report.generated_utc),
-            ("Machine result", f"{r.message}{confidence}"), ("Why", r.reason),
-            ("Reviewer decision", review), ("Reviewer reason", reason or "-"),
-            ("Status", s.status), ("Notes", s.notes or "-")]
+    confidence = (
+        ""
+        if r.confidence is None or r.decision == LABEL
+        else f" (candidate {r.candidate}, {r.confidence:.1%})"
+    )
+    return [
+        ("Sample ID", s.sample_id),
+        ("Site", s.site or "-"),
+        ("Operator", s.operator or "-"),
+        ("Sample created (UTC)", s.created_utc),
+        (
+            "Fields captured (UTC)",
+            f"{report.frames[0]['timestamp_utc']} to {report.frames[-1]['timestamp_utc']}",
+        ),
+        ("Report generated (UTC)", report.generated_utc),
+        ("Machine result", f"{r.message}{confidence}"),
+        ("Why", r.reason),
+        ("Reviewer decision", review),
+        ("Reviewer reason", reason or "-"),
+        ("Status", s.status),
+        ("Notes", s.notes or "-"),
+    ]
 
 
 def _counts_text(report: Report) -> list[str]:
-    counts = ", ".join(f"{label}: {n}" for label, n in sorted(report.class_counts.items())) or "none"
+    counts = (
+        ", ".join(f"{label}: {n}" for label, n in sorted(report.class_counts.items())) or "none"
+    )
     kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.decision_counts.items()))
     q = report.quality
     reasons = ", ".join(f"{reason} {n}" for reason, n in q["unfit_reasons"].items()) or "none"
-    return [f"Answered fields per class: {counts}",
-            f"Field decisions: {kinds}",
-            f"Quality: {q['fit']} of {q['fields']} fields fit; unfit reasons: {reasons}; "
-            f"median focus {q['median_focus']}"]
+    return [
+        f"Answered fields per class: {counts}",
+        f"Field decisions: {kinds}",
+        f"Quality: {q['fit']} of {q['fields']} fields fit; unfit reasons: {reasons}; "
+        f"median focus {q['median_focus']}",
+    ]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -171,17 +235,21 @@ def _caption(frame: dict) -> str:
 
 def _figure(frame: dict, data: bytes) -> str:
     source = base64.b64encode(data).decode()
-    return (f"<figure><img alt='field {frame['id']}' src='data:image/jpeg;base64,{source}'>"
-            f"<figcaption>{html.escape(_caption(frame))}</figcaption></figure>")
+    return (
+        f"<figure><img alt='field {frame['id']}' src='data:image/jpeg;base64,{source}'>"
+        f"<figcaption>{html.escape(_caption(frame))}</figcaption></figure>"
+    )
 
 
 def render_html(report: Report) -> bytes:
     """A standalone HTML page (thumbnails inlined, no external asset)."""
     e = html.escape
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _facts(report))
-    models = "".join(f"<li>{e(m['file'])} ({e(m['variant'] or 'unlisted variant')}, LeukEdge "
-                     f"{e(m['app_version'])}, {m['frames']} fields)<br><code>sha256 {e(m['sha256'])}</code></li>"
-                     for m in report.models)
+    models = "".join(
+        f"<li>{e(m['file'])} ({e(m['variant'] or 'unlisted variant')}, LeukEdge "
+        f"{e(m['app_version'])}, {m['frames']} fields)<br><code>sha256 {e(m['sha256'])}</code></li>"
+        for m in report.models
+    )
     counts = "".join(f"<li>{e(line)}</li>" for line in _counts_text(report))
     thumbs = "".join(_figure(frame, data) for frame, data in report.thumbnails)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -193,14 +261,20 @@ th{{text-align:left;padding-right:1rem;vertical-align:top}}figure{{display:inlin
 </head><body><h1>LeukEdge sample report</h1>
 <p class="statement">{e(STATEMENT)}</p>
 <table>{rows}</table><h2>Model</h2><ul>{models}</ul><h2>Fields</h2><ul>{counts}</ul>
-<h2>Fields that drove the result</h2><div>{thumbs or '<p>no saved images (run edge-app with --save-dir)</p>'}</div>
+<h2>Fields that drove the result</h2><div>{thumbs or "<p>no saved images (run edge-app with --save-dir)</p>"}</div>
 <p class="statement">{e(STATEMENT)}</p></body></html>
 """
     return page.encode()
 
 
 def _latin1(text: str) -> str:
-    return str(text).replace("\u2013", "-").replace("\u2014", "-").encode("latin-1", "replace").decode("latin-1")
+    return (
+        str(text)
+        .replace("\u2013", "-")
+        .replace("\u2014", "-")
+        .encode("latin-1", "replace")
+        .decode("latin-1")
+    )
 
 
 def render_pdf(report: Report) -> bytes:
@@ -227,9 +301,16 @@ def render_pdf(report: Report) -> bytes:
     pdf.cell(0, 7, "Model", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", "", 9)
     for model in report.models:
-        pdf.multi_cell(0, 5, _latin1(f"{model['file']} ({model['variant'] or 'unlisted variant'}, LeukEdge "
-                                     f"{model['app_version']}, {model['frames']} fields)"),
-                       new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(
+            0,
+            5,
+            _latin1(
+                f"{model['file']} ({model['variant'] or 'unlisted variant'}, LeukEdge "
+                f"{model['app_version']}, {model['frames']} fields)"
+            ),
+            new_x="LMARGIN",
+            new_y="NEXT",
+        )
         pdf.set_font("courier", "", 8)
         pdf.cell(0, 5, f"sha256 {model['sha256']}", new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("helvetica", "", 9)
@@ -244,7 +325,9 @@ def render_pdf(report: Report) -> bytes:
     pdf.cell(0, 7, "Fields that drove the result", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", "", 8)
     if not report.thumbnails:
-        pdf.cell(0, 5, "no saved images (run edge-app with --save-dir)", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(
+            0, 5, "no saved images (run edge-app with --save-dir)", new_x="LMARGIN", new_y="NEXT"
+        )
     size, gap = 40.0, 5.0
     x0, y = pdf.l_margin, pdf.get_y()
     if y + size + 10 > pdf.h - pdf.b_margin:
@@ -282,14 +365,36 @@ def write_report(report: Report, out: Path) -> str:
     raise ReportError(f"--out {out}: give a .pdf or .html file name")
 
 
-EXPORT_COLUMNS = ("sample_id", "created_utc", "operator", "site", "notes", "n_frames", "n_fit",
-                  "n_answered", "n_uncertain", "n_unknown", "n_unfit", "decision", "label",
-                  "confidence", "reason", "status", "final_decision", "final_label",
-                  "last_reviewer", "last_review_utc", "last_review_action", "last_review_reason",
-                  "n_reviews")
+EXPORT_COLUMNS = (
+    "sample_id",
+    "created_utc",
+    "operator",
+    "site",
+    "notes",
+    "n_frames",
+    "n_fit",
+    "n_answered",
+    "n_uncertain",
+    "n_unknown",
+    "n_unfit",
+    "decision",
+    "label",
+    "confidence",
+    "reason",
+    "status",
+    "final_decision",
+    "final_label",
+    "last_reviewer",
+    "last_review_utc",
+    "last_review_action",
+    "last_review_reason",
+    "n_reviews",
+)
 
 
-def export_samples(connection: sqlite3.Connection, csv_path: Path | None, json_path: Path | None) -> int:
+def export_samples(
+    connection: sqlite3.Connection, csv_path: Path | None, json_path: Path | None
+) -> int:
     """Samples with their results and reviews: CSV (one row per sample, last review) and/or JSON
     (every review). Files are written atomically, owner-only. Returns the sample count."""
     summaries = list_samples(connection)
@@ -300,10 +405,15 @@ def export_samples(connection: sqlite3.Connection, csv_path: Path | None, json_p
         items = []
         for s in summaries:
             item = s.as_dict()
-            item["reviews"] = [{**r, "before": json.loads(r["before"]), "after": json.loads(r["after"])}
-                               for r in reviews.get(s.sample_id, [])]
+            item["reviews"] = [
+                {**r, "before": json.loads(r["before"]), "after": json.loads(r["after"])}
+                for r in reviews.get(s.sample_id, [])
+            ]
             items.append(item)
-        _write_export(json_path, (json.dumps({"exported_utc": utc_now(), "samples": items}, indent=2) + "\n").encode())
+        _write_export(
+            json_path,
+            (json.dumps({"exported_utc": utc_now(), "samples": items}, indent=2) + "\n").encode(),
+        )
     if csv_path is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -311,12 +421,33 @@ def export_samples(connection: sqlite3.Connection, csv_path: Path | None, json_p
         for s in summaries:
             r, last = s.result, s.last_review or {}
             final = s.final
-            writer.writerow([s.sample_id, s.created_utc, s.operator, s.site, s.notes, r.n_frames, r.n_fit,
-                             r.n_answered, r.n_uncertain, r.n_unknown, r.n_unfit, r.decision, r.label,
-                             None if r.confidence is None else round(r.confidence, 6), r.reason, s.status,
-                             final.get("decision"), final.get("label"), last.get("reviewer"),
-                             last.get("reviewed_utc"), last.get("action"), last.get("reason"),
-                             len(reviews.get(s.sample_id, []))])
+            writer.writerow(
+                [
+                    s.sample_id,
+                    s.created_utc,
+                    s.operator,
+                    s.site,
+                    s.notes,
+                    r.n_frames,
+                    r.n_fit,
+                    r.n_answered,
+                    r.n_uncertain,
+                    r.n_unknown,
+                    r.n_unfit,
+                    r.decision,
+                    r.label,
+                    None if r.confidence is None else round(r.confidence, 6),
+                    r.reason,
+                    s.status,
+                    final.get("decision"),
+                    final.get("label"),
+                    last.get("reviewer"),
+                    last.get("reviewed_utc"),
+                    last.get("action"),
+                    last.get("reason"),
+                    len(reviews.get(s.sample_id, [])),
+                ]
+            )
         _write_export(csv_path, buffer.getvalue().encode())
     return len(summaries)
 

@@ -73,10 +73,14 @@ def is_loopback(host: str) -> bool:
 
 def create_app(config: ServerConfig) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="leukedge_review",
-                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
-                      SESSION_COOKIE_SECURE=config.secure_cookie,
-                      MAX_CONTENT_LENGTH=64 * 1024)
+    app.config.update(
+        SECRET_KEY=secrets.token_bytes(32),
+        SESSION_COOKIE_NAME="leukedge_review",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=config.secure_cookie,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
     app.json.sort_keys = False
     app.jinja_env.filters["fromjson"] = json.loads
     limiter = LoginLimiter(config.login_attempts, config.login_window_s)
@@ -101,8 +105,13 @@ def create_app(config: ServerConfig) -> Flask:
 
     @app.context_processor
     def common() -> dict:
-        return {"csrf_token": csrf_token(), "user": session.get("user"), "read_only": config.read_only,
-                "disclaimer": DISCLAIMER, "images": save_dir is not None}
+        return {
+            "csrf_token": csrf_token(),
+            "user": session.get("user"),
+            "read_only": config.read_only,
+            "disclaimer": DISCLAIMER,
+            "images": save_dir is not None,
+        }
 
     def is_api() -> bool:
         return request.path.startswith("/api/")
@@ -118,7 +127,9 @@ def create_app(config: ServerConfig) -> Flask:
         if config.users and not session.get("user") and request.endpoint != "login":
             if is_api():
                 abort(401, "log in first")
-            return redirect(url_for("login", next=request.full_path if request.args else request.path))
+            return redirect(
+                url_for("login", next=request.full_path if request.args else request.path)
+            )
         return None
 
     @app.after_request
@@ -135,13 +146,17 @@ def create_app(config: ServerConfig) -> Flask:
         text = error.description or error.name
         if is_api():
             return jsonify({"error": text, "status": error.code}), error.code
-        return render_template("error.html", code=error.code, title=error.name, text=text), error.code
+        return render_template(
+            "error.html", code=error.code, title=error.name, text=text
+        ), error.code
 
     @app.errorhandler(StorageError)
     def storage_error(error: StorageError):
         if is_api():
             return jsonify({"error": str(error), "status": 503}), 503
-        return render_template("error.html", code=503, title="Database unavailable", text=str(error)), 503
+        return render_template(
+            "error.html", code=503, title="Database unavailable", text=str(error)
+        ), 503
 
     # -- pages ---------------------------------------------------------------------------------
     @app.get("/")
@@ -150,8 +165,9 @@ def create_app(config: ServerConfig) -> Flask:
         total = data.count_samples(db())
         pages = max(1, -(-total // PER_PAGE))
         samples = data.list_samples(db(), PER_PAGE, (page - 1) * PER_PAGE, cache=results)
-        return render_template("list.html", samples=samples, total=total, page=page, pages=pages,
-                               per_page=PER_PAGE)
+        return render_template(
+            "list.html", samples=samples, total=total, page=page, pages=pages, per_page=PER_PAGE
+        )
 
     def load(sample_id: str):
         found = data.get_sample(db(), sample_id)
@@ -163,8 +179,14 @@ def create_app(config: ServerConfig) -> Flask:
     def sample_page(sample_id: str):
         summary, frames = load(sample_id)
         message = "Review saved." if request.args.get("saved") else None
-        return render_template("sample.html", s=summary, frames=frames, labels=data.model_labels(db()),
-                               message=message, error=None)
+        return render_template(
+            "sample.html",
+            s=summary,
+            frames=frames,
+            labels=data.model_labels(db()),
+            message=message,
+            error=None,
+        )
 
     @app.post("/review/<path:sample_id>")
     def review(sample_id: str):
@@ -174,12 +196,24 @@ def create_app(config: ServerConfig) -> Flask:
         reviewer = session.get("user") or request.form.get("reviewer", "")
         labels = data.model_labels(db())
         try:
-            data.add_review(db(), sample_id, reviewer, request.form.get("action", ""),
-                            request.form.get("reason", ""), request.form.get("override_label") or None,
-                            labels)
+            data.add_review(
+                db(),
+                sample_id,
+                reviewer,
+                request.form.get("action", ""),
+                request.form.get("reason", ""),
+                request.form.get("override_label") or None,
+                labels,
+            )
         except data.ReviewError as error:
-            return render_template("sample.html", s=summary, frames=frames, labels=labels, message=None,
-                                   error=f"Not saved: {error}."), 400
+            return render_template(
+                "sample.html",
+                s=summary,
+                frames=frames,
+                labels=labels,
+                message=None,
+                error=f"Not saved: {error}.",
+            ), 400
         return redirect(url_for("sample_page", sample_id=sample_id, saved=1), code=303)
 
     @app.get("/frames/<int:frame_id>/image")
@@ -209,12 +243,20 @@ def create_app(config: ServerConfig) -> Flask:
             report = build_report(db(), sample_id, save_dir, confined=True)
         except ReportError as error:
             abort(404, str(error))
-        name = f"leukedge-report-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in sample_id)}"
+        name = (
+            f"leukedge-report-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in sample_id)}"
+        )
         if fmt == "pdf":
-            return Response(render_pdf(report), mimetype="application/pdf",
-                            headers={"Content-Disposition": f'inline; filename="{name}.pdf"'})
-        return Response(render_html(report), mimetype="text/html",
-                        headers={"Content-Security-Policy": REPORT_CSP})
+            return Response(
+                render_pdf(report),
+                mimetype="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="{name}.pdf"'},
+            )
+        return Response(
+            render_html(report),
+            mimetype="text/html",
+            headers={"Content-Security-Policy": REPORT_CSP},
+        )
 
     @app.route("/login", methods=["GET", "POST"])
     def login():
@@ -272,11 +314,21 @@ def create_app(config: ServerConfig) -> Flask:
     @app.get("/api/results")
     def api_results():
         limit, offset = paging()
-        return jsonify([{"sample_id": s.sample_id, "n_frames": s.result.n_frames,
-                         "decision": s.result.decision, "label": s.result.label,
-                         "confidence": s.result.confidence, "reason": s.result.reason,
-                         "status": s.status, "final": s.final}
-                        for s in data.list_samples(db(), limit, offset, cache=results)])
+        return jsonify(
+            [
+                {
+                    "sample_id": s.sample_id,
+                    "n_frames": s.result.n_frames,
+                    "decision": s.result.decision,
+                    "label": s.result.label,
+                    "confidence": s.result.confidence,
+                    "reason": s.result.reason,
+                    "status": s.status,
+                    "final": s.final,
+                }
+                for s in data.list_samples(db(), limit, offset, cache=results)
+            ]
+        )
 
     @app.get("/api/reviews")
     def api_reviews():

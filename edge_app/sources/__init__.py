@@ -28,7 +28,9 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp:/
 __all__ = ["CameraError", "Frame", "FrameSource", "SkippedFrame", "SourceError", "open_source"]
 
 
-def open_source(spec: str, camera: CameraSettings = CameraSettings(), loop: bool = False) -> FrameSource:
+def open_source(
+    spec: str, camera: CameraSettings = CameraSettings(), loop: bool = False
+) -> FrameSource:
     """A ready (opened) source for the `--source` text, or SourceError saying what is wrong."""
     text = spec.strip()
     if text == "picamera2" or text.startswith("picamera2:"):

@@ -22,13 +22,17 @@ def list_images(spec: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if is_image_file(p))
         if not files:
-            raise SourceError(f"--source {spec}: the folder holds no image files "
-                              "(.jpg .jpeg .png .bmp .tif .tiff .webp)")
+            raise SourceError(
+                f"--source {spec}: the folder holds no image files "
+                "(.jpg .jpeg .png .bmp .tif .tiff .webp)"
+            )
         return files
     if path.is_file():
         return [path]
-    raise SourceError(f"--source {spec}: no such file, folder, camera or URL "
-                      "(use picamera2, a camera index like 0, a video, an image, a folder or a glob)")
+    raise SourceError(
+        f"--source {spec}: no such file, folder, camera or URL "
+        "(use picamera2, a camera index like 0, a video, an image, a folder or a glob)"
+    )
 
 
 class ImageFileSource(FrameSource):
@@ -52,5 +56,8 @@ class ImageFileSource(FrameSource):
         try:
             return Frame(load_rgb(path), str(path), new_file=True)
         except (ImageDecodeError, OSError) as error:
-            raise SkippedFrame(str(error) if isinstance(error, ImageDecodeError)
-                               else f"{path}: unreadable ({error.strerror or error})") from None
+            raise SkippedFrame(
+                str(error)
+                if isinstance(error, ImageDecodeError)
+                else f"{path}: unreadable ({error.strerror or error})"
+            ) from None

@@ -25,7 +25,9 @@ class OpenCVSource(FrameSource):
             self.capture = None
             if self.live:
                 raise CameraError(f"{self.name}: cannot open the camera or stream")
-            raise SourceError(f"--source {self.target}: OpenCV cannot open this video (unsupported codec?)")
+            raise SourceError(
+                f"--source {self.target}: OpenCV cannot open this video (unsupported codec?)"
+            )
         if isinstance(self.target, int) or str(self.target).startswith("/dev/video"):
             width, height = self.camera.size
             self.capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
@@ -40,7 +42,9 @@ class OpenCVSource(FrameSource):
                 raise CameraError(f"{self.name}: no frame (camera unplugged or stream lost?)")
             return None  # end of the video file
         self._count += 1
-        return Frame(to_rgb8(bgr), f"{self.name}#{self._count}", new_file=not self.live and self._count == 1)
+        return Frame(
+            to_rgb8(bgr), f"{self.name}#{self._count}", new_file=not self.live and self._count == 1
+        )
 
     def fresh(self) -> Frame | None:
         if self.live and self.capture is not None:

@@ -34,8 +34,10 @@ def picamera2_to_rgb(array: np.ndarray, fmt: str, size: tuple[int, int]) -> np.n
     width, height = size
     if fmt in ("YUV420", "YVU420"):
         if array.ndim != 2 or array.shape[0] % 3 or array.shape[1] % 2:
-            raise CameraError(f"picamera2 {fmt} array has shape {array.shape}, expected "
-                              f"(height * 3 / 2, stride) for a {width}x{height} stream")
+            raise CameraError(
+                f"picamera2 {fmt} array has shape {array.shape}, expected "
+                f"(height * 3 / 2, stride) for a {width}x{height} stream"
+            )
         width = min(width, array.shape[1])  # the array itself is the truth if the size was aligned
         code = cv2.COLOR_YUV2RGB_I420 if fmt == "YUV420" else cv2.COLOR_YUV2RGB_YV12
         # Convert at the padded width (stride) so the chroma planes line up, then drop padding.
@@ -76,9 +78,11 @@ class PiCameraSource(FrameSource):
         try:
             module = importlib.import_module("picamera2")
         except ImportError:
-            raise SourceError("--source picamera2: the picamera2 module is not installed: on Raspberry "
-                              "Pi OS run 'sudo apt install python3-picamera2' and make the venv with "
-                              "--system-site-packages (see docs/raspberry-pi.md)") from None
+            raise SourceError(
+                "--source picamera2: the picamera2 module is not installed: on Raspberry "
+                "Pi OS run 'sudo apt install python3-picamera2' and make the venv with "
+                "--system-site-packages (see docs/raspberry-pi.md)"
+            ) from None
         try:
             camera = module.Picamera2(self.camera_num)
         except Exception as error:  # no camera attached gives IndexError / RuntimeError
@@ -97,7 +101,9 @@ class PiCameraSource(FrameSource):
             camera.start()
         except Exception as error:
             self.close()
-            raise CameraError(f"{self.name}: could not configure/start ({_first_line(error)})") from None
+            raise CameraError(
+                f"{self.name}: could not configure/start ({_first_line(error)})"
+            ) from None
 
     def read(self) -> Frame | None:
         if self.camera is None:
@@ -114,7 +120,9 @@ class PiCameraSource(FrameSource):
                 rgb = picamera2_to_rgb(lores, self.settings.lores_format, self.settings.lores_size)
             else:
                 full = None
-                rgb = picamera2_to_rgb(self.camera.capture_array("main"), "RGB888", self.settings.size)
+                rgb = picamera2_to_rgb(
+                    self.camera.capture_array("main"), "RGB888", self.settings.size
+                )
         except CameraError:
             raise
         except Exception as error:

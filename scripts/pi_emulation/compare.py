@@ -49,7 +49,9 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def compare_values(x86: Any, arm: Any, path: str, prob_tolerance: float = PROB_TOLERANCE) -> list[str]:
+def compare_values(
+    x86: Any, arm: Any, path: str, prob_tolerance: float = PROB_TOLERANCE
+) -> list[str]:
     """Differences between two values found at `path` (e.g. 'row 3.probabilities.Benign')."""
     x86, arm = _maybe_json(x86), _maybe_json(arm)
     if isinstance(x86, dict) and isinstance(arm, dict):
@@ -67,8 +69,13 @@ def compare_values(x86: Any, arm: Any, path: str, prob_tolerance: float = PROB_T
             found += compare_values(a, b, f"{path}[{index}]", prob_tolerance)
         return found
     numbers = (int, float)
-    if isinstance(x86, numbers) and isinstance(arm, numbers) and not isinstance(x86, bool) \
-            and not isinstance(arm, bool) and (isinstance(x86, float) or isinstance(arm, float)):
+    if (
+        isinstance(x86, numbers)
+        and isinstance(arm, numbers)
+        and not isinstance(x86, bool)
+        and not isinstance(arm, bool)
+        and (isinstance(x86, float) or isinstance(arm, float))
+    ):
         if math.isnan(x86) and math.isnan(arm):
             return []
         if _is_prob(path):
@@ -83,7 +90,9 @@ def compare_values(x86: Any, arm: Any, path: str, prob_tolerance: float = PROB_T
     return []
 
 
-def compare_result_lines(x86: list[dict], arm: list[dict], prob_tolerance: float = PROB_TOLERANCE) -> list[str]:
+def compare_result_lines(
+    x86: list[dict], arm: list[dict], prob_tolerance: float = PROB_TOLERANCE
+) -> list[str]:
     """edge-app --headless output: one JSON object per frame, in processing order."""
     if len(x86) != len(arm):
         return [f"headless output: {len(x86)} frames on x86, {len(arm)} on arm"]
@@ -97,8 +106,12 @@ def read_tables(db: Path) -> dict[str, list[dict]]:
     """Every user table's rows (as dicts, in rowid order) from a SQLite file, read-only."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        names = [row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        names = [
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
         tables = {}
         for name in names:
             cursor = connection.execute(f'SELECT * FROM "{name}" ORDER BY rowid')
@@ -109,10 +122,14 @@ def read_tables(db: Path) -> dict[str, list[dict]]:
         connection.close()
 
 
-def compare_tables(x86: dict[str, list[dict]], arm: dict[str, list[dict]],
-                   prob_tolerance: float = PROB_TOLERANCE) -> list[str]:
+def compare_tables(
+    x86: dict[str, list[dict]], arm: dict[str, list[dict]], prob_tolerance: float = PROB_TOLERANCE
+) -> list[str]:
     """Same tables, same row count, and rows equal column by column (see module docstring)."""
-    found = [f"table {name!r} only on {'x86' if name in x86 else 'arm'}" for name in sorted(set(x86) ^ set(arm))]
+    found = [
+        f"table {name!r} only on {'x86' if name in x86 else 'arm'}"
+        for name in sorted(set(x86) ^ set(arm))
+    ]
     for name in sorted(set(x86) & set(arm)):
         if len(x86[name]) != len(arm[name]):
             found.append(f"table {name!r}: {len(x86[name])} rows on x86, {len(arm[name])} on arm")

@@ -25,15 +25,33 @@ SOURCES = [
 # standard library, and the C libraries those link against (checked by import_check below).
 # libstdc++6/libgcc-s1/libgomp1 serve the C++ wheels (LiteRT, OpenCV, numpy's OpenBLAS).
 PACKAGES = [
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "libc6", "libgcc-s1", "libstdc++6", "libgomp1", "zlib1g", "libexpat1", "libffi8", "libssl3",
-    "libbz2-1.0", "liblzma5", "libsqlite3-0", "libuuid1", "libcrypt1", "libdb5.3",
-    "libncursesw6", "libtinfo6", "libreadline8",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libc6",
+    "libgcc-s1",
+    "libstdc++6",
+    "libgomp1",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "libssl3",
+    "libbz2-1.0",
+    "liblzma5",
+    "libsqlite3-0",
+    "libuuid1",
+    "libcrypt1",
+    "libdb5.3",
+    "libncursesw6",
+    "libtinfo6",
+    "libreadline8",
 ]
 PYTHON = "usr/bin/python3.11"
 # Standard modules edge_app, benchmarks and their wheels import; a missing C library shows here.
-STDLIB_PROBE = ("import platform, sqlite3, hashlib, ssl, ctypes, lzma, bz2, zlib, json, uuid, "
-                "decimal, multiprocessing, signal; print(platform.machine(), platform.python_version())")
+STDLIB_PROBE = (
+    "import platform, sqlite3, hashlib, ssl, ctypes, lzma, bz2, zlib, json, uuid, "
+    "decimal, multiprocessing, signal; print(platform.machine(), platform.python_version())"
+)
 
 
 class SetupError(RuntimeError):
@@ -58,9 +76,13 @@ def ensure_qemu(install: bool) -> str:
     if found:
         return found
     if not install:
-        raise SetupError(f"{QEMU} not found: apt-get install qemu-user-static (or drop --no-install-qemu)")
+        raise SetupError(
+            f"{QEMU} not found: apt-get install qemu-user-static (or drop --no-install-qemu)"
+        )
     if os.geteuid() != 0:
-        raise SetupError(f"{QEMU} not found and not root: run `sudo apt-get install qemu-user-static`")
+        raise SetupError(
+            f"{QEMU} not found and not root: run `sudo apt-get install qemu-user-static`"
+        )
     print("installing qemu-user-static with apt (the one change this check makes to the host)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install_cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "qemu-user-static"]
@@ -77,8 +99,10 @@ def ensure_qemu(install: bool) -> str:
 def apt_options(apt_dir: Path) -> list[str]:
     """apt-get options that point every piece of state at apt_dir and select arm64 only."""
     return [
-        "-oAPT::Architecture=arm64", "-oAPT::Architectures=arm64",
-        f"-oDir::State={apt_dir / 'state'}", f"-oDir::State::Lists={apt_dir / 'lists'}",
+        "-oAPT::Architecture=arm64",
+        "-oAPT::Architectures=arm64",
+        f"-oDir::State={apt_dir / 'state'}",
+        f"-oDir::State::Lists={apt_dir / 'lists'}",
         f"-oDir::State::status={apt_dir / 'state' / 'status'}",  # empty: nothing "installed"
         f"-oDir::Cache={apt_dir / 'cache'}",
         f"-oDir::Etc::SourceList={apt_dir / 'sources.list'}",
@@ -91,13 +115,20 @@ def apt_options(apt_dir: Path) -> list[str]:
 
 
 def prepare_apt_dir(apt_dir: Path) -> None:
-    for sub in ("state", "lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+    for sub in (
+        "state",
+        "lists/partial",
+        "cache/archives/partial",
+        "sources.list.d",
+        "preferences.d",
+    ):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
     (apt_dir / "state" / "status").touch()
     if not Path(DEBIAN_KEYRING).is_file():
         raise SetupError(f"{DEBIAN_KEYRING} missing: apt-get install debian-archive-keyring")
-    (apt_dir / "sources.list").write_text("".join(
-        f"deb [arch=arm64 signed-by={DEBIAN_KEYRING}] {source}\n" for source in SOURCES))
+    (apt_dir / "sources.list").write_text(
+        "".join(f"deb [arch=arm64 signed-by={DEBIAN_KEYRING}] {source}\n" for source in SOURCES)
+    )
 
 
 def build_tree(cache: Path) -> Path:
@@ -112,11 +143,15 @@ def build_tree(cache: Path) -> Path:
     options = apt_options(apt_dir)
     print("downloading Debian 12 arm64 packages for Python 3.11")
     # Error-Mode=any: by default apt-get update exits 0 even when no list could be fetched.
-    run_quiet(["apt-get", *options, "-oAPT::Update::Error-Mode=any", "update"],
-              "apt-get update (Debian 12 arm64 package lists from deb.debian.org: network or proxy?)")
+    run_quiet(
+        ["apt-get", *options, "-oAPT::Update::Error-Mode=any", "update"],
+        "apt-get update (Debian 12 arm64 package lists from deb.debian.org: network or proxy?)",
+    )
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
-    run_quiet(["apt-get", *options, "download", *PACKAGES], "apt-get download (arm64 .debs)", cwd=debs)
+    run_quiet(
+        ["apt-get", *options, "download", *PACKAGES], "apt-get download (arm64 .debs)", cwd=debs
+    )
     staging = cache / "rootfs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     for deb in sorted(debs.glob("*.deb")):
@@ -158,8 +193,11 @@ def exec_wrapper(cache: Path, qemu: str, tree: Path) -> Path:
 
 def import_check(qemu: str, tree: Path, base_env: dict[str, str]) -> str:
     """'aarch64 3.11.2' when the emulated interpreter and its C libraries work."""
-    result = run_quiet([*python_command(qemu, tree), "-c", STDLIB_PROBE], "emulated python3.11 self-test",
-                       env=emulated_env(tree, [], base_env))
+    result = run_quiet(
+        [*python_command(qemu, tree), "-c", STDLIB_PROBE],
+        "emulated python3.11 self-test",
+        env=emulated_env(tree, [], base_env),
+    )
     answer = result.stdout.strip()
     if not answer.startswith("aarch64 3.11"):
         raise SetupError(f"emulated python3.11 reported {answer!r}, expected aarch64 3.11.x")

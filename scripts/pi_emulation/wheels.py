@@ -37,7 +37,9 @@ def pi_requirements(pyproject: Path, runtime: str) -> list[str]:
     extra = project["optional-dependencies"]["pi"]
     name = requirement_name(runtime)
     if name not in RUNTIME_NAMES:
-        raise SetupError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_NAMES)} (optionally with a version)")
+        raise SetupError(
+            f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_NAMES)} (optionally with a version)"
+        )
     if runtime == "tflite-runtime":
         runtime = TFLITE_RUNTIME
     keep = [r for r in project["dependencies"] + extra if requirement_name(r) not in RUNTIME_NAMES]
@@ -52,8 +54,13 @@ def site_dir(cache: Path, requirements: list[str]) -> Path:
     return cache / "site" / key
 
 
-def install_wheels(cache: Path, host_python: str, requirements: list[str], platforms: list[str],
-                   python_version: str = "3.11") -> Path:
+def install_wheels(
+    cache: Path,
+    host_python: str,
+    requirements: list[str],
+    platforms: list[str],
+    python_version: str = "3.11",
+) -> Path:
     """pip --target install of `requirements` for `platforms` (cached per requirement set)."""
     target = site_dir(cache, requirements)
     stamp = target / ".requirements"
@@ -61,9 +68,23 @@ def install_wheels(cache: Path, host_python: str, requirements: list[str], platf
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    command = [host_python, "-m", "pip", "install", "--quiet", "--no-warn-conflicts",
-               "--disable-pip-version-check", "--no-compile", "--target", str(staging),
-               "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
+    command = [
+        host_python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-warn-conflicts",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(staging),
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+    ]
     for platform in platforms:
         command += ["--platform", platform]
     # pip's cache stays in our folder too, so a second cold tree reuses the downloads.
@@ -83,8 +104,19 @@ def install_project(cache: Path, host_python: str, repo: Path) -> Path:
     target = cache / "project"
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    command = [host_python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-               "--disable-pip-version-check", "--target", str(staging), str(repo)]
+    command = [
+        host_python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--target",
+        str(staging),
+        str(repo),
+    ]
     env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip-cache"), "PIP_NO_INPUT": "1"}
     print("installing the project (wheel built from the checkout)")
     run_quiet(command, "pip install --target (the project)", env=env)

@@ -31,8 +31,11 @@ def _log(name: str) -> None:
 
 def _images() -> list[str]:
     spec = os.environ.get("FAKE_PICAMERA2_IMAGES", "")
-    files = sorted(glob.glob(os.path.join(spec, "**", "*.jpg"), recursive=True)) if os.path.isdir(spec) \
+    files = (
+        sorted(glob.glob(os.path.join(spec, "**", "*.jpg"), recursive=True))
+        if os.path.isdir(spec)
         else sorted(glob.glob(spec))
+    )
     if not files:
         raise RuntimeError(f"fake picamera2: FAKE_PICAMERA2_IMAGES={spec!r} holds no images")
     return files
@@ -72,10 +75,14 @@ def _to_format(rgb: np.ndarray, fmt: str) -> np.ndarray:
         i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1)
         stride = _aligned_stride(width)
         y = i420[: width * height].reshape(height, width)
-        u = i420[width * height: width * height * 5 // 4].reshape(height // 2, width // 2)
-        v = i420[width * height * 5 // 4:].reshape(height // 2, width // 2)
+        u = i420[width * height : width * height * 5 // 4].reshape(height // 2, width // 2)
+        v = i420[width * height * 5 // 4 :].reshape(height // 2, width // 2)
         pad = lambda plane, row: np.pad(plane, ((0, 0), (0, row - plane.shape[1])))  # noqa: E731
-        planes = [pad(y, stride).reshape(-1), pad(u, stride // 2).reshape(-1), pad(v, stride // 2).reshape(-1)]
+        planes = [
+            pad(y, stride).reshape(-1),
+            pad(u, stride // 2).reshape(-1),
+            pad(v, stride // 2).reshape(-1),
+        ]
         return np.concatenate(planes).reshape(height * 3 // 2, stride)
     raise RuntimeError(f"fake picamera2: format {fmt} not simulated")
 
@@ -109,7 +116,9 @@ class Picamera2:
     def __init__(self, camera_num: int = 0, tuning=None):
         _log("Picamera2")
         if camera_num != 0:
-            raise IndexError("list index out of range")  # what picamera2 raises for a missing camera
+            raise IndexError(
+                "list index out of range"
+            )  # what picamera2 raises for a missing camera
         if _failing():
             raise RuntimeError("Failed to acquire camera: Device or resource busy")
         self.camera_config: dict | None = None
@@ -118,36 +127,132 @@ class Picamera2:
         self._files = _images()
         self._last = 0.0
 
-    def _configuration(self, use_case: str, main_defaults: dict, main=None, lores=None, raw=None,
-                       transform=None, colour_space=None, buffer_count=4, controls=None,
-                       display=None, encode=None, queue=True, sensor=None) -> dict:
-        config = {"use_case": use_case, "transform": transform, "colour_space": colour_space,
-                  "buffer_count": buffer_count, "queue": queue, "display": display, "encode": encode,
-                  "sensor": sensor or {}, "controls": dict(controls or {}),
-                  "main": _stream(main_defaults, main), "raw": raw,
-                  "lores": None if lores is None else _stream({"format": "YUV420", "size": (640, 480)}, lores)}
+    def _configuration(
+        self,
+        use_case: str,
+        main_defaults: dict,
+        main=None,
+        lores=None,
+        raw=None,
+        transform=None,
+        colour_space=None,
+        buffer_count=4,
+        controls=None,
+        display=None,
+        encode=None,
+        queue=True,
+        sensor=None,
+    ) -> dict:
+        config = {
+            "use_case": use_case,
+            "transform": transform,
+            "colour_space": colour_space,
+            "buffer_count": buffer_count,
+            "queue": queue,
+            "display": display,
+            "encode": encode,
+            "sensor": sensor or {},
+            "controls": dict(controls or {}),
+            "main": _stream(main_defaults, main),
+            "raw": raw,
+            "lores": None
+            if lores is None
+            else _stream({"format": "YUV420", "size": (640, 480)}, lores),
+        }
         return config
 
-    def create_preview_configuration(self, main=None, lores=None, raw=None, transform=None,
-                                     colour_space=None, buffer_count=4, controls=None, display="main",
-                                     encode="main", queue=True, sensor=None) -> dict:
+    def create_preview_configuration(
+        self,
+        main=None,
+        lores=None,
+        raw=None,
+        transform=None,
+        colour_space=None,
+        buffer_count=4,
+        controls=None,
+        display="main",
+        encode="main",
+        queue=True,
+        sensor=None,
+    ) -> dict:
         _log("Picamera2.create_preview_configuration")
-        return self._configuration("preview", {"format": "XBGR8888", "size": (640, 480)}, main, lores, raw,
-                                   transform, colour_space, buffer_count, controls, display, encode, queue, sensor)
+        return self._configuration(
+            "preview",
+            {"format": "XBGR8888", "size": (640, 480)},
+            main,
+            lores,
+            raw,
+            transform,
+            colour_space,
+            buffer_count,
+            controls,
+            display,
+            encode,
+            queue,
+            sensor,
+        )
 
-    def create_still_configuration(self, main=None, lores=None, raw=None, transform=None,
-                                   colour_space=None, buffer_count=1, controls=None, display=None,
-                                   encode=None, queue=True, sensor=None) -> dict:
+    def create_still_configuration(
+        self,
+        main=None,
+        lores=None,
+        raw=None,
+        transform=None,
+        colour_space=None,
+        buffer_count=1,
+        controls=None,
+        display=None,
+        encode=None,
+        queue=True,
+        sensor=None,
+    ) -> dict:
         _log("Picamera2.create_still_configuration")
-        return self._configuration("still", {"format": "BGR888", "size": SENSOR_SIZE}, main, lores, raw,
-                                   transform, colour_space, buffer_count, controls, display, encode, queue, sensor)
+        return self._configuration(
+            "still",
+            {"format": "BGR888", "size": SENSOR_SIZE},
+            main,
+            lores,
+            raw,
+            transform,
+            colour_space,
+            buffer_count,
+            controls,
+            display,
+            encode,
+            queue,
+            sensor,
+        )
 
-    def create_video_configuration(self, main=None, lores=None, raw=None, transform=None,
-                                   colour_space=None, buffer_count=6, controls=None, display="main",
-                                   encode="main", queue=True, sensor=None) -> dict:
+    def create_video_configuration(
+        self,
+        main=None,
+        lores=None,
+        raw=None,
+        transform=None,
+        colour_space=None,
+        buffer_count=6,
+        controls=None,
+        display="main",
+        encode="main",
+        queue=True,
+        sensor=None,
+    ) -> dict:
         _log("Picamera2.create_video_configuration")
-        return self._configuration("video", {"format": "XBGR8888", "size": (1280, 720)}, main, lores, raw,
-                                   transform, colour_space, buffer_count, controls, display, encode, queue, sensor)
+        return self._configuration(
+            "video",
+            {"format": "XBGR8888", "size": (1280, 720)},
+            main,
+            lores,
+            raw,
+            transform,
+            colour_space,
+            buffer_count,
+            controls,
+            display,
+            encode,
+            queue,
+            sensor,
+        )
 
     def configure(self, camera_config=None) -> None:
         _log("Picamera2.configure")
@@ -159,7 +264,9 @@ class Picamera2:
         if lores is not None:
             board = os.environ.get("FAKE_PICAMERA2_BOARD", "pi4")
             if board == "pi4" and lores["format"] not in ("YUV420", "YVU420"):
-                raise RuntimeError("lores stream must be YUV on Pi 4")  # as picamera2 raises on a Pi 4
+                raise RuntimeError(
+                    "lores stream must be YUV on Pi 4"
+                )  # as picamera2 raises on a Pi 4
             main_size = camera_config["main"]["size"]
             if lores["size"][0] > main_size[0] or lores["size"][1] > main_size[1]:
                 raise RuntimeError("lores stream dimensions may not exceed main stream")
