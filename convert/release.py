@@ -196,6 +196,8 @@ def build(
     calibration_samples: int = CALIBRATION_SAMPLES,
     max_drop: float = MAX_DROP,
     echo=print,
+    coverage: float = 0.99,
+    ood_retention: float = 0.99,
 ) -> Manifest:
     """Convert, verify and publish; returns the published manifest. Raises ReleaseError."""
     run, models = Path(run), Path(models)
@@ -206,8 +208,11 @@ def build(
     from leukedge.edge_app.runtime import ModelError
     from leukedge.train.dataset import DatasetError
 
-    settings = f"--calibration-samples {calibration_samples}" + (
-        f" --max-drop {max_drop:g}" if max_drop != MAX_DROP else ""
+    settings = (
+        f"--calibration-samples {calibration_samples}"
+        + (f" --max-drop {max_drop:g}" if max_drop != MAX_DROP else "")
+        + (f" --coverage {coverage:g}" if coverage != 0.99 else "")
+        + (f" --ood-retention {ood_retention:g}" if ood_retention != 0.99 else "")
     )
     commands = [
         f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
@@ -228,6 +233,8 @@ def build(
                 calibration_samples=calibration_samples,
                 max_drop=max_drop,
                 data_dir=data_dir,
+                coverage=coverage,
+                ood_retention=ood_retention,
             ),
             echo,
         )
@@ -242,6 +249,8 @@ def build(
                     calibration_samples=calibration_samples,
                     max_drop=max_drop,
                     data_dir=data_dir,
+                    coverage=coverage,
+                    ood_retention=ood_retention,
                 ),
                 echo,
             )
@@ -298,6 +307,20 @@ def build(
     show_default=True,
     help="Refuse the release if a variant loses more accuracy points than this against Keras.",
 )
+@click.option(
+    "--coverage",
+    type=click.FloatRange(0.5, 0.999),
+    default=0.99,
+    show_default=True,
+    help="Conformal target coverage (as edge-convert).",
+)
+@click.option(
+    "--ood-retention",
+    type=click.FloatRange(0.5, 1.0),
+    default=0.99,
+    show_default=True,
+    help="Share of validation frames the OOD threshold keeps (as edge-convert).",
+)
 def main(
     run: Path,
     fast_run: Path | None,
@@ -305,6 +328,8 @@ def main(
     data_dir: Path | None,
     calibration_samples: int,
     max_drop: float,
+    coverage: float,
+    ood_retention: float,
 ) -> None:
     """Build the release folder from finished edge-train runs (int8 + fp16, and the fast model).
 
@@ -327,6 +352,8 @@ def main(
             calibration_samples,
             max_drop,
             echo=lambda m: click.echo(m, err=True),
+            coverage=coverage,
+            ood_retention=ood_retention,
         )
     except ReleaseError as error:
         raise click.ClickException(str(error)) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import TINY_TRUST_ARGS, assert_clean_error, run_cli
 from leukedge.convert.release import RELEASE_FILES, ReleaseError, publish
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.manifest import FAST_INT8, INT8, Manifest
@@ -146,7 +146,15 @@ def test_release_builds_a_verified_release_folder_and_refuses_an_unwritable_one(
     tiny_run, data_dir, tmp_path
 ):
     models = tmp_path / "models"
-    small = ("--data", data_dir, "--calibration-samples", "64", "--max-drop", "100")  # a tiny model
+    small = (
+        "--data",
+        data_dir,
+        "--calibration-samples",
+        "64",
+        "--max-drop",
+        "100",
+        *TINY_TRUST_ARGS,
+    )  # a tiny model
     run_cli(
         "python",
         "-m",
