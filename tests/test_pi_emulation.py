@@ -43,7 +43,14 @@ def arm_row(**changes) -> dict:
 
 def test_ignored_columns_may_differ_and_nothing_else_is_ignored():
     assert compare.compare_values(ROW, arm_row(), "row") == []
-    assert {"timestamp_utc", "image_path", "runtime", "app_version", "message"} == compare.IGNORED
+    assert {
+        "timestamp_utc",
+        "created_utc",
+        "image_path",
+        "runtime",
+        "app_version",
+        "message",
+    } == compare.IGNORED
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,10 @@ STORED_ROUNDING = 1e-6  # probabilities and confidence are stored rounded to 6 d
 # app_version (the emulated side runs from the source tree, without installed package
 # metadata, so it reads "unknown"), message (text derived from decision and confidence,
 # which are compared themselves).
-IGNORED = frozenset({"timestamp_utc", "image_path", "runtime", "app_version", "message"})
+# created_utc: when a sample record was first filed (the samples table of schema 2).
+IGNORED = frozenset(
+    {"timestamp_utc", "created_utc", "image_path", "runtime", "app_version", "message"}
+)
 
 
 def _is_prob(path: str) -> bool:
