@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from conftest import REPO, SHARED, assert_clean_error, run_cli
 from leukedge.benchmarks import calibration
 from leukedge.benchmarks.decisions import MAX_PROBABILITY_SCORE, DecisionRule, trust_params
 from leukedge.benchmarks.trust_eval import evaluate_arrays
-from leukedge.edge_app import metadata as tflite_metadata
-from leukedge.edge_app.trust import TRUST_FILE, ConformalRule, OodRule, TrustParams
+from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.trust import ConformalRule, OodRule, TrustParams
 
 MODELS = REPO / "models"
 EXTERNAL = SHARED / "data" / "external"
@@ -176,31 +175,12 @@ def test_evaluate_arrays_without_trust_parameters():
     assert row["ood"][0]["auroc"] == 0.0 and row["ood"][0]["answered_labels"] == {"a": 1}
 
 
-def test_trust_parameters_are_read_from_the_model_file(tmp_path):
-    assert trust_params(MODELS / "model_int8.tflite") is None  # the current release has none
-    params = small_trust()
-    model = tmp_path / "model_int8.tflite"
-    model.write_bytes(
-        tflite_metadata.append_files(
-            (MODELS / "model_int8.tflite").read_bytes(), {TRUST_FILE: params.to_json().encode()}
-        )
-    )
-    assert trust_params(model) == params
-    # It carries trust parameters but computes no OOD score: refused with the reason.
-    shutil.copy(MODELS / "labels.txt", tmp_path / "labels.txt")
-    result = run_cli(
-        "edge-bench",
-        "trust",
-        model,
-        "--allow-unverified",
-        "--data",
-        MODELS / "split.csv",
-        "--limit-per-class",
-        "2",
-        "--quiet",
-        check=False,
-    )
-    assert_clean_error(result, "no 'ood_score' output")
+def test_trust_parameters_are_read_from_the_model_file():
+    # The release carries its trust parameters in the file; the manifest lists the same ones.
+    released = trust_params(MODELS / "model_int8.tflite")
+    listed = manifests.read(MODELS / "manifest.json").variants["int8"].trust
+    assert released is not None and released == TrustParams.from_dict(listed)
+    assert released.conformal.method == "lac" and released.ood.method == "mahalanobis"
 
 
 def test_command_on_the_released_model(data_dir, tmp_path):
@@ -224,10 +204,10 @@ def test_command_on_the_released_model(data_dir, tmp_path):
     )
     report = json.loads(out.read_text())
     row = report["rows"][0]
-    assert row["n"] == 32 and row["variant"] == "int8" and not row["has_trust_params"]
+    assert row["n"] == 32 and row["variant"] == "int8" and row["has_trust_params"]
     assert (
-        row["ood_score"] == MAX_PROBABILITY_SCORE
-        and "legacy min-confidence 0.80" in row["decision_rule"]
+        row["ood_score"] != MAX_PROBABILITY_SCORE
+        and row["decision_rule"] == "conformal-lac@0.99+ood-mahalanobis"
     )
     assert 0.0 <= row["ece"] <= 1.0 and row["accuracy"] >= 0.9
     assert sum(b["n"] for b in row["reliability"]) == 32
@@ -235,7 +215,7 @@ def test_command_on_the_released_model(data_dir, tmp_path):
     assert synthetic["folder"] == "synthetic" and synthetic["n"] == 32
     assert 0.5 < synthetic["auroc"] <= 1.0
     assert (
-        "1 - max probability" in result.stdout
+        "OOD score: the model's ood_score output" in result.stdout
         and "| synthetic |" in (tmp_path / "t.md").read_text()
     )
     for name in ("reliability.png", "risk_coverage.png"):

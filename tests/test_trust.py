@@ -167,11 +167,26 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
     assert "decision rule: conformal-lac@0.9+ood-mahalanobis" in result.stderr
 
 
-def test_released_model_without_trust_runs_on_the_legacy_rule(tmp_path):
-    released = Path(__file__).resolve().parents[1] / "models" / "model_int8.tflite"
-    classifier = Classifier(released)
-    if classifier.trust is not None:
-        pytest.skip("the released model already carries trust parameters")
+def test_model_without_trust_runs_on_the_legacy_rule(tiny_run, data_dir, tmp_path):
+    # A model converted without trust parameters stands for an older release.
+    out = tmp_path / "legacy"
+    run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        out,
+        "--variants",
+        "int8",
+        "--no-trust",
+        "--calibration-samples",
+        "32",
+        "--data",
+        data_dir,
+        "--max-drop",
+        "100",
+    )
+    released = out / "model_int8.tflite"
+    assert Classifier(released).trust is None
     frames = tmp_path / "f"
     frames.mkdir()
     cv2.imwrite(str(frames / "a.png"), np.full((224, 224, 3), 128, np.uint8))
