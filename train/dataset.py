@@ -382,7 +382,15 @@ def load_pixels(
 def labelled_folder(data_dir: Path, subset: str = "original") -> list[Sample]:
     """Every image under a folder of class folders, unsplit (split='test'), for evaluation."""
     data_dir = Path(data_dir)
-    image_dir, folders = class_folders(data_dir, subset)
+    image_dir, folders, ignored = survey(data_dir, subset)
+    # Training may leave an unknown folder out (and says so); an evaluation that silently dropped
+    # a labelled folder would report figures on less than the user gave it.
+    unknown = [f"{name!r} ({why})" for name, why in ignored if why.startswith("not a known label")]
+    if unknown:
+        raise DatasetError(
+            f"{image_dir}: class folder(s) {', '.join(unknown)}: the models do not know these "
+            "labels; remove or rename them"
+        )
     samples = [
         Sample(path.relative_to(data_dir).as_posix(), "", label, "test")
         for label, folder in folders.items()
