@@ -146,7 +146,10 @@ def test_the_installed_app_runs_the_packaged_model_verified_from_a_project_folde
         / "leukedge"
         / "models"
     )
-    assert f"model_int8.tflite (int8, verified by {packaged / 'manifest.json'})" in result.stderr
+    assert (
+        f"model_int8.tflite (int8, verified by {packaged / 'manifest.json'}, trust: lac"
+        in result.stderr
+    )
     connection = sqlite3.connect(db)
     rows = connection.execute("SELECT model_variant, model_verified FROM results").fetchall()
     connection.close()

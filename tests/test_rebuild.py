@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_error
+from conftest import REPO, assert_clean_error, run_cli
 from leukedge.train.dataset import load_pixels, read_split
 
 SCRIPT = REPO / "scripts" / "rebuild_keras_from_tflite.py"
@@ -25,12 +25,28 @@ def rebuild(*args, check=True) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_rebuilt_model_computes_what_the_int8_model_computes(
-    tiny_run, converted_dir, data_dir, tmp_path
-):
+def test_rebuilt_model_computes_what_the_int8_model_computes(tiny_run, data_dir, tmp_path):
     import keras
 
     from leukedge.train.model import batch_norm_fold
+
+    # The rebuild reads the plain classifier graph: a conversion without the trust outputs.
+    converted_dir = tmp_path / "plain"
+    run_cli(
+        "edge-convert",
+        tiny_run,
+        "--out",
+        converted_dir,
+        "--variants",
+        "int8",
+        "--no-trust",
+        "--calibration-samples",
+        "64",
+        "--data",
+        data_dir,
+        "--max-drop",
+        "100",
+    )
 
     out = tmp_path / "rebuilt"
     rebuild(
