@@ -444,7 +444,8 @@ def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
         timeout=300,
     )
     report = json.loads(out.read_text())
-    assert report["legacy_frame_rule"] is True and "legacy per-frame rule" in result.stdout
+    # The released model carries trust parameters: frames are decided by its own rule.
+    assert report["legacy_frame_rule"] is False and "legacy per-frame rule" not in result.stdout
     rows = {(row["kind"], row["k"]): row for row in report["rows"]}
     assert set(rows) == {
         (kind, k) for kind in ("clean", "contaminated", "foreign") for k in (1, 3, 5)
