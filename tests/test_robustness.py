@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_cli
 from leukedge.benchmarks.shifts import SEVERITIES, SHIFTS, parse_severities, parse_shifts
-from leukedge.edge_app.imaging import load_rgb
+from leukedge.edge_app.decision import LABEL, DecisionRule, decide
+from leukedge.edge_app.imaging import load_rgb, prepare
 
 # One real image per class, at the dataset's size, and one larger non-square frame (a camera).
 CLASS_IMAGES = (
@@ -208,23 +209,25 @@ def test_command_end_to_end_matches_a_direct_computation(converted_dir, data_dir
         clean = rows[(model["variant"], "clean", 0)]
         assert clean["accuracy"] == pytest.approx(float(np.mean(correct)))
         assert clean["n"] == len(expected)
-        # What the app would do with the clean frames: the tiny model has no trust parameters, so
-        # the legacy rule (top probability >= 0.80, quality gate passed) decides.
-        assert (
-            model["decision_rule"]
-            == clean["decision_rule"]
-            == "legacy min-confidence 0.80 (model has no trust parameters)"
-        )
+        # What the app would do with the clean frames: the quality gate, then the model's own
+        # decision rule (its trust parameters: OOD score, then the conformal set).
+        rule = DecisionRule.for_model(classifier.trust)
+        assert model["decision_rule"] == clean["decision_rule"] == rule.text
         outcomes = []
         for i in report["images"]:
             image = images[i["path"]]
-            p = classifier.classify(image)
-            answered = assess(image).ok and p.max() >= 0.80
+            if not assess(image).ok:
+                outcomes.append("referred")
+                continue
+            p, score = classifier.invoke_outputs(
+                classifier.to_input(prepare(image, classifier.image_size))
+            )
+            decision = decide(p, classifier.labels, rule, score)
             outcomes.append(
                 "referred"
-                if not answered
+                if decision.kind != LABEL
                 else "right"
-                if classifier.labels[int(p.argmax())] == i["label"]
+                if decision.label == i["label"]
                 else "wrong"
             )
         assert clean["answered_right"] == pytest.approx(outcomes.count("right") / len(outcomes))
