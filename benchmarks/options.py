@@ -16,6 +16,11 @@ from typing import Any
 
 import click
 
+from leukedge.benchmarks.evaluation import EvalSet, resolve_eval_set
+from leukedge.edge_app.runtime import default_model_path
+from leukedge.models import release_dir
+from leukedge.train.dataset import DatasetError
+
 # What click.option and click.argument return: applied to a command function, it adds the option.
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -166,3 +171,32 @@ def output_option(
         callback=_folder_must_exist if check_folder else None,
         help=help,
     )
+
+
+# --- the released model and its split --------------------------------------------------------
+
+
+def released_model(model: Path | None) -> Path:
+    """`model`, else the released int8 model; a one-line click error when there is none."""
+    model = model or default_model_path()
+    if model is None:
+        raise click.ClickException("no --model given and no released model: pass --model")
+    return Path(model)
+
+
+def released_eval_set(
+    data: Path | None,
+    data_root: Path | None,
+    split: str = "test",
+    limit_per_class: int | None = None,
+) -> EvalSet:
+    """The `split` rows of `data`, else of the released split.csv; DatasetError as a click error."""
+    try:
+        return resolve_eval_set(
+            data or release_dir() / "split.csv",
+            split=split,
+            data_root=data_root,
+            limit_per_class=limit_per_class,
+        )
+    except DatasetError as error:
+        raise click.ClickException(str(error)) from None
