@@ -11,6 +11,7 @@ import click
 from leukedge.benchmarks.app import AppBenchSettings, bench_model, soak, table, verdicts
 from leukedge.benchmarks.environment import describe_environment
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import models_argument, output_option, threads_option
 from leukedge.benchmarks.schema import APP_PATHS
 from leukedge.edge_app.runtime import ModelError
 from leukedge.edge_app.sources import SourceError
@@ -40,15 +41,8 @@ def _paths_option(ctx, param, value: str) -> tuple[str, ...]:
     return chosen
 
 
-def _writable(path: Path | None, option: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(
-            f"folder {path.parent} does not exist: create it first", param_hint=option
-        )
-
-
 @click.command("app")
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
+@models_argument()
 @click.option(
     "--images",
     default=None,
@@ -93,27 +87,12 @@ def _writable(path: Path | None, option: str) -> None:
     help="Also run the real app loop over this many frames of the first model (e.g. 5000) "
     "and report RSS at start and end.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Interpreter threads. Default: the app's, min(4, cores).",
-)
+@threads_option("Interpreter threads. Default: the app's, min(4, cores).", max_threads=64)
 @click.option(
     "--allow-unverified", is_flag=True, help="Bench models that do not match their manifest.json."
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write every figure as JSON.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the table as Markdown.",
-)
+@output_option("--json", "json_path", "Write every figure as JSON.")
+@output_option("--markdown", "markdown_path", "Write the table as Markdown.")
 def app_command(
     models: tuple[Path, ...],
     images: str | None,
@@ -141,8 +120,6 @@ def app_command(
       edge-bench app models/model_int8.tflite --images slides/ --paths camera --threads 2
       edge-bench app models/model_int8.tflite --frames 100 --repeats 1 --soak 5000
     """
-    _writable(json_path, "--json")
-    _writable(markdown_path, "--markdown")
     images = images or _default_images()
     try:
         entries = discover_models(models)

@@ -15,7 +15,15 @@ from tqdm import tqdm
 from leukedge.benchmarks import report
 from leukedge.benchmarks.evaluation import resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
-from leukedge.benchmarks.options import ThreadCounts, default_threads
+from leukedge.benchmarks.options import (
+    data_option,
+    data_root_option,
+    limit_per_class_option,
+    models_argument,
+    output_option,
+    split_option,
+    thread_counts_option,
+)
 from leukedge.benchmarks.runner import BenchSettings, run_benchmark
 from leukedge.edge_app.clitools import DefaultCommandGroup
 from leukedge.edge_app.runtime import ModelError
@@ -24,17 +32,6 @@ from leukedge.train.dataset import DatasetError
 EXIT_ROWS_FAILED = 1
 EXIT_BELOW_MIN_ACCURACY = 3
 EXIT_INTERRUPTED = 130
-
-
-def _check_writable(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise click.BadParameter(f"{path} is a folder: give a file name", param_hint=option)
-    if not path.parent.is_dir():
-        raise click.BadParameter(
-            f"folder {path.parent} does not exist: create it first", param_hint=option
-        )
 
 
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,38 +54,15 @@ def main() -> None:
 
 
 @main.command("run")
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    help="Labelled images: a dataset folder (class folders) or a split.csv. "
-    "Default: the test split of the split.csv beside the models.",
+@models_argument()
+@data_option(
+    "Labelled images: a dataset folder (class folders) or a split.csv. "
+    "Default: the test split of the split.csv beside the models."
 )
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    help="Dataset root that split.csv paths are relative to. Default: manifest data_dir, "
-    "else $LEUKEDGE_DATA / ../shared/data/all-leukemia.",
-)
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["train", "val", "test"]),
-    help="Which rows of a split.csv to score on.",
-)
-@click.option(
-    "--limit-per-class",
-    type=click.IntRange(min=1),
-    help="Score on the first N images per class only.",
-)
-@click.option(
-    "--threads",
-    type=ThreadCounts(),
-    default=default_threads(),
-    show_default=True,
-    help="Interpreter thread counts, one row each.",
-)
+@data_root_option(manifest_default=True)
+@split_option("Which rows of a split.csv to score on.")
+@limit_per_class_option("Score on the first N images per class only.")
+@thread_counts_option("Interpreter thread counts, one row each.")
 @click.option(
     "--runs",
     type=click.IntRange(min=1),
@@ -113,21 +87,11 @@ def main() -> None:
     type=click.FloatRange(0, 1),
     help="Exit 3 if any row's top-1 accuracy is below this fraction (e.g. 0.99), or a row failed.",
 )
-@click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), help="Write every figure as JSON."
-)
-@click.option(
-    "--csv", "csv_path", type=click.Path(path_type=Path), help="Write one CSV line per row."
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path),
-    help="Write the table as Markdown.",
-)
-@click.option(
-    "--plot", "plot_path", type=click.Path(path_type=Path), help="Write accuracy vs latency as PNG."
-)
+# dir_okay: the check words a folder as "is a folder: give a file name" (click: "is a directory")
+@output_option("--json", "json_path", "Write every figure as JSON.", dir_okay=True)
+@output_option("--csv", "csv_path", "Write one CSV line per row.", dir_okay=True)
+@output_option("--markdown", "markdown_path", "Write the table as Markdown.", dir_okay=True)
+@output_option("--plot", "plot_path", "Write accuracy vs latency as PNG.", dir_okay=True)
 @click.option(
     "--allow-unverified",
     is_flag=True,
@@ -159,13 +123,6 @@ def run_command(
     edge-bench runs/default_converted --json bench.json --csv bench.csv --markdown bench.md --plot bench.png
     edge-bench models/model_int8.tflite --data ../shared/data/all-leukemia --limit-per-class 20
     """
-    for path, option in (
-        (json_path, "--json"),
-        (csv_path, "--csv"),
-        (markdown_path, "--markdown"),
-        (plot_path, "--plot"),
-    ):
-        _check_writable(path, option)
     try:
         entries = discover_models(models)
         eval_set = resolve_eval_set(data, entries, data_root, split, limit_per_class)

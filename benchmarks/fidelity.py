@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
-from leukedge.benchmarks.options import ThreadCounts, default_threads
+from leukedge.benchmarks.options import models_argument, output_option, thread_counts_option
 from leukedge.benchmarks.runner import BenchSettings, run_worker
 
 LITERT_TOOL = "ai_edge_litert.tools.benchmark_litert_model"
@@ -76,14 +76,14 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
 
 
 @click.command("fidelity")
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
+@models_argument()
 @click.option(
     "--variants",
     default="int8,fp32",
     show_default=True,
     help="Which variants of an edge-convert folder to compare (comma-separated).",
 )
-@click.option("--threads", type=ThreadCounts(), default=default_threads(), show_default=True)
+@thread_counts_option()
 @click.option(
     "--runs",
     type=click.IntRange(min=2),
@@ -106,8 +106,9 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
     show_default=True,
     help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.",
 )
-@click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), help="Write the comparison as JSON."
+# No folder check at parse time: the command never had one (behaviour kept as it was).
+@output_option(
+    "--json", "json_path", "Write the comparison as JSON.", dir_okay=True, check_folder=False
 )
 def fidelity_command(
     models: tuple[Path, ...],

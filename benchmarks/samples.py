@@ -25,7 +25,17 @@ import click
 import cv2
 import numpy as np
 
-from leukedge.benchmarks.evaluation import data_root_for, resolve_eval_set
+from leukedge.benchmarks.evaluation import data_root_for
+from leukedge.benchmarks.options import (
+    data_option,
+    data_root_option,
+    limit_per_class_option,
+    model_option,
+    output_option,
+    released_eval_set,
+    released_model,
+    split_option,
+)
 from leukedge.edge_app.samples import DEFAULT_RULE, LABEL, UNKNOWN, SampleRule
 
 KS = (1, 3, 5, 10)
@@ -274,37 +284,14 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
 
 
 @click.command("samples", epilog=EXAMPLES)
-@click.option(
-    "--model",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="The .tflite model. Default: the released int8 model.",
+@model_option("The .tflite model. Default: the released int8 model.")
+@data_option(
+    "split.csv (its --split rows) or a folder of class folders. Default: models/split.csv.",
+    exists=True,
 )
-@click.option(
-    "--data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="split.csv (its --split rows) or a folder of class folders. Default: models/split.csv.",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where split.csv paths are resolved. Default: $LEUKEDGE_DATA / ../shared/data/all-leukemia.",
-)
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["train", "val", "test"]),
-    help="Which split's images form the samples (tune on val, report on test).",
-)
-@click.option(
-    "--limit-per-class",
-    type=click.IntRange(1),
-    default=None,
-    help="Only the first N images per class of the split (quick checks).",
-)
+@data_root_option(manifest_default=False)
+@split_option("Which split's images form the samples (tune on val, report on test).")
+@limit_per_class_option("Only the first N images per class of the split (quick checks).")
 @click.option(
     "--external",
     type=click.Path(path_type=Path),
@@ -349,11 +336,10 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
     help="Per-frame rule override (default: the app's default / the model's trust rule).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option(
-    "--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path), default=None
-)
-@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+# No folder check at parse time: the command never had one (behaviour kept as it was).
+@output_option("--json", "json_out", check_folder=False)
+@output_option("--markdown", "markdown_out", check_folder=False)
+@output_option("--plot", "plot_out", check_folder=False)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def samples_command(
     model,
@@ -379,26 +365,14 @@ def samples_command(
     Prints a table per kind of sample (clean, contaminated, foreign) and k, and whether k = 5
     meets the goal: >= 99.9% of answered samples right, <= 5% referred.
     """
-    from leukedge.edge_app.runtime import ModelError, default_model_path
-    from leukedge.models import release_dir
-    from leukedge.train.dataset import DatasetError
+    from leukedge.edge_app.runtime import ModelError
 
     if unfit_rate + foreign_rate > 1:
         raise click.BadParameter(
             "--unfit-rate + --foreign-rate must be <= 1", param_hint="--foreign-rate"
         )
-    model = model or default_model_path()
-    if model is None:
-        raise click.ClickException("no --model given and no released model: pass --model")
-    try:
-        eval_set = resolve_eval_set(
-            data or release_dir() / "split.csv",
-            split=split,
-            data_root=data_root,
-            limit_per_class=limit_per_class,
-        )
-    except DatasetError as error:
-        raise click.ClickException(str(error)) from None
+    model = released_model(model)
+    eval_set = released_eval_set(data, data_root, split, limit_per_class)
     external = external or data_root_for(None, data_root).parent / "external"
     if not external.is_dir():
         raise click.ClickException(f"--external {external}: no such folder of foreign frames")
@@ -406,7 +380,7 @@ def samples_command(
     if not foreign:
         raise click.ClickException(f"--external {external}: holds no images")
     try:
-        pool = classify_frames(Path(model), eval_set, foreign, min_confidence, progress=not quiet)
+        pool = classify_frames(model, eval_set, foreign, min_confidence, progress=not quiet)
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     if min(len(rows) for rows in pool.clean.values()) < max(ks):

@@ -12,6 +12,15 @@ from tqdm import tqdm
 from leukedge.benchmarks.environment import describe_environment
 from leukedge.benchmarks.evaluation import LabelMismatchError, resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import (
+    data_option,
+    data_root_option,
+    limit_per_class_option,
+    models_argument,
+    output_option,
+    split_option,
+    threads_option,
+)
 from leukedge.benchmarks.trust_eval import (
     TrustBenchError,
     evaluate_model,
@@ -25,36 +34,15 @@ from leukedge.edge_app.trust import TrustError
 from leukedge.train.dataset import DatasetError
 
 
-def _writable(path: Path | None, option: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(
-            f"folder {path.parent} does not exist: create it first", param_hint=option
-        )
-
-
 @click.command("trust")
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    help="Labelled in-distribution images: a split.csv (its --split rows) or a folder of class "
-    "folders. Default: the test split of the split.csv beside the models.",
+@models_argument()
+@data_option(
+    "Labelled in-distribution images: a split.csv (its --split rows) or a folder of class "
+    "folders. Default: the test split of the split.csv beside the models."
 )
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the dataset.",
-)
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["train", "val", "test"]),
-    help="Which rows of a split.csv.",
-)
-@click.option(
-    "--limit-per-class", type=click.IntRange(min=1), help="At most N labelled images per class."
-)
+@data_root_option(manifest_default=True)
+@split_option("Which rows of a split.csv.")
+@limit_per_class_option("At most N labelled images per class.")
 @click.option(
     "--ood",
     "ood_folders",
@@ -62,19 +50,9 @@ def _writable(path: Path | None, option: str) -> None:
     type=click.Path(path_type=Path),
     help="A folder of images the model was not trained on (recursive). Repeatable.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write every figure as JSON.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the tables as Markdown.",
-)
+@threads_option("Interpreter threads. Default: min(4, cores).")
+@output_option("--json", "json_path", "Write every figure as JSON.")
+@output_option("--markdown", "markdown_path", "Write the tables as Markdown.")
 @click.option(
     "--plots",
     "plots_dir",
@@ -117,8 +95,6 @@ def trust_command(
           --ood ../shared/data/external/synthetic --json trust.json --plots trust-plots
       edge-bench trust runs/conv --data runs/conv/split.csv --split val --markdown trust.md
     """
-    _writable(json_path, "--json")
-    _writable(markdown_path, "--markdown")
     try:
         folders = [read_ood_folder(folder) for folder in ood_folders]
         entries = discover_models(models)

@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from leukedge.benchmarks.measure import rss_mb as rss_mib
+from leukedge.benchmarks.options import model_option, output_option, threads_option
 from leukedge.edge_app.app import App, FrameProcessor
 from leukedge.edge_app.budget import MB, SaveSettings, check_budget_options, open_saver
 from leukedge.edge_app.runtime import Classifier, ModelError, default_model_path
@@ -199,12 +200,8 @@ def markdown(result: dict) -> str:
 
 
 @click.command("unattended")
-@click.option(
-    "--model",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The .tflite model. Default: the released int8 model.",
-)
+# exists=False: a missing file is reported by the model loader, as it always was here.
+@model_option("The .tflite model. Default: the released int8 model.", exists=False)
 @click.option(
     "--images",
     default=None,
@@ -245,20 +242,15 @@ def markdown(result: dict) -> str:
 @click.option(
     "--keep-days", type=float, default=None, help="Age limit for saved images (simulated days)."
 )
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads.")
+@threads_option("Interpreter threads. Default: the app's, min(4, cores).", max_threads=64)
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Where the database and images go (default: a temporary folder, removed after).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write every figure as JSON.",
-)
+# No folder check at parse time: the command never had one (behaviour kept as it was).
+@output_option("--json", "json_path", "Also write every figure as JSON.", check_folder=False)
 def unattended_command(
     model,
     images,

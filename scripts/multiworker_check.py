@@ -32,6 +32,8 @@ SHARED = ROOT.parent / "shared"
 # Float sums in another order (two partial gradient sums instead of one) move the loss in the
 # 7th decimal over a few dozen steps (1.8e-7 measured); anything beyond 1e-4 is a real difference.
 TOLERANCE = 1e-4
+# TINY, free_ports and tf_config are also imported by tests/test_train_distributed.py, so that
+# the script and the tests train the same tiny model on the same kind of local cluster.
 TINY = (
     "--alpha",
     "0.35",

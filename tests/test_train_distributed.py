@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,51 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, WEIGHTS_DIR, assert_clean_error, run_cli
+from conftest import BIN, REPO, WEIGHTS_DIR, assert_clean_error, run_cli
 from leukedge.train.cluster import ClusterError, parse_tf_config
 
+sys.path.insert(0, str(REPO / "scripts"))
+
+# The tiny model and the local cluster of scripts/multiworker-check, so that the two checks of
+# multi-worker training train the same thing the same way.
+from multiworker_check import TINY as TINY_MODEL  # noqa: E402
+from multiworker_check import free_ports, tf_config  # noqa: E402
+
 WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-TINY = (
-    "--alpha",
-    "0.35",
-    "--image-size",
-    "96",
-    "--limit-per-class",
-    "12",
-    "--epochs",
-    "2",
-    "--fine-tune-epochs",
-    "1",
-    "--int8-refit-epochs",
-    "1",
-    "--batch-size",
-    "8",
-    "--dropout",
-    "0",
-    "--seed",
-    "3",
-    "--weights",
-    str(WEIGHTS),
-)
-
-
-def worker_config(ports: list[int], index: int) -> str:
-    return json.dumps(
-        {
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index},
-        }
-    )
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+TINY = (*TINY_MODEL, "--weights", str(WEIGHTS))
 
 
 def test_tf_config_is_checked_before_anything_runs():
@@ -79,9 +45,9 @@ def test_tf_config_is_checked_before_anything_runs():
         parse_tf_config(
             '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}'
         )
-    role = parse_tf_config(worker_config([1, 2], 1))
+    role = parse_tf_config(tf_config([1, 2], 1))
     assert (role.workers, role.index, role.is_chief) == (2, 1, False)
-    assert parse_tf_config(worker_config([1, 2], 0)).is_chief
+    assert parse_tf_config(tf_config([1, 2], 0)).is_chief
     with_chief = parse_tf_config(
         '{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}'
     )
@@ -187,7 +153,7 @@ def test_a_worker_killed_mid_run_stops_the_other_cleanly(tmp_path, data_dir):
                 "multiworker",
                 *slow,
             ],
-            env={**os.environ, "TF_CONFIG": worker_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={**os.environ, "TF_CONFIG": tf_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,6 +9,13 @@ import click
 
 from leukedge.benchmarks.evaluation import load_rgb_images, resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import (
+    data_option,
+    data_root_option,
+    models_argument,
+    output_option,
+    threads_option,
+)
 from leukedge.benchmarks.robustness.evaluation import evaluate, load_models
 from leukedge.benchmarks.robustness.plots import montage, plot
 from leukedge.benchmarks.robustness.report import markdown, to_json, write_csv
@@ -31,11 +38,6 @@ def _severities_option(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(str(error)) from None
 
 
-def _writable(path: Path | None, option: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
-
-
 EXAMPLES = """
 \b
 Examples:
@@ -49,20 +51,12 @@ Shifts (severity 1 = mild .. 5 = severe):
 
 
 @click.command("robustness", epilog=EXAMPLES)
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Dataset folder of class folders, or a split.csv (its test rows). "
-    "Default: the test rows of the split.csv beside the model(s).",
+@models_argument()
+@data_option(
+    "Dataset folder of class folders, or a split.csv (its test rows). "
+    "Default: the test rows of the split.csv beside the model(s)."
 )
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where split.csv paths are resolved. Default: the manifest's data_dir, else the shared dataset.",
-)
+@data_root_option(manifest_default=True)
 @click.option(
     "--shifts",
     "shift_names",
@@ -85,41 +79,19 @@ Shifts (severity 1 = mild .. 5 = severe):
     help="At most N images per class (quick runs). Default: every image.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random shifts.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Interpreter threads. Default: min(4, cores).",
-)
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write results as JSON.",
-)
-@click.option(
-    "--csv",
-    "csv_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write one row per variant x shift x severity.",
-)
-@click.option(
-    "--markdown",
-    "markdown_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the tables as Markdown.",
-)
-@click.option(
+@threads_option("Interpreter threads. Default: min(4, cores).")
+@output_option("--json", "json_out", "Write results as JSON.")
+@output_option("--csv", "csv_out", "Write one row per variant x shift x severity.")
+@output_option("--markdown", "markdown_out", "Write the tables as Markdown.")
+@output_option(
     "--plot",
     "plot_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write a PNG grid: accuracy and answered-wrong against severity, one panel per shift.",
+    "Write a PNG grid: accuracy and answered-wrong against severity, one panel per shift.",
 )
-@click.option(
+@output_option(
     "--montage",
     "montage_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write a PNG (or .jpg) of the first test image under every shift and severity.",
+    "Write a PNG (or .jpg) of the first test image under every shift and severity.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def robustness_command(
@@ -147,14 +119,6 @@ def robustness_command(
     MODELS are .tflite files or edge-convert folders (default: models/model_int8.tflite).
     Ctrl-C stops early and still reports the conditions already finished.
     """
-    for path, option in (
-        (json_out, "--json"),
-        (csv_out, "--csv"),
-        (markdown_out, "--markdown"),
-        (plot_out, "--plot"),
-        (montage_out, "--montage"),
-    ):
-        _writable(path, option)
     if plot_out is not None and plot_out.suffix.lower() != ".png":
         raise click.BadParameter(f"{plot_out} should end in .png", param_hint="--plot")
     if montage_out is not None and montage_out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
