@@ -106,10 +106,7 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
     show_default=True,
     help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.",
 )
-# No folder check at parse time: the command never had one (behaviour kept as it was).
-@output_option(
-    "--json", "json_path", "Write the comparison as JSON.", dir_okay=True, check_folder=False
-)
+@output_option("--json", "json_path", "Write the comparison as JSON.", dir_okay=True)
 def fidelity_command(
     models: tuple[Path, ...],
     variants: str,

@@ -155,11 +155,10 @@ def output_option(
     help: str | None = None,
     *,
     dir_okay: bool = False,
-    check_folder: bool = True,
 ) -> Decorator:
     """An output file option (--json, --csv, --markdown, --plot, ...) stored as `dest`.
 
-    `check_folder` refuses at parse time a folder name or a file in a missing folder, so a long
+    It refuses at parse time a folder name or a file in a missing folder, so a long
     run does not end in a traceback. `dir_okay=True` lets that check, rather than click, word the
     error for an existing folder ("is a folder: give a file name").
     """
@@ -168,7 +167,7 @@ def output_option(
         dest,
         type=click.Path(dir_okay=dir_okay, path_type=Path),
         default=None,
-        callback=_folder_must_exist if check_folder else None,
+        callback=_folder_must_exist,
         help=help,
     )
 

@@ -264,8 +264,7 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port."
 )
-# No folder check at parse time: the command never had one (behaviour kept as it was).
-@output_option("--json", "json_out", check_folder=False)
+@output_option("--json", "json_out")
 def review_server_command(
     model, data, data_root, samples, frames_per_sample, requests, run_frames, port, json_out
 ) -> None:

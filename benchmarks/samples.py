@@ -336,10 +336,9 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
     help="Per-frame rule override (default: the app's default / the model's trust rule).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-# No folder check at parse time: the command never had one (behaviour kept as it was).
-@output_option("--json", "json_out", check_folder=False)
-@output_option("--markdown", "markdown_out", check_folder=False)
-@output_option("--plot", "plot_out", check_folder=False)
+@output_option("--json", "json_out")
+@output_option("--markdown", "markdown_out")
+@output_option("--plot", "plot_out")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def samples_command(
     model,

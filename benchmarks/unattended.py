@@ -249,8 +249,7 @@ def markdown(result: dict) -> str:
     default=None,
     help="Where the database and images go (default: a temporary folder, removed after).",
 )
-# No folder check at parse time: the command never had one (behaviour kept as it was).
-@output_option("--json", "json_path", "Also write every figure as JSON.", check_folder=False)
+@output_option("--json", "json_path", "Also write every figure as JSON.")
 def unattended_command(
     model,
     images,
