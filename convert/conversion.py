@@ -19,7 +19,7 @@ from tqdm import tqdm
 from leukedge.convert import report
 from leukedge.convert.metadata import with_metadata
 from leukedge.convert.per_tensor import compact_kernels
-from leukedge.convert.trust_fit import FitError
+from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION, FitError
 from leukedge.convert.variants import (
     DESCRIPTIONS,
     VARIANTS,
@@ -71,8 +71,8 @@ class ConvertConfig:
     overwrite: bool = False
     verify: bool = True
     trust: bool = True  # fit and embed the trust parameters (temperature, conformal, OOD)
-    coverage: float = 0.99  # conformal target coverage
-    ood_retention: float = 0.99  # share of validation frames the OOD threshold keeps
+    coverage: float = DEFAULT_COVERAGE  # conformal target coverage
+    ood_retention: float = DEFAULT_OOD_RETENTION  # share of val frames the OOD threshold keeps
     ood_dims: int | None = None  # whitened Mahalanobis dimensions; None: trust_fit.auto_dims
     ood_cap: float = 4.0  # int8 OOD branch saturates at this multiple of the float threshold
     notes: dict = field(default_factory=dict)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.manifest import (
     FAST_INT8,
@@ -196,8 +197,8 @@ def build(
     calibration_samples: int = CALIBRATION_SAMPLES,
     max_drop: float = MAX_DROP,
     echo=print,
-    coverage: float = 0.99,
-    ood_retention: float = 0.99,
+    coverage: float = DEFAULT_COVERAGE,
+    ood_retention: float = DEFAULT_OOD_RETENTION,
 ) -> Manifest:
     """Convert, verify and publish; returns the published manifest. Raises ReleaseError."""
     run, models = Path(run), Path(models)
@@ -211,8 +212,8 @@ def build(
     settings = (
         f"--calibration-samples {calibration_samples}"
         + (f" --max-drop {max_drop:g}" if max_drop != MAX_DROP else "")
-        + (f" --coverage {coverage:g}" if coverage != 0.99 else "")
-        + (f" --ood-retention {ood_retention:g}" if ood_retention != 0.99 else "")
+        + (f" --coverage {coverage:g}" if coverage != DEFAULT_COVERAGE else "")
+        + (f" --ood-retention {ood_retention:g}" if ood_retention != DEFAULT_OOD_RETENTION else "")
     )
     commands = [
         f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
@@ -310,14 +311,14 @@ def build(
 @click.option(
     "--coverage",
     type=click.FloatRange(0.5, 0.999),
-    default=0.99,
+    default=DEFAULT_COVERAGE,
     show_default=True,
     help="Conformal target coverage (as edge-convert).",
 )
 @click.option(
     "--ood-retention",
-    type=click.FloatRange(0.5, 1.0),
-    default=0.99,
+    type=click.FloatRange(0.5, 0.999),
+    default=DEFAULT_OOD_RETENTION,
     show_default=True,
     help="Share of validation frames the OOD threshold keeps (as edge-convert).",
 )

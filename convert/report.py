@@ -96,7 +96,7 @@ def conversion_report(manifest: Manifest) -> str:
 Temperature {fit["temperature"]:.4g} fit on the val split (NLL {fit["val_nll_before"]:.4f} -> {fit["val_nll_after"]:.4f},
 ECE {fit["val_ece_before"]:.2%} -> {fit["val_ece_after"]:.2%}). OOD score: {fit["ood_method"]} on the
 {first["ood"]["feature"]}, statistics from {fit["n_train"]} train images (Ledoit-Wolf shrinkage
-{fit["ledoit_wolf_shrinkage"]:.3f}), threshold keeping {first["ood"]["retention"]:.0%} of the {fit["n_val"]} val images.
+{fit["ledoit_wolf_shrinkage"]:.3f}), threshold keeping {first["ood"]["retention"]:.1%} of the {fit["n_val"]} val images.
 Conformal: LAC at target coverage {first["conformal"]["target_coverage"]:g} on the val split. Each variant's
 thresholds come from its own outputs on the val split; test-split figures of each rule:
 

@@ -14,6 +14,7 @@ from leukedge.benchmarks.options import (
     data_root_option,
     models_argument,
     output_option,
+    split_option,
     threads_option,
 )
 from leukedge.benchmarks.robustness.evaluation import evaluate, load_models
@@ -45,6 +46,7 @@ Examples:
   edge-bench robustness runs/convert_out --markdown robustness.md --plot robustness.png
   edge-bench robustness runs/convert_out --shifts defocus,jpeg --severities 1,3,5 --json r.json
   edge-bench robustness model_int8.tflite --data ../shared/data/all-leukemia/Original --limit 10
+  edge-bench robustness models/model_int8.tflite --split val --json val.json   # for choosing
 \b
 Shifts (severity 1 = mild .. 5 = severe):
 """ + "\n".join(f"  {s.name:15} {s.description}" for s in SHIFTS.values())
@@ -53,10 +55,14 @@ Shifts (severity 1 = mild .. 5 = severe):
 @click.command("robustness", epilog=EXAMPLES)
 @models_argument()
 @data_option(
-    "Dataset folder of class folders, or a split.csv (its test rows). "
-    "Default: the test rows of the split.csv beside the model(s)."
+    "Dataset folder of class folders, or a split.csv (its --split rows). "
+    "Default: the split.csv beside the model(s)."
 )
 @data_root_option(manifest_default=True)
+@split_option(
+    "Which rows of a split.csv: choose settings on val (as the released OOD retention was), "
+    "report on test."
+)
 @click.option(
     "--shifts",
     "shift_names",
@@ -98,6 +104,7 @@ def robustness_command(
     models: tuple[Path, ...],
     data: Path | None,
     data_root: Path | None,
+    split: str,
     shift_names: tuple[str, ...],
     severities: tuple[int, ...],
     limit: int | None,
@@ -128,7 +135,9 @@ def robustness_command(
     settings = RobustnessSettings(shift_names, severities, seed, threads, limit)
     try:
         entries = discover_models(models)
-        eval_set = resolve_eval_set(data, entries, data_root=data_root, limit_per_class=limit)
+        eval_set = resolve_eval_set(
+            data, entries, data_root=data_root, split=split, limit_per_class=limit
+        )
         images = load_rgb_images(eval_set)
     except (ModelDiscoveryError, DatasetError) as error:
         raise click.ClickException(str(error)) from None

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Choose the OOD retention on the VALIDATION split under the robustness shifts.
+
+    python scripts/choose_ood_retention.py models/model_int8.tflite
+    python scripts/choose_ood_retention.py runs/default/tflite/model_int8.tflite \\
+        --retentions 0.99,0.97,0.95,0.945,0.94 --json retention.json
+
+For every shift and severity of `edge-bench robustness` (and the clean images) it runs the model
+once on the val images, then, for each candidate retention, sets the OOD threshold as
+edge-convert would (the finite-sample quantile of the model's own clean val scores) and applies
+the model's own conformal rule and the app's quality gate. It prints, per retention, the share
+of clean frames answered and the worst answered-wrong share over all conditions, and names the
+largest retention at which no condition answers more than --max-wrong of its frames wrongly.
+Only the val split is read: the test split stays for reporting. Convert with the chosen value
+(`edge-convert --ood-retention R`); the released default came from this script.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from leukedge.benchmarks.evaluation import load_rgb_images, resolve_eval_set
+from leukedge.benchmarks.models import discover_models
+from leukedge.benchmarks.robustness.evaluation import gate_reason, load_models, outcome_fractions
+from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions, image_seed
+from leukedge.convert.trust_fit import conformal_quantile
+from leukedge.edge_app.imaging import prepare
+
+
+def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Probabilities, OOD scores and gate rejects of every condition, computed once."""
+    outputs = {}
+    todo = conditions(RobustnessSettings())
+    for condition in tqdm(todo, desc="conditions", unit="condition"):
+        probabilities, scores, rejected = [], [], []
+        for sample, image in zip(eval_set.samples, images, strict=True):
+            shifted = (
+                image
+                if condition.shift is None
+                else condition.shift.apply(
+                    image, condition.severity, image_seed(0, condition.name, sample.path)
+                )
+            )
+            rejected.append(gate_reason(shifted) is not None)
+            p, ood = model.outputs.run(prepare(shifted, model.classifier.image_size))
+            probabilities.append(p)
+            scores.append(ood)
+        key = f"{condition.name} {condition.severity}" if condition.shift else "clean"
+        outputs[key] = (np.array(probabilities), np.array(scores), np.array(rejected))
+    return outputs
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option(
+    "--retentions",
+    default="0.99,0.98,0.97,0.96,0.955,0.95,0.945,0.94,0.93,0.92,0.90",
+    show_default=True,
+    help="Comma-separated candidate retentions.",
+)
+@click.option("--max-wrong", default=0.03, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False))
+def main(model: Path, split: str, retentions: str, max_wrong: float, json_out: Path | None):
+    """Print the retention table and the chosen retention (see the module docstring)."""
+    try:
+        candidates = sorted({float(r) for r in retentions.split(",")}, reverse=True)
+    except ValueError:
+        raise click.BadParameter(
+            f"{retentions!r}: give numbers like 0.97,0.95", param_hint="--retentions"
+        ) from None
+    entries = discover_models([model])
+    eval_set = resolve_eval_set(None, entries, split=split)
+    (loaded,) = load_models(entries, eval_set, threads=None)
+    if not loaded.ok or loaded.rule.trust is None:
+        raise click.ClickException(
+            f"{model}: {loaded.error or 'no trust parameters to re-threshold'}"
+        )
+    outputs = collect(loaded, eval_set, load_rgb_images(eval_set))
+    clean_scores = outputs["clean"][1]
+    rows = []
+    for retention in candidates:
+        threshold = conformal_quantile(clean_scores, retention, "clean val OOD scores")
+        trust = replace(
+            loaded.rule.trust, ood=replace(loaded.rule.trust.ood, threshold=float(threshold))
+        )
+        rule = replace(loaded.rule, trust=trust)
+        shares = {
+            key: outcome_fractions(*rule.decide(p, s), loaded.y_true, r)
+            for key, (p, s, r) in outputs.items()
+        }
+        worst = max(shares, key=lambda key: shares[key]["answered_wrong"])
+        rows.append(
+            {
+                "retention": retention,
+                "threshold": float(threshold),
+                "clean_answered": shares["clean"]["answered_right"]
+                + shares["clean"]["answered_wrong"],
+                "worst_condition": worst,
+                "worst_answered_wrong": shares[worst]["answered_wrong"],
+                "conditions_over": sum(v["answered_wrong"] > max_wrong for v in shares.values()),
+            }
+        )
+    click.echo(
+        f"{model.name}, {eval_set.describe()}, {len(outputs)} conditions, max wrong {max_wrong:.0%}"
+    )
+    click.echo(
+        "| retention | OOD threshold | clean answered | worst answered wrong | conditions over |"
+    )
+    click.echo("|---|---|---|---|---|")
+    for row in rows:
+        click.echo(
+            f"| {row['retention']:g} | {row['threshold']:.0f} | {row['clean_answered']:.1%} | "
+            f"{row['worst_answered_wrong']:.1%} ({row['worst_condition']}) | {row['conditions_over']} |"
+        )
+    chosen = next((row["retention"] for row in rows if row["conditions_over"] == 0), None)
+    click.echo(
+        f"chosen: {chosen:g}"
+        if chosen is not None
+        else "chosen: none of the candidates meets --max-wrong"
+    )
+    if json_out:
+        json_out.write_text(
+            json.dumps(
+                {"model": str(model), "split": split, "rows": rows, "chosen": chosen}, indent=2
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
