@@ -26,11 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from leukedge.benchmarks.evaluation import load_rgb_images, resolve_eval_set
-from leukedge.benchmarks.models import discover_models
+from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
+from leukedge.benchmarks.options import output_option
 from leukedge.benchmarks.robustness.evaluation import gate_reason, load_models, outcome_fractions
 from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions, image_seed
-from leukedge.convert.trust_fit import conformal_quantile
+from leukedge.convert.trust_fit import FitError, conformal_quantile
 from leukedge.edge_app.imaging import prepare
+from leukedge.train.dataset import DatasetError
 
 
 def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -58,16 +60,21 @@ def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
 @click.option(
     "--retentions",
     default="0.99,0.98,0.97,0.96,0.955,0.95,0.945,0.94,0.93,0.92,0.90",
     show_default=True,
     help="Comma-separated candidate retentions.",
 )
-@click.option("--max-wrong", default=0.03, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False))
-def main(model: Path, split: str, retentions: str, max_wrong: float, json_out: Path | None):
+@click.option(
+    "--max-wrong",
+    default=0.03,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Largest share of a condition's frames that may be answered wrongly.",
+)
+@output_option("--json", "json_out", "Also write the table and the choice as JSON.")
+def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) -> None:
     """Print the retention table and the chosen retention (see the module docstring)."""
     try:
         candidates = sorted({float(r) for r in retentions.split(",")}, reverse=True)
@@ -75,8 +82,11 @@ def main(model: Path, split: str, retentions: str, max_wrong: float, json_out: P
         raise click.BadParameter(
             f"{retentions!r}: give numbers like 0.97,0.95", param_hint="--retentions"
         ) from None
-    entries = discover_models([model])
-    eval_set = resolve_eval_set(None, entries, split=split)
+    try:
+        entries = discover_models([model])
+        eval_set = resolve_eval_set(None, entries, split="val")
+    except (ModelDiscoveryError, DatasetError) as error:
+        raise click.ClickException(str(error)) from None
     (loaded,) = load_models(entries, eval_set, threads=None)
     if not loaded.ok or loaded.rule.trust is None:
         raise click.ClickException(
@@ -86,7 +96,10 @@ def main(model: Path, split: str, retentions: str, max_wrong: float, json_out: P
     clean_scores = outputs["clean"][1]
     rows = []
     for retention in candidates:
-        threshold = conformal_quantile(clean_scores, retention, "clean val OOD scores")
+        try:
+            threshold = conformal_quantile(clean_scores, retention, f"--retentions {retention:g}")
+        except FitError as error:
+            raise click.ClickException(str(error)) from None
         trust = replace(
             loaded.rule.trust, ood=replace(loaded.rule.trust.ood, threshold=float(threshold))
         )
@@ -128,7 +141,15 @@ def main(model: Path, split: str, retentions: str, max_wrong: float, json_out: P
     if json_out:
         json_out.write_text(
             json.dumps(
-                {"model": str(model), "split": split, "rows": rows, "chosen": chosen}, indent=2
+                {
+                    "model": str(model),
+                    "split": "val",
+                    "n_images": len(clean_scores),
+                    "max_wrong": max_wrong,
+                    "rows": rows,
+                    "chosen": chosen,
+                },
+                indent=2,
             )
             + "\n"
         )

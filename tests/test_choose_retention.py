@@ -1,0 +1,59 @@
+"""Choosing the OOD retention on the val split under field shifts (scripts/choose_ood_retention.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, assert_clean_error
+
+SCRIPT = REPO / "scripts" / "choose_ood_retention.py"
+
+
+def choose(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_the_choice_follows_its_rule_on_the_val_split(converted_dir, tmp_path):
+    out = tmp_path / "retention.json"
+    result = choose(
+        converted_dir / "model_int8.tflite", "--retentions", "0.5,0.9,0.7", "--json", out
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val split" in result.stdout
+    report = json.loads(out.read_text())
+    rows, n = report["rows"], report["n_images"]
+    assert [row["retention"] for row in rows] == [0.9, 0.7, 0.5]  # largest first
+    thresholds = [row["threshold"] for row in rows]
+    assert thresholds == sorted(thresholds, reverse=True)
+    for row in rows:
+        # The threshold keeps ceil((n+1) r) of the n clean frames: no more can be answered.
+        assert row["clean_answered"] <= math.ceil((n + 1) * row["retention"] - 1e-9) / n + 1e-9
+        assert 0 <= row["worst_answered_wrong"] <= 1
+    # The rule: the largest retention with no condition over --max-wrong, else none.
+    passing = [row["retention"] for row in rows if row["conditions_over"] == 0]
+    assert report["chosen"] == (passing[0] if passing else None)
+    assert f"chosen: {report['chosen']:g}" in result.stdout if passing else "none" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_retention_the_val_split_cannot_support_is_a_clear_error(converted_dir):
+    # The tiny run has a few val images per class: a 0.999 quantile needs 999 of them.
+    result = choose(converted_dir / "model_int8.tflite", "--retentions", "0.999")
+    assert_clean_error(result, "--retentions 0.999")
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    not_a_model = tmp_path / "model.tflite"
+    not_a_model.write_text("not a model")
+    assert_clean_error(choose(not_a_model, "--retentions", "high"), "--retentions")
+    assert_clean_error(
+        choose(not_a_model, "--json", tmp_path / "missing" / "r.json"), "does not exist"
+    )
