@@ -29,7 +29,7 @@ from leukedge.benchmarks.evaluation import load_rgb_images, resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import output_option
 from leukedge.benchmarks.robustness.evaluation import gate_reason, load_models, outcome_fractions
-from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions, image_seed
+from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions
 from leukedge.convert.trust_fit import FitError, conformal_quantile
 from leukedge.edge_app.imaging import prepare
 from leukedge.train.dataset import DatasetError
@@ -42,13 +42,7 @@ def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, 
     for condition in tqdm(todo, desc="conditions", unit="condition"):
         probabilities, scores, rejected = [], [], []
         for sample, image in zip(eval_set.samples, images, strict=True):
-            shifted = (
-                image
-                if condition.shift is None
-                else condition.shift.apply(
-                    image, condition.severity, image_seed(0, condition.name, sample.path)
-                )
-            )
+            shifted = condition.apply(image, sample.path, RobustnessSettings().seed)
             rejected.append(gate_reason(shifted) is not None)
             p, ood = model.outputs.run(prepare(shifted, model.classifier.image_size))
             probabilities.append(p)

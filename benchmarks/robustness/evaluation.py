@@ -29,7 +29,6 @@ from leukedge.benchmarks.robustness.settings import (
     Condition,
     RobustnessSettings,
     conditions,
-    image_seed,
 )
 from leukedge.benchmarks.schema import RobustnessRow, robustness_row
 from leukedge.edge_app.decision import LABEL, UNCERTAIN
@@ -157,15 +156,7 @@ def evaluate(
         for condition in todo:
             bar.set_postfix_str(f"{condition.name} {condition.severity}")
             for index, (sample, image) in enumerate(zip(eval_set.samples, images, strict=True)):
-                shifted = (
-                    image
-                    if condition.shift is None
-                    else condition.shift.apply(
-                        image,
-                        condition.severity,
-                        image_seed(settings.seed, condition.name, sample.path),
-                    )
-                )
+                shifted = condition.apply(image, sample.path, settings.seed)
                 reason = gate_reason(shifted)
                 if reason is not None:
                     rejected[condition.key][index] = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from leukedge.benchmarks.shifts import SEVERITIES, SHIFTS, Shift
 
 MILD_FLOOR = 0.95  # issue 6: at severity 1 of every shift, accuracy stays at least this
@@ -43,6 +45,12 @@ class Condition:
     @property
     def key(self) -> tuple[str, int]:
         return self.name, self.severity
+
+    def apply(self, image: np.ndarray, sample_path: str, base_seed: int) -> np.ndarray:
+        """The image as this condition shows it (seeded per image, see `image_seed`)."""
+        if self.shift is None:
+            return image
+        return self.shift.apply(image, self.severity, image_seed(base_seed, self.name, sample_path))
 
 
 def image_seed(base_seed: int, shift_name: str, sample_path: str) -> int:
