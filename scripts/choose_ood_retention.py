@@ -28,27 +28,23 @@ from tqdm import tqdm
 from leukedge.benchmarks.evaluation import load_rgb_images, resolve_eval_set
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import output_option
-from leukedge.benchmarks.robustness.evaluation import gate_reason, load_models, outcome_fractions
+from leukedge.benchmarks.robustness.evaluation import (
+    load_models,
+    outcome_fractions,
+    run_condition,
+)
 from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions
 from leukedge.convert.trust_fit import FitError, conformal_quantile
-from leukedge.edge_app.imaging import prepare
 from leukedge.train.dataset import DatasetError
 
 
 def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Probabilities, OOD scores and gate rejects of every condition, computed once."""
     outputs = {}
-    todo = conditions(RobustnessSettings())
-    for condition in tqdm(todo, desc="conditions", unit="condition"):
-        probabilities, scores, rejected = [], [], []
-        for sample, image in zip(eval_set.samples, images, strict=True):
-            shifted = condition.apply(image, sample.path, RobustnessSettings().seed)
-            rejected.append(gate_reason(shifted) is not None)
-            p, ood = model.outputs.run(prepare(shifted, model.classifier.image_size))
-            probabilities.append(p)
-            scores.append(ood)
+    for condition in tqdm(conditions(RobustnessSettings()), desc="conditions", unit="condition"):
+        seen = run_condition(condition, [model], eval_set, images, RobustnessSettings().seed)
         key = f"{condition.name} {condition.severity}" if condition.shift else "clean"
-        outputs[key] = (np.array(probabilities), np.array(scores), np.array(rejected))
+        outputs[key] = (seen.probabilities[id(model)], seen.scores[id(model)], seen.rejected)
     return outputs
 
 

@@ -11,7 +11,7 @@ model's own decision rule (`benchmarks.decisions.DecisionRule`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +68,47 @@ def gate_reason(rgb: np.ndarray) -> str | None:
     """None when the app's quality gate accepts the frame, else its reason without the figures."""
     quality = assess(rgb)
     return None if quality.ok else str(quality.reason or "rejected").split(" (")[0]
+
+
+@dataclass
+class ConditionOutputs:
+    """What the quality gate and every model said about the images of one condition."""
+
+    rejected: np.ndarray  # (n,) bool: the gate refused the frame
+    reasons: Counter  # the gate's reasons, counted
+    probabilities: dict[int, np.ndarray]  # id(model) -> (n, classes)
+    scores: dict[int, np.ndarray | None]  # id(model) -> (n,) OOD scores; None without that output
+
+
+def run_condition(
+    condition: Condition,
+    models: Sequence[LoadedModel],
+    eval_set: EvalSet,
+    images: Sequence[np.ndarray],
+    seed: int,
+    on_image: Callable[[], object] = lambda: None,
+) -> ConditionOutputs:
+    """Every image shifted once by `condition`, gated, and run through every (working) model."""
+    n = len(images)
+    outputs = ConditionOutputs(
+        rejected=np.zeros(n, bool),
+        reasons=Counter(),
+        probabilities={id(m): np.zeros((n, len(m.classifier.labels)), np.float32) for m in models},
+        scores={id(m): np.zeros(n) if m.outputs.has_ood else None for m in models},
+    )
+    for index, (sample, image) in enumerate(zip(eval_set.samples, images, strict=True)):
+        shifted = condition.apply(image, sample.path, seed)
+        reason = gate_reason(shifted)
+        if reason is not None:
+            outputs.rejected[index] = True
+            outputs.reasons[reason] += 1
+        for model in models:
+            p, ood = model.outputs.run(prepare(shifted, model.classifier.image_size))
+            outputs.probabilities[id(model)][index] = p
+            if ood is not None:
+                outputs.scores[id(model)][index] = ood
+        on_image()
+    return outputs
 
 
 def load_models(
@@ -135,15 +176,8 @@ def evaluate(
     """
     usable = [m for m in models if m.ok]
     todo = conditions(settings)
-    n, classes = len(images), {id(m): len(m.classifier.labels) for m in usable}
-    probabilities = {
-        (id(m), *c.key): np.zeros((n, classes[id(m)]), np.float32) for m in usable for c in todo
-    }
-    scores = {(id(m), *c.key): np.zeros(n) for m in usable for c in todo if m.outputs.has_ood}
-    rejected = {c.key: np.zeros(n, bool) for c in todo}
-    reasons: dict[tuple[str, int], Counter] = {c.key: Counter() for c in todo}
     bar = tqdm(
-        total=len(todo) * n,
+        total=len(todo) * len(images),
         desc="robustness",
         unit="image",
         disable=not progress,
@@ -151,22 +185,14 @@ def evaluate(
         dynamic_ncols=True,
     )
     completed: list[Condition] = []
+    outputs: dict[tuple[str, int], ConditionOutputs] = {}
     interrupted = False
     try:
         for condition in todo:
             bar.set_postfix_str(f"{condition.name} {condition.severity}")
-            for index, (sample, image) in enumerate(zip(eval_set.samples, images, strict=True)):
-                shifted = condition.apply(image, sample.path, settings.seed)
-                reason = gate_reason(shifted)
-                if reason is not None:
-                    rejected[condition.key][index] = True
-                    reasons[condition.key][reason] += 1
-                for model in usable:
-                    p, ood = model.outputs.run(prepare(shifted, model.classifier.image_size))
-                    probabilities[(id(model), *condition.key)][index] = p
-                    if ood is not None:
-                        scores[(id(model), *condition.key)][index] = ood
-                bar.update(1)
+            outputs[condition.key] = run_condition(
+                condition, usable, eval_set, images, settings.seed, lambda: bar.update(1)
+            )
             completed.append(condition)
     except KeyboardInterrupt:
         interrupted = True
@@ -174,21 +200,21 @@ def evaluate(
         bar.close()
     results = Results(settings, eval_set, models, completed=completed, interrupted=interrupted)
     for condition in completed:
-        reject = rejected[condition.key]
+        here = outputs[condition.key]
+        reject = here.rejected
         results.gate_rows.append(
             {
                 "shift": condition.name,
                 "severity": condition.severity,
                 "parameter": condition.parameter,
                 "reject_fraction": float(reject.mean()),
-                "reasons": dict(reasons[condition.key].most_common()),
+                "reasons": dict(here.reasons.most_common()),
             }
         )
         for model in usable:
-            p = probabilities[(id(model), *condition.key)]
+            p = here.probabilities[id(model)]
             y_pred = p.argmax(axis=1)
-            scores_here = scores.get((id(model), *condition.key))
-            kinds, answer = model.rule.decide(p, scores_here)
+            kinds, answer = model.rule.decide(p, here.scores[id(model)])
             metrics = score(model.y_true, y_pred, model.classifier.labels)
             accepted = ~reject
             results.rows.append(
