@@ -34,6 +34,25 @@ SAMPLES = {"S-ALPHA": "Pre", "S-BRAVO": "Benign"}  # sample -> class folder of i
 STATEMENT = "not a diagnostic device"
 
 
+def text_after_submit(browser, element_id: str, expected: str | None = None) -> str:
+    """The element's text on the page a form POST leads to.
+
+    Right after click() the old page can still be current: an element found there goes stale
+    when the new page loads. Wait (10 s at most) for the new page's element: one that holds
+    `expected`, or, without it, one found after the old page was replaced.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def current_text(driver):
+        text = driver.find_element(By.ID, element_id).text
+        return text if expected is None or text == expected else False
+
+    wait = WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(current_text)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -199,7 +218,7 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     browser.find_element(By.ID, "reviewer").send_keys("Dr Vega")
     browser.find_element(By.ID, "reason").send_keys("Benign morphology on every field")
     browser.find_element(By.ID, "confirm").click()
-    assert "Review saved" in browser.find_element(By.ID, "notice").text
+    assert "Review saved" in text_after_submit(browser, "notice")
     assert browser.find_element(By.ID, "status").text == "confirmed"
 
     # Override S-ALPHA through the page.
@@ -209,7 +228,7 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     Select(browser.find_element(By.ID, "override_label")).select_by_value("Pro-B")
     browser.find_element(By.ID, "reason").send_keys("Blasts look Pro-B at higher magnification")
     browser.find_element(By.ID, "override").click()
-    assert browser.find_element(By.ID, "status").text == "overridden"
+    assert text_after_submit(browser, "status", "overridden") == "overridden"
 
     # Both reviews in the history after a reload; the machine result itself is unchanged.
     browser.refresh()
