@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from leukedge.train import dataset, distill, distributed, report
 from leukedge.train.config import TrainConfig
+from leukedge.train.augment import augmentation
 from leukedge.train.metrics import classification_metrics
 from leukedge.train.model import (
-    augmentation,
     build_backbone,
     build_classifier,
     build_head,
@@ -74,7 +74,7 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def fine_tune_dataset(x, y, weights, targets, config: TrainConfig) -> tf.data.Dataset:
-    augment = augmentation(config.augment, config.seed)
+    augment = augmentation(config.augment, config.seed, config.image_size)
     sample_weights = weights[y].astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, targets, sample_weights))
     ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(
