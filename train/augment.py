@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from leukedge.train.config import SettingsError
+
 # RGB <-> YIQ: luma and two chroma axes; hue is an angle and saturation a radius in the chroma
 # plane, so both are linear there.
 _RGB_TO_YIQ = tf.constant(
@@ -29,6 +31,7 @@ _RGB_TO_YIQ = tf.constant(
 )
 _YIQ_TO_RGB = tf.linalg.inv(_RGB_TO_YIQ)
 BLUR_KERNEL = 5  # taps of the Gaussian blur, as the Keras layer used before
+FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
 NOISE_FIELDS = 64  # noise pool; each batch picks fields at random and shifts them at random
 
 
@@ -41,6 +44,8 @@ def augmentation(settings: dict, seed: int, image_size: int) -> Callable[[tf.Ten
     half the images are blurred with a sigma drawn up to `blur_sigma` pixels.
     """
     flip = settings["flip"]
+    if flip not in FLIPS:
+        raise SettingsError(f"augment flip {flip!r} is not one of {', '.join(map(repr, FLIPS))}")
     flip_x = flip in ("horizontal", "horizontal_and_vertical")
     flip_y = flip in ("vertical", "horizontal_and_vertical")
 

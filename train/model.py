@@ -9,7 +9,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from leukedge.train.config import SettingsError, WeightsError
 
@@ -190,50 +189,3 @@ def unfreeze_top(base: keras.Model, from_layer: int) -> int:
         layer.trainable = train_it
         trainable += train_it
     return trainable
-
-
-def augmentation(settings: dict, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Random geometry, colour, focus and sensor noise for batches of 0..255 float images.
-
-    Field cameras differ from the dataset's in focus, noise and stain colour; noise and blur were
-    added after the robustness report showed sensor noise of sigma 6 costing 10 points.
-    """
-    value_range = (0, 255)
-    layers = keras.Sequential(
-        [
-            keras.layers.RandomFlip(settings["flip"], seed=seed),
-            keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomBrightness(
-                settings["brightness"], value_range=value_range, seed=seed + 3
-            ),
-            keras.layers.RandomContrast(
-                settings["contrast"], value_range=value_range, seed=seed + 4
-            ),
-            keras.layers.RandomSaturation(
-                (0.5 - settings["saturation"], 0.5 + settings["saturation"]),
-                value_range=value_range,
-                seed=seed + 5,
-            ),
-            keras.layers.RandomHue(settings["hue"], value_range=value_range, seed=seed + 6),
-            keras.layers.RandomGaussianBlur(
-                1.0,
-                kernel_size=5,
-                sigma=(0.01, settings["blur_sigma"]),
-                value_range=value_range,
-                seed=seed + 7,
-            ),
-        ],
-        name="augmentation",
-    )
-
-    def augment(images: tf.Tensor) -> tf.Tensor:
-        images = layers(images, training=True)
-        # Additive sensor noise, its sigma drawn per image from [0, noise_sigma].
-        sigma = tf.random.uniform(
-            [tf.shape(images)[0], 1, 1, 1], 0.0, settings["noise_sigma"], seed=seed + 8
-        )
-        noise = tf.random.normal(tf.shape(images), seed=seed + 9) * sigma
-        return tf.clip_by_value(images + noise, 0.0, 255.0)
-
-    return augment

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from leukedge.train import dataset, distill, distributed, report
-from leukedge.train.config import TrainConfig
 from leukedge.train.augment import augmentation
+from leukedge.train.config import TrainConfig
 from leukedge.train.metrics import classification_metrics
 from leukedge.train.model import (
     build_backbone,
