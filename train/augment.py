@@ -20,16 +20,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from leukedge.train.config import SettingsError
 
 # RGB <-> YIQ: luma and two chroma axes; hue is an angle and saturation a radius in the chroma
-# plane, so both are linear there.
-_RGB_TO_YIQ = tf.constant(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], tf.float32
+# plane, so both are linear there. NumPy, not TensorFlow: a tensor made at import would start
+# TensorFlow's runtime before edge-train can set up a multi-worker strategy.
+RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
 )
-_YIQ_TO_RGB = tf.linalg.inv(_RGB_TO_YIQ)
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ).astype(np.float32)
 BLUR_KERNEL = 5  # taps of the Gaussian blur, as the Keras layer used before
 FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
 NOISE_FIELDS = 64  # noise pool; each batch picks fields at random and shifts them at random
@@ -98,7 +100,9 @@ def augmentation(settings: dict, seed: int, image_size: int) -> Callable[[tf.Ten
         in_yiq = tf.reshape(
             tf.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], axis=1), [n, 3, 3]
         )
-        matrix = _YIQ_TO_RGB[None] @ in_yiq @ _RGB_TO_YIQ[None]  # [n, 3, 3] acting on columns
+        matrix = (
+            tf.constant(YIQ_TO_RGB)[None] @ in_yiq @ tf.constant(RGB_TO_YIQ)[None]
+        )  # [n, 3, 3] acting on columns
         # y = M (c (x - mean) + mean + offset): one matrix and one offset per image.
         bias = tf.einsum("nij,nkj->nki", matrix, (1 - contrast) * mean + offset)
         scaled = tf.einsum("nhwj,nij->nhwi", images, matrix * contrast)
