@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,15 @@ def run_cli(
             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def interruptible() -> None:
+    """Popen preexec_fn: SIGINT back to its default in the child, as a terminal would leave it.
+
+    A test suite started in the background by a non-interactive shell (`.ci/run &`, nohup)
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt in the CLI under test.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_clean_error(result, *fragments):

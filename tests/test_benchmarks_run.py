@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, interruptible, run_cli
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train.dataset import load_pixels, read_split
@@ -312,7 +312,12 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
         str(tmp_path / "b.json"),
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=interruptible,
     )
     seen = []
     while not any(line.startswith("row done:") for line in seen):  # the first row is measured

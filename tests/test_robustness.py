@@ -368,7 +368,7 @@ def test_ctrl_c_reports_the_finished_conditions(converted_dir, data_dir, tmp_pat
     import subprocess
     import time
 
-    from conftest import BIN
+    from conftest import BIN, interruptible
 
     out = tmp_path / "r.json"
     process = subprocess.Popen(
@@ -390,6 +390,7 @@ def test_ctrl_c_reports_the_finished_conditions(converted_dir, data_dir, tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     seen, deadline = "", time.monotonic() + 120
     while "defocus 2" not in seen and time.monotonic() < deadline and process.poll() is None:
