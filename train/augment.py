@@ -87,8 +87,8 @@ def augmentation(settings: dict, seed: int, image_size: int) -> Callable[[tf.Ten
 
     def colour(images: tf.Tensor) -> tf.Tensor:
         n = tf.shape(images)[0]
-        step = uniform([n, 1, 1], -settings["brightness"], settings["brightness"], 5) * 255.0
-        offset = step * tf.ones([1, 1, 3])  # the same brightness step in every channel
+        # One brightness step per image, the same in every channel (broadcast below).
+        offset = uniform([n, 1, 1], -settings["brightness"], settings["brightness"], 5) * 255.0
         contrast = uniform([n, 1, 1], 1 - settings["contrast"], 1 + settings["contrast"], 6)
         mean = tf.reduce_mean(images, axis=[1, 2])[:, None, :]  # [n, 1, 3]
         s = settings["saturation"]
@@ -100,9 +100,8 @@ def augmentation(settings: dict, seed: int, image_size: int) -> Callable[[tf.Ten
         in_yiq = tf.reshape(
             tf.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], axis=1), [n, 3, 3]
         )
-        matrix = (
-            tf.constant(YIQ_TO_RGB)[None] @ in_yiq @ tf.constant(RGB_TO_YIQ)[None]
-        )  # [n, 3, 3] acting on columns
+        # [n, 3, 3], acting on column vectors: to YIQ, scale and turn the chroma, back to RGB.
+        matrix = tf.constant(YIQ_TO_RGB)[None] @ in_yiq @ tf.constant(RGB_TO_YIQ)[None]
         # y = M (c (x - mean) + mean + offset): one matrix and one offset per image.
         bias = tf.einsum("nij,nkj->nki", matrix, (1 - contrast) * mean + offset)
         scaled = tf.einsum("nhwj,nij->nhwi", images, matrix * contrast)
