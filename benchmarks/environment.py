@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.edge_app.runtime import ModelError, find_runtime
+from leukedge.train.machine import cpu_model, simd_flags
 
 
 def _read(path: str) -> str | None:
@@ -23,46 +24,6 @@ def _read(path: str) -> str | None:
         return Path(path).read_text(errors="replace").replace("\x00", "").strip() or None
     except OSError:
         return None
-
-
-def cpu_model() -> str:
-    info = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        for line in info.splitlines():
-            if line.split(":")[0].strip() == key and ":" in line:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-# The instruction-set flags that decide which XNNPACK kernels run: without VNNI (avx512_vnni or
-# avx_vnni on x86, asimddp "dotprod" on ARM) int8 convolutions gain little over fp16/fp32.
-SIMD_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "neon",
-    "asimd",
-    "asimdhp",
-    "asimddp",
-    "fphp",
-)
-
-
-def simd_flags() -> list[str]:
-    """Which of SIMD_FLAGS this CPU has (from /proc/cpuinfo 'flags' or 'Features')."""
-    info = _read("/proc/cpuinfo") or ""
-    present: set[str] = set()
-    for line in info.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features") and ":" in line:
-            present.update(line.split(":", 1)[1].split())
-    return [flag for flag in SIMD_FLAGS if flag in present]
 
 
 def board_state() -> dict:

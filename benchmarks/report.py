@@ -6,9 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-from leukedge.benchmarks.environment import SIMD_FLAGS
 from leukedge.benchmarks.runner import BenchResult
 from leukedge.benchmarks.schema import bench_row, flat_row
+from leukedge.train.machine import SIMD_FLAGS
 
 # (header, how to get the cell from a row); one definition for the console and Markdown tables.
 COLUMNS = (

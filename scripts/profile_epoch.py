@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as edge-train sets it (train/cli.py)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,8 +34,9 @@ import tensorflow as tf  # noqa: E402
 
 from leukedge.train import dataset  # noqa: E402
 from leukedge.train.config import TrainConfig  # noqa: E402
+from leukedge.train.machine import cpu_model  # noqa: E402
 from leukedge.train.model import build_backbone, build_classifier, unfreeze_top  # noqa: E402
-from leukedge.train.training import class_weights, cpu_model, fine_tune_dataset  # noqa: E402
+from leukedge.train.training import class_weights, cpu_allocator, fine_tune_dataset  # noqa: E402
 
 
 def timed(fn, batches: int) -> float:
@@ -53,6 +55,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--jit", action="store_true", help="compile the training step with XLA (jit_compile=True)"
+    )
     args = parser.parse_args()
     config = TrainConfig(
         data_dir=args.data,
@@ -79,7 +84,9 @@ def main() -> None:
     model = build_classifier(base, n_classes, config.dropout)
     unfreeze_top(base, config.fine_tune_from)
     model.compile(
-        keras.optimizers.Adam(1e-5), keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+        keras.optimizers.Adam(1e-5),
+        keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        jit_compile=args.jit,
     )
     cached = list(ds.take(args.batches + 1))
 
@@ -104,7 +111,9 @@ def main() -> None:
         "image_size": args.image_size,
         "batch_size": config.batch_size,
         "batches": args.batches,
+        "jit_compile": args.jit,
         "cpu": cpu_model(),
+        "cpu_allocator": cpu_allocator(),
         "cores": os.cpu_count(),
         "tensorflow": tf.__version__,
         "python": platform.python_version(),

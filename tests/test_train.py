@@ -16,6 +16,7 @@ import pytest
 from conftest import WEIGHTS_DIR, assert_clean_error, run_cli
 from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
 from leukedge.train import dataset
+from leukedge.train.machine import simd_flags
 from leukedge.train.metrics import classification_metrics
 
 ARTIFACTS = {
@@ -72,6 +73,9 @@ def test_metrics_match_the_models_predictions(tiny_run, data_dir):
         assert metrics[split]["macro"]["f1"] == pytest.approx(expected["macro"]["f1"])
         assert metrics[split]["n"] == len(chosen)
     assert metrics["peak_rss_mb"] > 0 and metrics["timing_seconds"]["total"] > 0
+    # What the time was measured on, and edge-train's pooled CPU allocator really in use.
+    assert metrics["environment"]["simd"] == simd_flags()
+    assert metrics["environment"]["cpu_allocator"] == "bfc"
 
 
 def test_split_is_stratified_deduplicated_and_deterministic(data_dir):

@@ -19,6 +19,7 @@ import tensorflow as tf
 from leukedge.train import dataset, distill, distributed, report
 from leukedge.train.augment import augmentation
 from leukedge.train.config import TrainConfig
+from leukedge.train.machine import cpu_model, simd_flags
 from leukedge.train.metrics import classification_metrics
 from leukedge.train.model import (
     build_backbone,
@@ -353,6 +354,8 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                 "keras": keras.__version__,
                 "machine": platform.machine(),
                 "cpu": cpu_model(),
+                "simd": simd_flags(),
+                "cpu_allocator": cpu_allocator(),
             },
             "published_reference": PUBLISHED,
         }
@@ -381,15 +384,14 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     return metrics
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), for the timing figures in metrics.json."""
+def cpu_allocator() -> str:
+    """ "bfc" when TensorFlow's CPU tensors come from its BFC pool (edge-train's default, see
+    cli.py), else "default": TensorFlow itself says, as only the BFC pool keeps statistics."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+        tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:
+        return "default"
+    return "bfc"
 
 
 class EtaCallback(keras.callbacks.Callback):
