@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as edge-train sets it (train/cli.py)
+
+from leukedge.train.cli import pool_cpu_memory  # noqa: E402 (TensorFlow-free)
+
+pool_cpu_memory()  # as edge-train runs, before TensorFlow is imported
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -385,8 +385,8 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
 
 
 def cpu_allocator() -> str:
-    """ "bfc" when TensorFlow's CPU tensors come from its BFC pool (edge-train's default, see
-    cli.py), else "default": TensorFlow itself says, as only the BFC pool keeps statistics."""
+    """Where TensorFlow's CPU tensors come from: "bfc" (its pool, edge-train's default, see
+    cli.pool_cpu_memory) or "default". TensorFlow itself says: only the BFC pool keeps statistics."""
     try:
         tf.config.experimental.get_memory_info("CPU:0")
     except ValueError:
