@@ -79,6 +79,7 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
     "verify",
     flag_value=False,
     default=True,
+    show_default=False,
     help="Skip the accuracy check on the test split.",
 )
 @click.option(
@@ -86,6 +87,7 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
     "trust",
     flag_value=False,
     default=True,
+    show_default=False,
     help="Skip the trust parameters (calibration, conformal referral, OOD score): a "
     "single-output model that the app runs on the legacy 0.80 rule.",
 )
