@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
 from leukedge.edge_app.manifest import CONVERTED_VARIANTS as VARIANT_NAMES
 
@@ -45,8 +46,9 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 @click.option(
     "--calibration-samples",
     type=click.IntRange(1),
-    default=300,
-    help="Training images used to calibrate int8 (stratified by class).",
+    default=None,
+    help="Training images used to calibrate int8 (stratified by class). Default: "
+    f"{DEFAULT_CALIBRATION_SAMPLES}, or the whole train split if it has fewer.",
 )
 @click.option(
     "--int8-io",

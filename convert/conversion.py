@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from leukedge.convert import report
+from leukedge.convert.calibration_images import calibration_set
 from leukedge.convert.metadata import with_metadata
 from leukedge.convert.per_tensor import compact_kernels
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION, FitError
@@ -62,7 +63,8 @@ class ConvertConfig:
     source: Path  # run folder of edge-train, or a .keras file
     out_dir: Path
     variants: tuple[str, ...] = VARIANTS
-    calibration_samples: int = 300  # training images for int8 calibration, stratified by class
+    # None: DEFAULT_CALIBRATION_SAMPLES, capped at the train split
+    calibration_samples: int | None = None
     int8_io: str = "uint8"  # input/output type of the int8 model
     max_drop: float = 1.0  # accuracy points a variant may lose against Keras before exit 1
     data_dir: Path | None = None  # dataset root for split.csv paths (default: the run's)
@@ -145,24 +147,6 @@ def data_root(config: ConvertConfig, metrics_path: Path | None) -> Path:
         if recorded.is_dir():
             return recorded
     return dataset.default_data_dir()
-
-
-def calibration_set(samples: list[dataset.Sample], count: int, seed: int) -> list[dataset.Sample]:
-    """`count` training images, the same share of each class as the training split."""
-    train = sorted((s for s in samples if s.split == "train"), key=lambda s: s.sha256)
-    if len(train) < count:
-        raise ConversionError(
-            f"only {len(train)} training images for --calibration-samples {count}: "
-            "lower --calibration-samples (at least 50 recommended)"
-        )
-    rng = np.random.default_rng(seed)
-    labels = sorted({s.label for s in train})
-    chosen = []
-    for label in labels:
-        group = [s for s in train if s.label == label]
-        take = max(1, round(count * len(group) / len(train)))
-        chosen += [group[i] for i in rng.permutation(len(group))[:take]]
-    return chosen[:count]
 
 
 def tensor_entry(spec) -> TensorInfo:

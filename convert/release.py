@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.manifest import (
@@ -35,7 +36,6 @@ from leukedge.edge_app.manifest import (
     file_name,
 )
 
-CALIBRATION_SAMPLES = 300
 MAX_DROP = 1.0  # accuracy points a variant may lose against its Keras model
 DEFAULT_VARIANTS = (INT8, FP16)
 CARD = "model_card.md"
@@ -194,7 +194,7 @@ def build(
     fast: Path | None,
     models: Path,
     data_dir: Path | None = None,
-    calibration_samples: int = CALIBRATION_SAMPLES,
+    calibration_samples: int | None = None,
     max_drop: float = MAX_DROP,
     echo=print,
     coverage: float = DEFAULT_COVERAGE,
@@ -209,18 +209,24 @@ def build(
     from leukedge.edge_app.runtime import ModelError
     from leukedge.train.dataset import DatasetError
 
-    settings = (
-        f"--calibration-samples {calibration_samples}"
-        + (f" --max-drop {max_drop:g}" if max_drop != MAX_DROP else "")
-        + (f" --coverage {coverage:g}" if coverage != DEFAULT_COVERAGE else "")
-        + (f" --ood-retention {ood_retention:g}" if ood_retention != DEFAULT_OOD_RETENTION else "")
+    settings = " ".join(
+        part
+        for part in (
+            f"--calibration-samples {calibration_samples}" if calibration_samples else "",
+            f"--max-drop {max_drop:g}" if max_drop != MAX_DROP else "",
+            f"--coverage {coverage:g}" if coverage != DEFAULT_COVERAGE else "",
+            f"--ood-retention {ood_retention:g}" if ood_retention != DEFAULT_OOD_RETENTION else "",
+        )
+        if part
     )
     commands = [
         f"edge-convert {shown(run)} --out {shown(models)} --variants {','.join(DEFAULT_VARIANTS)} "
-        f"{settings} --overwrite"
+        + (f"{settings} --overwrite" if settings else "--overwrite")
     ]
     if fast is not None:
-        commands.append(f"edge-convert {shown(fast)} --out TMP --variants {INT8} {settings}")
+        commands.append(
+            f"edge-convert {shown(fast)} --out TMP --variants {INT8} {settings}".rstrip()
+        )
     parent = models.parent if models.parent.is_dir() else Path.cwd()
     staging = Path(tempfile.mkdtemp(prefix=".release-", dir=parent))
     try:
@@ -297,9 +303,9 @@ def build(
 @click.option(
     "--calibration-samples",
     type=click.IntRange(1),
-    default=CALIBRATION_SAMPLES,
-    show_default=True,
-    help="Training images that calibrate int8 (as edge-convert).",
+    default=None,
+    help="Training images that calibrate int8 (as edge-convert). Default: "
+    f"{DEFAULT_CALIBRATION_SAMPLES}, or the whole train split if it has fewer.",
 )
 @click.option(
     "--max-drop",
@@ -327,7 +333,7 @@ def main(
     fast_run: Path | None,
     models: Path,
     data_dir: Path | None,
-    calibration_samples: int,
+    calibration_samples: int | None,
     max_drop: float,
     coverage: float,
     ood_retention: float,

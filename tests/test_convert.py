@@ -300,3 +300,35 @@ def test_kernels_trained_on_one_grid_are_stored_with_one_scale(converted_dir):
                 == tensor.shape[tensor.quantization.quantizedDimension]
             ), name
     assert "one scale for the whole kernel" in (converted_dir / "conversion_report.md").read_text()
+
+
+def test_calibration_images_default_to_1000_capped_at_the_train_split():
+    from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES, calibration_set
+    from leukedge.train.dataset import DatasetError, Sample
+
+    def split(counts: dict[str, int]) -> list[Sample]:
+        samples = [
+            Sample(f"{label}/{i}.jpg", f"{label}{i:05d}", label, "train")
+            for label, count in counts.items()
+            for i in range(count)
+        ]
+        return samples + [Sample("val/0.jpg", "v", "Benign", "val")]
+
+    large = split({"Benign": 900, "Pre-B": 1800})
+    chosen = calibration_set(large, None, seed=0)
+    assert DEFAULT_CALIBRATION_SAMPLES == 1000 and len(chosen) == 1000
+    assert {s.split for s in chosen} == {"train"} and len(set(chosen)) == 1000
+    by_label = {label: sum(s.label == label for s in chosen) for label in ("Benign", "Pre-B")}
+    assert by_label == {"Benign": 333, "Pre-B": 667}  # the train split's 1:2
+    assert calibration_set(large, None, seed=0) == chosen  # seeded
+    assert calibration_set(large, None, seed=1) != chosen
+    assert len(calibration_set(large, 300, seed=0)) == 300
+
+    small = split({"Benign": 40, "Pre-B": 80})
+    assert len(calibration_set(small, None, seed=0)) == 120  # the default takes what there is
+    with pytest.raises(
+        DatasetError, match="only 120 training images for --calibration-samples 500"
+    ):
+        calibration_set(small, 500, seed=0)  # an explicit count is not silently lowered
+    with pytest.raises(DatasetError, match="only 0 training images"):
+        calibration_set([Sample("v.jpg", "v", "Benign", "val")], None, seed=0)
