@@ -76,6 +76,21 @@ def test_multiworker_without_tf_config_is_one_line(tmp_path, data_dir):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_allocator_setting_tensorflow_cannot_parse_is_refused(tmp_path, data_dir):
+    # TensorFlow itself would log a hidden warning and fall back to its slow default allocator.
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "yes"}
+    result = subprocess.run(
+        [str(BIN / "edge-train"), "--data", str(data_dir), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert_clean_error(result, "TF_CPU_ALLOCATOR_USE_BFC='yes'", "set it to true")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 MIRRORED = """
 import sys
 import tensorflow as tf
