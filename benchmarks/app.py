@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.benchmarks.measure import rss_mb
+from leukedge.benchmarks.models import table_name
 from leukedge.benchmarks.schema import APP_PATHS, APP_STAGES, AppRow, app_row
 from leukedge.edge_app.app import App, FrameProcessor
 from leukedge.edge_app.imaging import load_rgb
@@ -154,8 +155,12 @@ def bench_model(
     images: Sequence[Path],
     settings: AppBenchSettings,
     progress: Callable[[str], None] | None = None,
+    name: str | None = None,
 ) -> list[AppRow]:
-    """One AppRow per path for this model: medians over `settings.repeats` alternating passes."""
+    """One AppRow per path for this model: medians over `settings.repeats` alternating passes.
+
+    `name` is the model's name in tables (default: parent folder / file name).
+    """
     classifier = Classifier(
         model, threads=settings.threads, allow_unverified=settings.allow_unverified
     )
@@ -189,6 +194,7 @@ def bench_model(
         rows.append(
             app_row(
                 model=str(model),
+                name=name or table_name(Path(model)),
                 variant=classifier.variant,
                 path=path,
                 threads=classifier.threads,
@@ -282,7 +288,7 @@ def table(rows: Sequence[AppRow], markdown: bool = False) -> str:
     for row in rows:
         cells.append(
             [
-                f"{Path(row['model']).parent.name}/{Path(row['model']).name}",
+                row["name"],
                 row["variant"] or "-",
                 row["path"],
                 *[

@@ -148,6 +148,7 @@ def app_command(
                 image_files,
                 settings,
                 progress=lambda text: click.echo(f"edge-bench app: {text}", err=True),
+                name=entry.name,
             )
         except ModelError as error:  # one bad model must not hide the others' figures
             failed.append(str(error).splitlines()[0])

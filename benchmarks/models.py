@@ -8,7 +8,7 @@ keyed by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leukedge.edge_app import manifest as manifests
@@ -31,13 +31,12 @@ class ModelEntry:
     variant: str  # fp32 | fp16 | dynamic | int8 | keras, else the file's stem
     kind: str  # "tflite" or "keras"
     manifest: Manifest | None = None  # manifest.json of the folder the model sits in, if any
+    label: str = ""  # the table name discover_models chose; "" means parent folder / file name
 
     @property
     def name(self) -> str:
-        """A short unique-enough name for tables: parent folder / file name."""
-        return (
-            f"{self.path.parent.name}/{self.path.name}" if self.path.parent.name else self.path.name
-        )
+        """A short name for tables: parent folder / file name, longer where two would clash."""
+        return self.label or table_name(self.path)
 
     @property
     def manifest_dir(self) -> Path | None:
@@ -51,6 +50,34 @@ class ModelEntry:
             if self.variant in PRECISION_ORDER
             else len(PRECISION_ORDER)
         )
+
+
+def _path_tail(path: Path, parts: int) -> str:
+    return "/".join(path.parts[-parts:])
+
+
+def table_name(path: Path) -> str:
+    """A model's name in tables when nothing clashes with it: parent folder / file name."""
+    return _path_tail(path, 2)
+
+
+def with_unique_names(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The entries with names that tell them apart: the shortest path tail unique among them.
+
+    Two edge-convert folders both hold `tflite/model_int8.tflite`; a table that shows that name
+    twice cannot be read, so those names grow by a folder until they differ.
+    """
+    resolved = [entry.path.resolve() for entry in entries]
+    labels = [table_name(entry.path) for entry in entries]
+    for parts in range(3, max((len(p.parts) for p in resolved), default=0) + 1):
+        clashing = {label for label in labels if labels.count(label) > 1}
+        if not clashing:
+            break
+        labels = [
+            _path_tail(path, parts) if label in clashing else label
+            for label, path in zip(labels, resolved)
+        ]
+    return [replace(entry, label=label) for entry, label in zip(entries, labels)]
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -132,7 +159,7 @@ def discover_models(paths: Sequence[str | Path]) -> list[ModelEntry]:
             if key not in seen:
                 seen.add(key)
                 found.append(entry)
-    return found
+    return with_unique_names(found)
 
 
 def split_file_of(entries: Sequence[ModelEntry]) -> tuple[Path, Manifest | None] | None:

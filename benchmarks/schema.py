@@ -171,6 +171,7 @@ APP_PATHS = ("camera", "file")
 
 class AppRow(TypedDict):
     model: str
+    name: str  # the table name (see benchmarks.models.with_unique_names)
     variant: str | None
     path: str  # "camera" (decoded arrays in memory) or "file" (JPEG decoded per frame)
     threads: int

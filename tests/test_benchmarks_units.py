@@ -63,6 +63,28 @@ def test_files_become_entries_with_variant_names(tmp_path):
     assert [(e.variant, e.kind) for e in entries] == [("keras", "keras"), ("int8", "tflite")]
 
 
+def test_models_with_the_same_folder_and_file_name_get_names_that_tell_them_apart(tmp_path):
+    # Two edge-convert runs both hold tflite/model_int8.tflite: the tables must not show one
+    # name twice, while a model that clashes with nothing keeps its short name.
+    for run in ("student-a", "student-b"):
+        (tmp_path / run / "tflite").mkdir(parents=True)
+        (tmp_path / run / "tflite" / "model_int8.tflite").write_bytes(b"x")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model_int8.tflite").write_bytes(b"x")
+    entries = discover_models(
+        [
+            tmp_path / "models" / "model_int8.tflite",
+            tmp_path / "student-a" / "tflite" / "model_int8.tflite",
+            tmp_path / "student-b" / "tflite" / "model_int8.tflite",
+        ]
+    )
+    assert [e.name for e in entries] == [
+        "models/model_int8.tflite",
+        "student-a/tflite/model_int8.tflite",
+        "student-b/tflite/model_int8.tflite",
+    ]
+
+
 def test_eval_set_from_a_data_folder(data_dir):
     eval_set = resolve_eval_set(data_dir, limit_per_class=2)
     assert eval_set.labels == ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
