@@ -7,6 +7,7 @@ keyed by name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,15 +68,16 @@ def with_unique_names(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
     Two edge-convert folders both hold `tflite/model_int8.tflite`; a table that shows that name
     twice cannot be read, so those names grow by a folder until they differ.
     """
-    resolved = [entry.path.resolve() for entry in entries]
+    # As the user named them (symlinks kept), made absolute so every name can grow.
+    absolute = [Path(os.path.abspath(entry.path)) for entry in entries]
     labels = [table_name(entry.path) for entry in entries]
-    for parts in range(3, max((len(p.parts) for p in resolved), default=0) + 1):
+    for parts in range(3, max((len(p.parts) for p in absolute), default=0) + 1):
         clashing = {label for label in labels if labels.count(label) > 1}
         if not clashing:
             break
         labels = [
             _path_tail(path, parts) if label in clashing else label
-            for label, path in zip(labels, resolved)
+            for label, path in zip(labels, absolute)
         ]
     return [replace(entry, label=label) for entry, label in zip(entries, labels)]
 

@@ -10,6 +10,8 @@ Run (about an hour on 2 CPU cores; finished runs are reused, so it can be resume
     .venv/bin/python scripts/speed_map.py --out runs/map
     .venv/bin/python scripts/speed_map.py --out runs/map --alphas 0.35 --sizes 128   # one point
     .venv/bin/python scripts/speed_map.py --out runs/map --include a0.5-s224-ft100   # + a run trained by hand
+    .venv/bin/python scripts/speed_map.py --out runs/kdmap --alphas 1.0 --sizes 224 \
+        --include kd-a0.5-s144   # a distilled student (edge-train --teacher ...) beside the default
 Writes OUT/map.json, OUT/map.md and OUT/map.png (accuracy against latency, Pareto front marked).
 """
 
@@ -22,7 +24,10 @@ from pathlib import Path
 
 import click
 
+from leukedge.train.config import TrainConfig
+
 BIN = Path(sys.executable).parent
+DEFAULT_FINE_TUNE_EPOCHS = TrainConfig.fine_tune_epochs
 
 
 def run(*command: str) -> None:
@@ -37,7 +42,14 @@ def run(*command: str) -> None:
 def recipe(settings: dict) -> str:
     """The training settings that changed between map runs, so older points are told apart."""
     grid = ", int8 grid" if settings.get("int8_grid") else ""
-    return f"fine-tune from {settings['fine_tune_from']}{grid}"
+    epochs = settings.get("fine_tune_epochs")
+    schedule = f" for {epochs} epochs" if epochs not in (None, DEFAULT_FINE_TUNE_EPOCHS) else ""
+    teacher = (
+        f", distilled (T={settings['distill_temperature']:g}, w={settings['distill_weight']:g})"
+        if settings.get("teacher")
+        else ""
+    )
+    return f"fine-tune from {settings['fine_tune_from']}{schedule}{grid}{teacher}"
 
 
 def fastest_close_to(points: list[dict], reference: str, max_drop: float = 0.005) -> dict | None:
