@@ -81,7 +81,9 @@ def pareto(points: list[dict]) -> set[str]:
     return front
 
 
-def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> None:
+def plot(
+    points: list[dict], front: set[str], fast: dict | None, reference: str, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,12 +99,25 @@ def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> 
             color="tab:red" if on_front else "tab:blue",
             alpha=0.8,
         )
+    # Points on one spot (same accuracy, latency within 3% of the axis) share one label; a
+    # label near another on the same row goes above its point instead of below.
+    span = max(p["p50_ms"] for p in points) - min(p["p50_ms"] for p in points) or 1.0
+    spots: list[tuple[float, float, list[str]]] = []
+    for p in sorted(points, key=lambda p: p["p50_ms"]):
+        near = [s for s in spots if s[1] == p["accuracy"] and p["p50_ms"] - s[0] < 0.03 * span]
+        if near:
+            near[0][2].append(p["name"])
+        else:
+            spots.append((p["p50_ms"], p["accuracy"], [p["name"]]))
+    for index, (p50, accuracy, names) in enumerate(spots):
+        crowded = any(s[1] == accuracy and 0 < p50 - s[0] < 0.25 * span for s in spots[:index])
         axis.annotate(
-            p["name"],
-            (p["p50_ms"], 100 * p["accuracy"]),
-            fontsize=8,
-            xytext=(4, 3),
+            "\n".join(names),
+            (p50, 100 * accuracy),
+            fontsize=7,
+            xytext=(5, 6 if crowded else -4),
             textcoords="offset points",
+            va="bottom" if crowded else "top",
         )
     if fast:
         axis.scatter(
@@ -113,7 +128,7 @@ def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> 
             color="gold",
             edgecolor="black",
             zorder=3,
-            label=f"shipped fast model ({fast['name']})",
+            label=f"fastest within 0.5 points of {reference} ({fast['name']})",
         )
     ordered = sorted((p for p in points if p["name"] in front), key=lambda p: p["p50_ms"])
     axis.plot(
@@ -126,11 +141,10 @@ def plot(points: list[dict], front: set[str], fast: dict | None, path: Path) -> 
     )
     axis.set_xlabel("int8 invoke latency p50, ms (this machine, 2 threads)")
     axis.set_ylabel("test accuracy, %")
-    axis.set_title(
-        "MobileNetV2 width x input size: accuracy against latency (marker area ~ file size)"
-    )
+    axis.set_title("MobileNetV2 width x input size (marker area ~ file size)", fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(loc="center right", fontsize=8)
+    axis.margins(y=0.1)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -261,7 +275,7 @@ def main(
         f"{fast['name'] if fast else 'none'}",
     ]
     (out / "map.md").write_text("\n".join(lines) + "\n")
-    plot(points, front, fast, out / "map.png")
+    plot(points, front, fast, reference, out / "map.png")
     click.echo("\n".join(lines))
 
 
