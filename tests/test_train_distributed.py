@@ -233,13 +233,19 @@ def test_teacher_that_does_not_fit_is_refused(tmp_path, data_dir):
     )
     (teacher / "split.csv").unlink()
     assert_clean_error(student("--teacher", teacher), "split.csv is missing")
+    assert_clean_error(student("--consistent-teaching"), "--consistent-teaching needs a --teacher")
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_distilled_student_trains_on_the_teachers_split(tmp_path, data_dir, tiny_run):
+@pytest.mark.parametrize("teaching", ["fixed", "consistent"])
+def test_distilled_student_trains_on_the_teachers_split(
+    tmp_path, data_dir, tiny_run, converted_dir, teaching
+):
     import keras
 
+    # Fixed teaching from the run folder (Keras), consistent from the released kind of file.
+    teacher = tiny_run if teaching == "fixed" else converted_dir / "model_fp16.tflite"
     out = tmp_path / "student"
     run_cli(
         "edge-train",
@@ -262,16 +268,48 @@ def test_distilled_student_trains_on_the_teachers_split(tmp_path, data_dir, tiny
         "--batch-size",
         "16",
         "--teacher",
-        tiny_run,
+        teacher,
+        f"--{teaching}-teaching",
         "--weights",
         WEIGHTS,
     )
     assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (
-        metrics["teacher"]["temperature"] == 4.0 and metrics["teacher"]["soft_target_weight"] == 0.7
-    )
+    assert metrics["teacher"] == {
+        "model": str(teacher / "model.keras" if teacher.is_dir() else teacher),
+        "temperature": 4.0,
+        "soft_target_weight": 0.7,
+        "consistent": teaching == "consistent",
+    }
     model = keras.models.load_model(out / "model.keras")  # loads without LeukEdge's loss code
     assert model.input_shape[1:] == (64, 64, 3)
     losses = [float(row["loss"]) for row in history(out)]
     assert all(loss == loss and loss >= 0 for loss in losses)  # finite, KL + cross-entropy >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher_file", ["model.keras", "model_fp16.tflite"])
+def test_consistent_teacher_scores_the_view_it_is_given(
+    tiny_run, converted_dir, data_dir, teacher_file
+):
+    import numpy as np
+    import tensorflow as tf
+
+    from leukedge.train import dataset, distill
+
+    teacher = distill.check_teacher(
+        tiny_run if teacher_file == "model.keras" else converted_dir / teacher_file
+    )
+    model = distill.load_teacher(teacher)
+    samples = [s for s in dataset.read_split(teacher.split_file, check_files=False)][:6]
+    fixed = distill.soft_targets(distill.teacher_probabilities(model, samples, data_dir), 2.0)
+    size = distill.teacher_input_size(model)
+    views = tf.constant(dataset.load_pixels(samples, data_dir, size).astype(np.float32))
+    scored = distill.view_soft_targets(model, len(teacher.labels), 2.0)
+    # A clean view at the teacher's own size is the clean image: the fixed targets, to rounding.
+    np.testing.assert_allclose(scored(views).numpy(), fixed, atol=1e-4)
+    # A turned view at half the size (as a smaller student sees it) is scored as what it is.
+    turned = scored(tf.image.resize(tf.image.rot90(views), [size // 2, size // 2])).numpy()
+    assert turned.shape == fixed.shape
+    np.testing.assert_allclose(turned.sum(axis=1), 1.0, atol=1e-4)
+    assert np.abs(turned - fixed).max() > 1e-3

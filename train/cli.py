@@ -168,6 +168,13 @@ def pool_cpu_memory() -> None:
     default=TrainConfig.distill_weight,
     help="Share of the soft-target term in the loss; the labels get the rest (with --teacher).",
 )
+@click.option(
+    "--consistent-teaching/--fixed-teaching",
+    "distill_consistent",
+    default=TrainConfig.distill_consistent,
+    help="With --teacher: the teacher scores every augmented view the student sees (one teacher "
+    "invoke per image and epoch), instead of each clean image once.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option(
     "-v",
@@ -184,6 +191,8 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
       edge-train --out runs/a035-128 --alpha 0.35 --image-size 128
       edge-train --data ~/leukemia --out runs/reuse --split-file runs/default/split.csv
       edge-train --out runs/fast --alpha 0.35 --image-size 128 --teacher models/model_fp16.tflite
+      edge-train --out runs/kd144 --alpha 0.5 --image-size 144 --fine-tune-from 0 --fine-tune-epochs 24 \\
+        --teacher models/model_fp16.tflite --consistent-teaching
       TF_CONFIG='{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}' \\
         edge-train --out runs/mw --strategy multiworker    # the same on host b with index 1
     """
@@ -213,6 +222,8 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
             dataset.read_split(config.split_file, data_dir)
         if config.teacher:
             check_teacher(config.teacher, None, config.split_file)
+        elif config.distill_consistent:
+            raise SettingsError("--consistent-teaching needs a --teacher to score the views")
         scan = dataset.scan(
             data_dir,
             config.subset,

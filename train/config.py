@@ -61,6 +61,8 @@ class TrainConfig:
     teacher: Path | None = None
     distill_temperature: float = 4.0
     distill_weight: float = 0.7
+    # The teacher scores each augmented view the student sees, not once the clean image (distill.py).
+    distill_consistent: bool = False
     overwrite: bool = False  # replace a non-empty out_dir
     augment: dict = field(
         default_factory=lambda: {

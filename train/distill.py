@@ -4,18 +4,26 @@ The teacher is a run folder of `edge-train` (model.keras, labels.txt, split.csv)
 model with labels.txt and split.csv beside it (the released `models/` folder). The student
 trains on the teacher's split, so the teacher never saw the student's validation or test images.
 
-The teacher's probabilities are computed once per image, on the un-augmented image at the
-teacher's own input size (decoded again from the file, not upscaled from the student's smaller
-pixels), and then serve as the soft target of every augmented view of that image. That costs one
-teacher pass over the training and validation images instead of one per step, which is what
-makes distillation affordable on a 2-core CPU (the teacher is the 224 px alpha 1.0 model, 5-10x
-the student's compute).
+Two ways to teach:
+- fixed (the default): the teacher's probabilities are computed once per image, on the
+  un-augmented image at the teacher's own input size (decoded again from the file, not upscaled
+  from the student's smaller pixels), and serve as the soft target of every augmented view of
+  that image. One teacher pass over the training and validation images instead of one per step:
+  affordable on a 2-core CPU (the teacher is the 224 px alpha 1.0 model, 5-10x the student's
+  compute).
+- consistent (`--consistent-teaching`): the teacher scores the very view the student sees, each
+  augmented training batch resized to the teacher's input size (Beyer et al. 2022, "Knowledge
+  distillation: A good teacher is patient and consistent"). A rotated, blurred, noisy view is not
+  the clean image, and a fixed target tells the student the wrong thing about it; the price is
+  one teacher invoke per training image and epoch. Validation keeps the fixed targets (it is not
+  augmented).
 
 Only `check_teacher` is imported before TensorFlow; the rest loads the model.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +101,9 @@ def soft_targets(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def teacher_probabilities(
-    teacher: Teacher,
-    samples: list[dataset.Sample],
-    data_dir: Path,
-    batch_size: int = 32,
-    progress=None,
-) -> np.ndarray:
-    """The teacher's probabilities for `samples`, each decoded at the teacher's input size."""
+def load_teacher(teacher: Teacher):
+    """The teacher's model, checked against its labels: a LeukEdge Classifier for a .tflite file
+    (the runtime's own input preparation and calibrated probabilities), else a Keras model."""
     if teacher.model_path.suffix == ".tflite":
         from leukedge.edge_app.runtime import Classifier, ModelError
 
@@ -113,8 +116,7 @@ def teacher_probabilities(
                 f"--teacher {teacher.model_path} carries the labels {model.labels}, "
                 f"its labels.txt says {teacher.labels}"
             )
-        pixels = dataset.load_pixels(samples, data_dir, model.image_size, progress=progress)
-        return np.stack([model.invoke(model.to_input(image)) for image in pixels])
+        return model
     import keras
 
     model = keras.models.load_model(teacher.model_path, compile=False)
@@ -128,13 +130,56 @@ def teacher_probabilities(
             f"--teacher {teacher.model_path} has {model.output_shape[-1]} outputs "
             f"for {len(teacher.labels)} labels"
         )
-    pixels = dataset.load_pixels(samples, data_dir, int(shape[1]), progress=progress)
+    return model
+
+
+def teacher_input_size(model) -> int:
+    return model.image_size if hasattr(model, "image_size") else int(model.input_shape[1])
+
+
+def teacher_probabilities(
+    model, samples: list[dataset.Sample], data_dir: Path, batch_size: int = 32, progress=None
+) -> np.ndarray:
+    """The teacher's (`load_teacher`) probabilities for `samples`, each decoded at its input size."""
+    pixels = dataset.load_pixels(samples, data_dir, teacher_input_size(model), progress=progress)
+    if hasattr(model, "classify"):
+        return np.stack([model.invoke(model.to_input(image)) for image in pixels])
     return np.concatenate(
         [
             model.predict_on_batch(pixels[i : i + batch_size].astype(np.float32))
             for i in range(0, len(pixels), batch_size)
         ]
     )
+
+
+def view_soft_targets(model, n_classes: int, temperature: float):
+    """A TensorFlow function: a batch of augmented views (float 0..255, the student's size) ->
+    the teacher's soft targets at `temperature` for exactly those views (consistent teaching)."""
+    import tensorflow as tf
+
+    if hasattr(model, "classify"):  # .tflite: the runtime resizes each view as the app would
+        lock = threading.Lock()  # one interpreter; tf.data may call from several threads
+
+        def score(views: np.ndarray) -> np.ndarray:
+            frames = np.clip(np.round(views), 0, 255).astype(np.uint8)
+            with lock:
+                probabilities = np.stack([model.classify(frame) for frame in frames])
+            return soft_targets(probabilities, temperature)
+
+        def targets(views):
+            soft = tf.numpy_function(score, [views], tf.float32, stateful=False)
+            soft.set_shape([None, n_classes])
+            return soft
+
+        return targets
+    size = teacher_input_size(model)
+
+    def targets(views):
+        resized = tf.clip_by_value(tf.image.resize(views, [size, size]), 0.0, 255.0)
+        logits = tf.math.log(tf.clip_by_value(model(resized, training=False), 1e-12, 1.0))
+        return tf.nn.softmax(logits / temperature, axis=-1)
+
+    return targets
 
 
 def distillation_loss(n_classes: int, temperature: float, weight: float, label_smoothing: float):

@@ -74,7 +74,11 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
-def fine_tune_dataset(x, y, weights, targets, config: TrainConfig) -> tf.data.Dataset:
+def fine_tune_dataset(
+    x, y, weights, targets, config: TrainConfig, view_targets=None
+) -> tf.data.Dataset:
+    """Shuffled, augmented training batches; `view_targets` (consistent teaching) appends the
+    teacher's soft targets for each augmented view to its labels."""
     augment = augmentation(config.augment, config.seed, config.image_size)
     sample_weights = weights[y].astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, targets, sample_weights))
@@ -85,6 +89,8 @@ def fine_tune_dataset(x, y, weights, targets, config: TrainConfig) -> tf.data.Da
         lambda img, label, w: (augment(tf.cast(img, tf.float32)), label, w),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    if view_targets is not None:
+        ds = ds.map(lambda img, label, w: (img, tf.concat([label, view_targets(img)], axis=1), w))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -136,14 +142,19 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     n_classes = len(labels)
     one_hot = np.eye(n_classes, dtype=np.float32)
     targets_train, targets_val = one_hot[y_train], one_hot[y_val]
+    view_targets = None
     if teacher:
         # Soft targets once per image (see distill.py); the columns follow the labels' order.
+        # The head phases see clean images, so these are their targets even with consistent
+        # teaching, which scores the augmented views of fine-tuning as they are drawn.
+        teacher_model = distill.load_teacher(teacher)
         echo(
             f"teacher {teacher.model_path}: soft targets at temperature {config.distill_temperature:g}"
+            + (", and on every augmented view in fine-tuning" if config.distill_consistent else "")
         )
         soft = distill.soft_targets(
             distill.teacher_probabilities(
-                teacher,
+                teacher_model,
                 [s for split in ("train", "val") for s in samples if s.split == split],
                 config.data_dir,
                 config.batch_size,
@@ -152,6 +163,10 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         )
         targets_train = np.concatenate([targets_train, soft[: len(y_train)]], axis=1)
         targets_val = np.concatenate([targets_val, soft[len(y_train) :]], axis=1)
+        if config.distill_consistent:
+            view_targets = distill.view_soft_targets(
+                teacher_model, n_classes, config.distill_temperature
+            )
     decoded = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -277,7 +292,10 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                 f"fine-tuning {trainable} backbone layers (from index {config.fine_tune_from}, "
                 f"BatchNormalization frozen) for up to {config.fine_tune_epochs} epochs"
             )
-            train_ds = fine_tune_dataset(x_train, y_train, weights, targets_train, config)
+            fine_tune_targets = targets_train[:, :n_classes] if view_targets else targets_train
+            train_ds = fine_tune_dataset(
+                x_train, y_train, weights, fine_tune_targets, config, view_targets
+            )
             val_ds = tf.data.Dataset.from_tensor_slices((x_val, targets_val)).batch(
                 config.batch_size
             )
@@ -379,6 +397,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
             "model": str(teacher.model_path),
             "temperature": config.distill_temperature,
             "soft_target_weight": config.distill_weight,
+            "consistent": config.distill_consistent,
         }
     write_outputs(config, model, labels, samples, scan, history, metrics)
     return metrics
