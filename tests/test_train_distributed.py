@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, WEIGHTS_DIR, assert_clean_error, run_cli
+from leukedge.train import cli as train_cli
 from leukedge.train.cluster import ClusterError, parse_tf_config
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -281,6 +284,14 @@ def test_distilled_student_trains_on_the_teachers_split(
         "soft_target_weight": 0.7,
         "consistent": teaching == "consistent",
     }
+    # The card's command reproduces the student: the teacher and how it taught are in it, and
+    # edge-train accepts every option as written.
+    card = (out / "model_card.md").read_text()
+    command = re.search(r"Reproduce: `edge-train (.+)`", card).group(1)
+    params = train_cli.main.make_context("edge-train", shlex.split(command)).params
+    assert Path(params["teacher"]).resolve() == teacher.resolve()
+    assert params["distill_consistent"] == (teaching == "consistent")
+    assert f"({teaching} teaching)" in card
     model = keras.models.load_model(out / "model.keras")  # loads without LeukEdge's loss code
     assert model.input_shape[1:] == (64, 64, 3)
     losses = [float(row["loss"]) for row in history(out)]

@@ -103,12 +103,26 @@ def model_card(metrics: dict) -> str:
         if settings["weights"] not in ("imagenet", "none")
         else settings["weights"]
     )
+    teacher = metrics.get("teacher")
+    teacher_note = (
+        f" Distilled from the teacher {portable_path(teacher['model'])} (its split): soft targets at "
+        f"temperature {teacher['temperature']:g} with weight {teacher['soft_target_weight']:g}, the "
+        "labels with the rest, "
+        + (
+            "the teacher scoring every augmented view in fine-tuning (consistent teaching)."
+            if teacher.get("consistent")
+            else "the teacher scoring each clean image once (fixed teaching)."
+        )
+        if teacher
+        else ""
+    )
     command = (
         f"edge-train --data {portable_path(data['root'])} --out {portable_path(settings['out_dir'])} "
         f"--subset {settings['subset']} "
         f"--alpha {settings['alpha']} --image-size {settings['image_size']} --epochs {settings['epochs']} "
         f"--fine-tune-epochs {settings['fine_tune_epochs']} --fine-tune-from {settings['fine_tune_from']} "
-        f"--batch-size {settings['batch_size']} --weights {weights} --seed {settings['seed']}"
+        f"--batch-size {settings['batch_size']} --dropout {settings['dropout']} "
+        f"--weights {weights} --seed {settings['seed']}"
         + (
             f" --int8-grid --int8-refit-epochs {settings.get('int8_refit_epochs', 0)} --int8-per-tensor "
             f"{','.join(settings.get('int8_per_tensor_layers') or ()) or 'none'}"
@@ -123,6 +137,14 @@ def model_card(metrics: dict) -> str:
         + (
             f" --limit-per-class {settings['limit_per_class']}"
             if settings["limit_per_class"]
+            else ""
+        )
+        + (
+            f" --teacher {portable_path(settings['teacher'])} "
+            f"--distill-temperature {teacher['temperature']:g} "
+            f"--distill-weight {teacher['soft_target_weight']:g} "
+            + ("--consistent-teaching" if teacher.get("consistent") else "--fixed-teaching")
+            if teacher
             else ""
         )
     )
@@ -140,7 +162,7 @@ Frozen-backbone phase (up to {settings["epochs"]} epochs on cached features), th
 backbone layer {settings["fine_tune_from"]} with BatchNormalization frozen (up to
 {settings["fine_tune_epochs"]} epochs, Adam {settings["fine_tune_learning_rate"]} with cosine decay),
 one warm-up epoch, label smoothing {settings["label_smoothing"]}, class weights, early stopping on
-validation loss.{int8_note} Augmentation: {", ".join(f"{k} {v}" for k, v in settings["augment"].items())}.
+validation loss.{int8_note}{teacher_note} Augmentation: {", ".join(f"{k} {v}" for k, v in settings["augment"].items())}.
 
 Reproduce: `{command}`
 
