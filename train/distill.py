@@ -160,23 +160,26 @@ def view_soft_targets(model, n_classes: int, temperature: float):
     if hasattr(model, "classify"):  # .tflite: the runtime resizes each view as the app would
         lock = threading.Lock()  # one interpreter; tf.data may call from several threads
 
-        def score(views: np.ndarray) -> np.ndarray:
+        def classify(views: np.ndarray) -> np.ndarray:
             frames = np.clip(np.round(views), 0, 255).astype(np.uint8)
             with lock:
-                probabilities = np.stack([model.classify(frame) for frame in frames])
-            return soft_targets(probabilities, temperature)
+                return np.stack([model.classify(frame) for frame in frames]).astype(np.float32)
 
-        def targets(views):
-            soft = tf.numpy_function(score, [views], tf.float32, stateful=False)
-            soft.set_shape([None, n_classes])
-            return soft
+        def probabilities(views):
+            scored = tf.numpy_function(classify, [views], tf.float32, stateful=False)
+            scored.set_shape([None, n_classes])
+            return scored
 
-        return targets
-    size = teacher_input_size(model)
+    else:
+        size = teacher_input_size(model)
+
+        def probabilities(views):
+            resized = tf.clip_by_value(tf.image.resize(views, [size, size]), 0.0, 255.0)
+            return model(resized, training=False)
 
     def targets(views):
-        resized = tf.clip_by_value(tf.image.resize(views, [size, size]), 0.0, 255.0)
-        logits = tf.math.log(tf.clip_by_value(model(resized, training=False), 1e-12, 1.0))
+        # soft_targets, in the graph: softmax(log(p) / T).
+        logits = tf.math.log(tf.clip_by_value(probabilities(views), 1e-12, 1.0))
         return tf.nn.softmax(logits / temperature, axis=-1)
 
     return targets
