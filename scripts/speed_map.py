@@ -46,7 +46,7 @@ def recipe(settings: dict) -> str:
     schedule = f" for {epochs} epochs" if epochs not in (None, DEFAULT_FINE_TUNE_EPOCHS) else ""
     teacher = (
         f", distilled (T={settings['distill_temperature']:g}, w={settings['distill_weight']:g})"
-        if settings.get("teacher")
+        if settings.get("teachers") or settings.get("teacher")  # "teacher": runs before ensembles
         else ""
     )
     return f"fine-tune from {settings['fine_tune_from']}{schedule}{grid}{teacher}"

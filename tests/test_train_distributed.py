@@ -234,6 +234,16 @@ def test_teacher_that_does_not_fit_is_refused(tmp_path, data_dir):
     assert_clean_error(
         student("--teacher", teacher, "--split-file", other), "not the teacher's split"
     )
+    # An ensemble's members must share the split and be distinct.
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in ("model.keras", "labels.txt"):
+        (second / name).write_bytes((teacher / name).read_bytes())
+    dataset.write_split(dataset.stratified_split(samples, seed=1), second / "split.csv")
+    assert_clean_error(
+        student("--teacher", teacher, "--teacher", second), "trained on another split"
+    )
+    assert_clean_error(student("--teacher", teacher, "--teacher", teacher), "given twice")
     (teacher / "split.csv").unlink()
     assert_clean_error(student("--teacher", teacher), "split.csv is missing")
     assert_clean_error(student("--consistent-teaching"), "--consistent-teaching needs a --teacher")
@@ -247,8 +257,10 @@ def test_distilled_student_trains_on_the_teachers_split(
 ):
     import keras
 
-    # Fixed teaching from the run folder (Keras), consistent from the released kind of file.
-    teacher = tiny_run if teaching == "fixed" else converted_dir / "model_fp16.tflite"
+    # Fixed teaching from an ensemble (the run folder's Keras model and its conversion, which
+    # share the split), consistent from one file of the released kind.
+    fp16 = converted_dir / "model_fp16.tflite"
+    teachers = [tiny_run, fp16] if teaching == "fixed" else [fp16]
     out = tmp_path / "student"
     run_cli(
         "edge-train",
@@ -270,8 +282,7 @@ def test_distilled_student_trains_on_the_teachers_split(
         "40",
         "--batch-size",
         "16",
-        "--teacher",
-        teacher,
+        *[arg for teacher in teachers for arg in ("--teacher", teacher)],
         f"--{teaching}-teaching",
         "--weights",
         WEIGHTS,
@@ -279,7 +290,7 @@ def test_distilled_student_trains_on_the_teachers_split(
     assert (out / "split.csv").read_text() == (tiny_run / "split.csv").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher"] == {
-        "model": str(teacher / "model.keras" if teacher.is_dir() else teacher),
+        "models": [str(t / "model.keras" if t.is_dir() else t) for t in teachers],
         "temperature": 4.0,
         "soft_target_weight": 0.7,
         "consistent": teaching == "consistent",
@@ -289,9 +300,10 @@ def test_distilled_student_trains_on_the_teachers_split(
     card = (out / "model_card.md").read_text()
     command = re.search(r"Reproduce: `edge-train (.+)`", card).group(1)
     params = train_cli.main.make_context("edge-train", shlex.split(command)).params
-    assert Path(params["teacher"]).resolve() == teacher.resolve()
+    assert [Path(p).resolve() for p in params["teachers"]] == [t.resolve() for t in teachers]
     assert params["distill_consistent"] == (teaching == "consistent")
     assert f"({teaching} teaching)" in card
+    assert ("an ensemble of 2 teachers" in card) == (len(teachers) == 2)
     model = keras.models.load_model(out / "model.keras")  # loads without LeukEdge's loss code
     assert model.input_shape[1:] == (64, 64, 3)
     losses = [float(row["loss"]) for row in history(out)]
@@ -299,24 +311,34 @@ def test_distilled_student_trains_on_the_teachers_split(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teacher_file", ["model.keras", "model_fp16.tflite"])
+@pytest.mark.parametrize(
+    "teacher_files",
+    [["model.keras"], ["model_fp16.tflite"], ["model.keras", "model_fp16.tflite"]],
+    ids=["keras", "tflite", "ensemble"],
+)
 def test_consistent_teacher_scores_the_view_it_is_given(
-    tiny_run, converted_dir, data_dir, teacher_file
+    tiny_run, converted_dir, data_dir, teacher_files
 ):
     import numpy as np
     import tensorflow as tf
 
     from leukedge.train import dataset, distill
 
-    teacher = distill.check_teacher(
-        tiny_run if teacher_file == "model.keras" else converted_dir / teacher_file
+    teachers = distill.check_teachers(
+        [tiny_run if name == "model.keras" else converted_dir / name for name in teacher_files]
     )
-    model = distill.load_teacher(teacher)
-    samples = [s for s in dataset.read_split(teacher.split_file, check_files=False)][:6]
-    fixed = distill.soft_targets(distill.teacher_probabilities(model, samples, data_dir), 2.0)
-    size = distill.teacher_input_size(model)
+    models = [distill.load_teacher(teacher) for teacher in teachers]
+    samples = [s for s in dataset.read_split(teachers[0].split_file, check_files=False)][:6]
+    probabilities = distill.teacher_probabilities(models, samples, data_dir)
+    # An ensemble's probabilities are its members' mean.
+    members = [distill.teacher_probabilities([m], samples, data_dir) for m in models]
+    np.testing.assert_allclose(probabilities, np.mean(members, axis=0), atol=1e-6)
+    if len(models) > 1:
+        assert np.abs(members[0] - members[1]).max() > 1e-3  # two different teachers
+    fixed = distill.soft_targets(probabilities, 2.0)
+    size = distill.teacher_input_size(models[0])  # the tiny run's size for both members
     views = tf.constant(dataset.load_pixels(samples, data_dir, size).astype(np.float32))
-    scored = distill.view_soft_targets(model, len(teacher.labels), 2.0)
+    scored = distill.view_soft_targets(models, len(teachers[0].labels), 2.0)
     # A clean view at the teacher's own size is the clean image: the fixed targets, to rounding.
     np.testing.assert_allclose(scored(views).numpy(), fixed, atol=1e-4)
     # A turned view at half the size (as a smaller student sees it) is scored as what it is.

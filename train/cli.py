@@ -151,10 +151,12 @@ def pool_cpu_memory() -> None:
 )
 @click.option(
     "--teacher",
+    "teachers",
     type=click.Path(path_type=Path),
-    default=None,
+    multiple=True,
     help="Distil from this model: an edge-train run folder, or a .tflite with labels.txt and "
-    "split.csv beside it (e.g. models/model_fp16.tflite). The student uses its split.",
+    "split.csv beside it (e.g. models/model_fp16.tflite). The student uses its split. Give it "
+    "again for an ensemble teacher (mean probabilities; the members must share the split).",
 )
 @click.option(
     "--distill-temperature",
@@ -193,6 +195,8 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
       edge-train --out runs/fast --alpha 0.35 --image-size 128 --teacher models/model_fp16.tflite
       edge-train --out runs/kd144 --alpha 0.5 --image-size 144 --fine-tune-from 0 --fine-tune-epochs 24 \\
         --teacher models/model_fp16.tflite --consistent-teaching
+      edge-train --out runs/kd-ens --alpha 0.5 --image-size 144 --fine-tune-from 0 --fine-tune-epochs 24 \\
+        --teacher models/model_fp16.tflite --teacher runs/seed1/tflite/model_fp16.tflite
       TF_CONFIG='{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}' \\
         edge-train --out runs/mw --strategy multiworker    # the same on host b with index 1
     """
@@ -205,7 +209,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
     from leukedge.train import dataset
     from leukedge.train.cluster import WorkerLostError, parse_tf_config
     from leukedge.train.config import SettingsError, WeightsError
-    from leukedge.train.distill import check_teacher
+    from leukedge.train.distill import check_teachers
     from leukedge.train.run_dir import RunDirError, check_out_dir
 
     try:
@@ -220,8 +224,8 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
             parse_tf_config(os.environ.get("TF_CONFIG"))
         if config.split_file:
             dataset.read_split(config.split_file, data_dir)
-        if config.teacher:
-            check_teacher(config.teacher, None, config.split_file)
+        if config.teachers:
+            check_teachers(config.teachers, None, config.split_file)
         elif config.distill_consistent:
             raise SettingsError("--consistent-teaching needs a --teacher to score the views")
         scan = dataset.scan(

@@ -55,10 +55,11 @@ class TrainConfig:
     split_file: Path | None = None  # reuse this split.csv exactly instead of making one
     limit_per_class: int | None = None  # use only the first N images of each class (quick runs)
     strategy: str = "default"  # tf.distribute strategy: default | mirrored | multiworker
-    # Knowledge distillation: a trained model (run folder or .tflite with labels.txt and split.csv
-    # beside it) whose probabilities, softened at `distill_temperature`, are learned alongside the
-    # labels; `distill_weight` is the share of the soft-target term in the loss.
-    teacher: Path | None = None
+    # Knowledge distillation: trained models (run folders or .tflite files with labels.txt and
+    # split.csv beside them) whose mean probabilities, softened at `distill_temperature`, are
+    # learned alongside the labels; `distill_weight` is the share of the soft-target term in the
+    # loss. Empty: no distillation; more than one: an ensemble teacher (distill.py).
+    teachers: tuple[Path, ...] = ()
     distill_temperature: float = 4.0
     distill_weight: float = 0.7
     # The teacher scores each augmented view the student sees, not once the clean image (distill.py).

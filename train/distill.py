@@ -18,6 +18,11 @@ Two ways to teach:
   one teacher invoke per training image and epoch. Validation keeps the fixed targets (it is not
   augmented).
 
+Several teachers (`--teacher` given more than once) teach as one ensemble: their probabilities
+are averaged, then softened. Models trained with other seeds on the same split err on different
+images, so their average errs less than any of them, and a student learns its teacher's mistakes
+along with the rest. The members must share the labels and the split.
+
 Only `check_teacher` is imported before TensorFlow; the rest loads the model.
 """
 
@@ -82,15 +87,43 @@ def check_teacher(
             f"--teacher {path} was trained on the labels {teacher_labels}, the data has "
             f"{list(labels)}: a teacher must know exactly the student's classes"
         )
-    if split_file is not None:
-        ours = {(s.sha256, s.split) for s in dataset.read_split(split_file, check_files=False)}
-        theirs = {(s.sha256, s.split) for s in dataset.read_split(teacher_split, check_files=False)}
-        if ours != theirs:
-            raise TeacherError(
-                f"--split-file {split_file} is not the teacher's split ({teacher_split}): "
-                "leave --split-file out, the student uses the teacher's split"
-            )
+    if split_file is not None and split_rows(split_file) != split_rows(teacher_split):
+        raise TeacherError(
+            f"--split-file {split_file} is not the teacher's split ({teacher_split}): "
+            "leave --split-file out, the student uses the teacher's split"
+        )
     return Teacher(model_path, teacher_labels, teacher_split)
+
+
+def split_rows(split_file: Path) -> set[tuple[str, str]]:
+    """A split as a comparable set: (image hash, split) pairs."""
+    return {(s.sha256, s.split) for s in dataset.read_split(split_file, check_files=False)}
+
+
+def check_teachers(
+    paths: tuple[Path, ...] | list[Path],
+    labels: list[str] | None = None,
+    split_file: Path | None = None,
+) -> list[Teacher]:
+    """`check_teacher` for each member of an ensemble, which must share one split and labels."""
+    teachers = [check_teacher(path, labels, split_file) for path in paths]
+    models = [t.model_path.resolve() for t in teachers]
+    if len(set(models)) < len(models):
+        raise TeacherError("the same --teacher is given twice: each member of an ensemble once")
+    first = teachers[0] if teachers else None
+    for path, teacher in zip(paths[1:], teachers[1:], strict=True):
+        if teacher.labels != first.labels:
+            raise TeacherError(
+                f"--teacher {path} knows the labels {teacher.labels}, --teacher {paths[0]} "
+                f"{first.labels}: the teachers of one student must share their labels"
+            )
+        if split_rows(teacher.split_file) != split_rows(first.split_file):
+            raise TeacherError(
+                f"--teacher {path} was trained on another split than --teacher {paths[0]}: "
+                f"train it with --split-file {first.split_file} (the teachers of one student "
+                "must share a split, or one's training images are in another's test set)"
+            )
+    return teachers
 
 
 def soft_targets(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -138,9 +171,18 @@ def teacher_input_size(model) -> int:
 
 
 def teacher_probabilities(
-    model, samples: list[dataset.Sample], data_dir: Path, batch_size: int = 32, progress=None
+    models: list, samples: list[dataset.Sample], data_dir: Path, batch_size: int = 32, progress=None
 ) -> np.ndarray:
-    """The teacher's (`load_teacher`) probabilities for `samples`, each decoded at its input size."""
+    """The teachers' (`load_teacher`) mean probabilities for `samples`, each image decoded at
+    each teacher's input size."""
+    return np.mean(
+        [member_probabilities(m, samples, data_dir, batch_size, progress) for m in models], axis=0
+    )
+
+
+def member_probabilities(
+    model, samples: list[dataset.Sample], data_dir: Path, batch_size: int, progress
+) -> np.ndarray:
     pixels = dataset.load_pixels(samples, data_dir, teacher_input_size(model), progress=progress)
     if hasattr(model, "classify"):
         return np.stack([model.invoke(model.to_input(image)) for image in pixels])
@@ -152,9 +194,24 @@ def teacher_probabilities(
     )
 
 
-def view_soft_targets(model, n_classes: int, temperature: float):
+def view_soft_targets(models: list, n_classes: int, temperature: float):
     """A TensorFlow function: a batch of augmented views (float 0..255, the student's size) ->
-    the teacher's soft targets at `temperature` for exactly those views (consistent teaching)."""
+    the teachers' soft targets at `temperature` for exactly those views (consistent teaching)."""
+    import tensorflow as tf
+
+    members = [view_probabilities(model, n_classes) for model in models]
+
+    def targets(views):
+        # soft_targets, in the graph: softmax(log(p) / T) of the members' mean probabilities.
+        mean = tf.add_n([probabilities(views) for probabilities in members]) / len(members)
+        logits = tf.math.log(tf.clip_by_value(mean, 1e-12, 1.0))
+        return tf.nn.softmax(logits / temperature, axis=-1)
+
+    return targets
+
+
+def view_probabilities(model, n_classes: int):
+    """A TensorFlow function: augmented views -> one teacher's probabilities for them."""
     import tensorflow as tf
 
     if hasattr(model, "classify"):  # .tflite: the runtime resizes each view as the app would
@@ -177,12 +234,7 @@ def view_soft_targets(model, n_classes: int, temperature: float):
             resized = tf.clip_by_value(tf.image.resize(views, [size, size]), 0.0, 255.0)
             return model(resized, training=False)
 
-    def targets(views):
-        # soft_targets, in the graph: softmax(log(p) / T).
-        logits = tf.math.log(tf.clip_by_value(probabilities(views), 1e-12, 1.0))
-        return tf.nn.softmax(logits / temperature, axis=-1)
-
-    return targets
+    return probabilities
 
 
 def distillation_loss(n_classes: int, temperature: float, weight: float, label_smoothing: float):

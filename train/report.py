@@ -104,18 +104,24 @@ def model_card(metrics: dict) -> str:
         else settings["weights"]
     )
     teacher = metrics.get("teacher")
-    teacher_note = (
-        f" Distilled from the teacher {portable_path(teacher['model'])} (its split): soft targets at "
-        f"temperature {teacher['temperature']:g} with weight {teacher['soft_target_weight']:g}, the "
-        "labels with the rest, "
-        + (
-            "the teacher scoring every augmented view in fine-tuning (consistent teaching)."
-            if teacher.get("consistent")
-            else "the teacher scoring each clean image once (fixed teaching)."
+    teacher_note = ""
+    if teacher:
+        members = [portable_path(m) for m in teacher["models"]]
+        who = (
+            f"the teacher {members[0]} (its split)"
+            if len(members) == 1
+            else f"an ensemble of {len(members)} teachers (their mean probabilities; "
+            f"their shared split): {', '.join(members)}"
         )
-        if teacher
-        else ""
-    )
+        how = (
+            "scoring every augmented view in fine-tuning (consistent teaching)."
+            if teacher.get("consistent")
+            else "scoring each clean image once (fixed teaching)."
+        )
+        teacher_note = (
+            f" Distilled from {who}: soft targets at temperature {teacher['temperature']:g} with "
+            f"weight {teacher['soft_target_weight']:g}, the labels with the rest, the teacher {how}"
+        )
     command = (
         f"edge-train --data {portable_path(data['root'])} --out {portable_path(settings['out_dir'])} "
         f"--subset {settings['subset']} "
@@ -140,8 +146,8 @@ def model_card(metrics: dict) -> str:
             else ""
         )
         + (
-            f" --teacher {portable_path(settings['teacher'])} "
-            f"--distill-temperature {teacher['temperature']:g} "
+            "".join(f" --teacher {portable_path(m)}" for m in settings["teachers"])
+            + f" --distill-temperature {teacher['temperature']:g} "
             f"--distill-weight {teacher['soft_target_weight']:g} "
             + ("--consistent-teaching" if teacher.get("consistent") else "--fixed-teaching")
             if teacher

@@ -125,15 +125,13 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     started = time.monotonic()
     out_dir = Path(config.out_dir)
     check_out_dir(out_dir, config.overwrite)
-    teacher = (
-        distill.check_teacher(config.teacher, None, config.split_file) if config.teacher else None
-    )
+    teachers = distill.check_teachers(config.teachers, None, config.split_file)
+    teacher = teachers[0] if teachers else None  # the split, labels and "distilled or not"
     scan = scan or dataset.scan(
         config.data_dir, config.subset, config.image_size, config.limit_per_class
     )
     labels = scan.labels
-    if teacher:
-        distill.check_teacher(config.teacher, labels)
+    distill.check_teachers(config.teachers, labels)
     samples = assign_split(config, scan, teacher.split_file if teacher else None)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         arrays(samples, scan, labels, split) for split in dataset.SPLITS
@@ -147,14 +145,15 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         # Soft targets once per image (see distill.py); the columns follow the labels' order.
         # The head phases see clean images, so these are their targets even with consistent
         # teaching, which scores the augmented views of fine-tuning as they are drawn.
-        teacher_model = distill.load_teacher(teacher)
+        teacher_models = [distill.load_teacher(member) for member in teachers]
         echo(
-            f"teacher {teacher.model_path}: soft targets at temperature {config.distill_temperature:g}"
+            f"teacher {' + '.join(str(t.model_path) for t in teachers)}: soft targets at "
+            f"temperature {config.distill_temperature:g}"
             + (", and on every augmented view in fine-tuning" if config.distill_consistent else "")
         )
         soft = distill.soft_targets(
             distill.teacher_probabilities(
-                teacher_model,
+                teacher_models,
                 [s for split in ("train", "val") for s in samples if s.split == split],
                 config.data_dir,
                 config.batch_size,
@@ -165,7 +164,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
         targets_val = np.concatenate([targets_val, soft[len(y_train) :]], axis=1)
         if config.distill_consistent:
             view_targets = distill.view_soft_targets(
-                teacher_model, n_classes, config.distill_temperature
+                teacher_models, n_classes, config.distill_temperature
             )
     decoded = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -356,7 +355,10 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                 },
             },
             "settings": {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                k: (
+                    str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "teachers" else v
+                )
+                for k, v in asdict(config).items()
             },
             "timing_seconds": {
                 "decode_and_split": round(decoded - started, 1),
@@ -394,7 +396,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
             metrics=["accuracy"],
         )
         metrics["teacher"] = {
-            "model": str(teacher.model_path),
+            "models": [str(member.model_path) for member in teachers],
             "temperature": config.distill_temperature,
             "soft_target_weight": config.distill_weight,
             "consistent": config.distill_consistent,
