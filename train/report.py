@@ -120,7 +120,8 @@ def model_card(metrics: dict) -> str:
         )
         teacher_note = (
             f" Distilled from {who}: soft targets at temperature {teacher['temperature']:g} with "
-            f"weight {teacher['soft_target_weight']:g}, the labels with the rest, the teacher {how}"
+            f"weight {teacher['soft_target_weight']:g}, the labels with the rest, the "
+            f"{'teachers' if len(members) > 1 else 'teacher'} {how}"
         )
     command = (
         f"edge-train --data {portable_path(data['root'])} --out {portable_path(settings['out_dir'])} "
