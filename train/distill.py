@@ -19,11 +19,12 @@ Two ways to teach:
   augmented).
 
 Several teachers (`--teacher` given more than once) teach as one ensemble: their probabilities
-are averaged, then softened. Models trained with other seeds on the same split err on different
-images, so their average errs less than any of them, and a student learns its teacher's mistakes
-along with the rest. The members must share the labels and the split.
+are averaged, then softened. Where models of other seeds err on different images, their mean can
+be right, and a student learns its teacher's mistakes along with the rest; where they all err on
+the same image, so does the mean (docs/training.md, "Fourth round"). The members must share the
+labels and the split.
 
-Only `check_teacher` is imported before TensorFlow; the rest loads the model.
+Only the checks are imported before TensorFlow; the rest loads the model.
 """
 
 from __future__ import annotations
@@ -111,13 +112,14 @@ def check_teachers(
     if len(set(models)) < len(models):
         raise TeacherError("the same --teacher is given twice: each member of an ensemble once")
     first = teachers[0] if teachers else None
+    first_split = split_rows(first.split_file) if first else None
     for path, teacher in zip(paths[1:], teachers[1:], strict=True):
         if teacher.labels != first.labels:
             raise TeacherError(
                 f"--teacher {path} knows the labels {teacher.labels}, --teacher {paths[0]} "
                 f"{first.labels}: the teachers of one student must share their labels"
             )
-        if split_rows(teacher.split_file) != split_rows(first.split_file):
+        if split_rows(teacher.split_file) != first_split:
             raise TeacherError(
                 f"--teacher {path} was trained on another split than --teacher {paths[0]}: "
                 f"train it with --split-file {first.split_file} (the teachers of one student "

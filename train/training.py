@@ -104,6 +104,15 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarr
     )
 
 
+def json_value(value):
+    """A setting as JSON holds it: paths as strings, also inside tuples and lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [json_value(item) for item in value]
+    return value
+
+
 def history_rows(history: dict[str, list[float]], phase: str, first_epoch: int) -> list[dict]:
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     n = len(history.get("loss", []))
@@ -125,13 +134,13 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     started = time.monotonic()
     out_dir = Path(config.out_dir)
     check_out_dir(out_dir, config.overwrite)
-    teachers = distill.check_teachers(config.teachers, None, config.split_file)
-    teacher = teachers[0] if teachers else None  # the split, labels and "distilled or not"
     scan = scan or dataset.scan(
         config.data_dir, config.subset, config.image_size, config.limit_per_class
     )
     labels = scan.labels
-    distill.check_teachers(config.teachers, labels)
+    # edge-train's CLI checks the teachers before decoding; here with the data's labels too.
+    teachers = distill.check_teachers(config.teachers, labels, config.split_file)
+    teacher = teachers[0] if teachers else None  # the split, labels and "distilled or not"
     samples = assign_split(config, scan, teacher.split_file if teacher else None)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         arrays(samples, scan, labels, split) for split in dataset.SPLITS
@@ -354,12 +363,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                     for split in dataset.SPLITS
                 },
             },
-            "settings": {
-                k: (
-                    str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "teachers" else v
-                )
-                for k, v in asdict(config).items()
-            },
+            "settings": {k: json_value(v) for k, v in asdict(config).items()},
             "timing_seconds": {
                 "decode_and_split": round(decoded - started, 1),
                 "frozen_phase": round(frozen_done - decoded, 1),
