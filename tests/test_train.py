@@ -272,3 +272,28 @@ def test_defaults_match_the_documented_interface():
         "--overwrite",
     ):
         assert option in result.stdout
+
+
+def test_remaining_time_is_estimated_from_the_mean_epoch(monkeypatch):
+    from leukedge.train import training
+
+    # train begins, then three epochs end, after 60 s, 120 s and 2 s
+    clock = iter([0.0, 60.0, 180.0, 182.0])
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    eta = training.EtaCallback("fine-tune", 12, echo=lines.append)
+    eta.on_train_begin()
+    for epoch in range(3):
+        eta.on_epoch_end(epoch)
+    assert lines[0].startswith("fine-tune: epoch 1/12 done after 1.0 min; about 11.0 min left")
+    assert "if all 12 epochs run (until " in lines[0]
+    assert lines[1].startswith("fine-tune: epoch 2/12 done after 3.0 min; about 15.0 min left")
+    assert len(lines) == 3  # the mean epoch is still over 5 s: the third line is printed too
+    assert "about 9.1 min left" in lines[2]  # 182 s / 3 epochs x 9 left = 546 s
+
+    clock = iter([0.0, 2.0, 4.0])  # seconds-long head epochs stay quiet
+    quiet = training.EtaCallback("head", 30, echo=lines.append)
+    quiet.on_train_begin()
+    quiet.on_epoch_end(0)
+    quiet.on_epoch_end(1)
+    assert len(lines) == 3

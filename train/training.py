@@ -420,8 +420,9 @@ def cpu_allocator() -> str:
 
 
 class EtaCallback(keras.callbacks.Callback):
-    """After each epoch: its time and the phase's remaining time, if it ran to its last epoch
-    (early stopping can end it sooner), so a long run says when it will be done."""
+    """After each epoch: the phase's time so far and an estimate of what is left if it runs to
+    its last epoch (the mean epoch time so far; early stopping can end it sooner), so a long run
+    says when it will be done. An estimate, not a bound: epochs can slow down."""
 
     def __init__(self, phase: str, epochs: int, echo=print):
         super().__init__()
@@ -435,9 +436,10 @@ class EtaCallback(keras.callbacks.Callback):
         left = self.epochs - epoch - 1
         if left and elapsed / (epoch + 1) >= 5:  # quiet for the seconds-long head epochs
             eta = elapsed / (epoch + 1) * left
+            until = time.strftime("%H:%M", time.localtime(time.time() + eta))
             self.echo(
                 f"{self.phase}: epoch {epoch + 1}/{self.epochs} done after {elapsed / 60:.1f} min; "
-                f"at most {eta / 60:.1f} min left in this phase ({time.strftime('%H:%M', time.localtime(time.time() + eta))})"
+                f"about {eta / 60:.1f} min left if all {self.epochs} epochs run (until {until})"
             )
 
 
