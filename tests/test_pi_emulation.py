@@ -137,10 +137,10 @@ def test_pi_requirements_follow_the_pi_extra():
     litert = wheels.pi_requirements(REPO / "pyproject.toml", "ai-edge-litert")
     tflite = wheels.pi_requirements(REPO / "pyproject.toml", "tflite-runtime")
     other = wheels.pi_requirements(REPO / "pyproject.toml", "ai-edge-litert==2.2.0")
-    assert "numpy>=1.24,<2" in litert and any(
+    assert "numpy<2,>=1.24" in litert and any(
         r.startswith("opencv-python-headless") and "<4.12" in r for r in litert
     )
-    assert [r for r in litert if r.startswith("ai-edge-litert")] == ["ai-edge-litert>=2.0,<2.2"]
+    assert [r for r in litert if r.startswith("ai-edge-litert")] == ["ai-edge-litert<2.2,>=2.0"]
     assert tflite[-1] == "tflite-runtime==2.14.0" and not any(
         r.startswith("ai-edge-litert") for r in tflite
     )
@@ -149,13 +149,34 @@ def test_pi_requirements_follow_the_pi_extra():
         wheels.pi_requirements(REPO / "pyproject.toml", "tensorflow")
 
 
+def test_trixie_gets_the_numpy_2_stack_and_no_tflite_runtime():
+    trixie = wheels.pi_requirements(REPO / "pyproject.toml", "ai-edge-litert", "3.13")
+    assert "numpy>=2" in trixie and not any(";" in r for r in trixie)
+    assert [r for r in trixie if r.startswith("ai-edge-litert")] == ["ai-edge-litert<2.2,>=2.0"]
+    assert "opencv-python-headless>=4.8" in trixie
+    with pytest.raises(userland.SetupError, match="no wheels for Python 3.13"):
+        wheels.pi_requirements(REPO / "pyproject.toml", "tflite-runtime", "3.13")
+
+
 def test_apt_state_stays_inside_the_check_folder(tmp_path):
     options = userland.apt_options(tmp_path)
     dirs = [o.split("=", 1)[1] for o in options if o.startswith("-oDir::")]
     assert len(dirs) == 8 and all(d.startswith(str(tmp_path)) for d in dirs)
     assert "-oAPT::Architectures=arm64" in options
-    assert all(p.startswith("manylinux") and p.endswith("_aarch64") for p in wheels.PLATFORMS)
+    bookworm = wheels.platforms(userland.RELEASES["bookworm"])
+    assert all(p.startswith("manylinux") and p.endswith("_aarch64") for p in bookworm)
+    assert "manylinux_2_36_aarch64" in bookworm and "manylinux_2_37_aarch64" not in bookworm
+    trixie = wheels.platforms(userland.RELEASES["trixie"])
+    assert "manylinux_2_41_aarch64" in trixie and "manylinux_2_42_aarch64" not in trixie
+
+
+def test_each_release_has_its_own_folders_and_interpreter(tmp_path):
+    bookworm, trixie = userland.RELEASES["bookworm"], userland.RELEASES["trixie"]
+    assert userland.release_dir(tmp_path, bookworm, "rootfs") == tmp_path / "rootfs"
+    assert userland.release_dir(tmp_path, trixie, "rootfs") == tmp_path / "rootfs-trixie"
     assert (
-        "manylinux_2_36_aarch64" in wheels.PLATFORMS
-        and "manylinux_2_37_aarch64" not in wheels.PLATFORMS
+        trixie.interpreter == "usr/bin/python3.13" and "python3.13-minimal" in trixie.all_packages()
     )
+    assert all(" trixie" in source for source in trixie.sources)
+    userland.prepare_apt_dir(tmp_path / "apt", trixie)
+    assert (tmp_path / "apt" / "sources.list").read_text().count("trixie") == 3

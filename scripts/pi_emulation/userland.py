@@ -1,7 +1,8 @@
-"""Raspberry Pi OS Bookworm 64-bit userland (Debian 12 arm64, Python 3.11.2) in a folder we own.
+"""Raspberry Pi OS 64-bit userland (Bookworm: Debian 12 arm64, Python 3.11; Trixie: Debian 13
+arm64, Python 3.13) in a folder we own.
 
 No root filesystem is booted and no binfmt handler is registered: qemu-aarch64-static runs the
-arm64 python3.11 binary directly, and QEMU_LD_PREFIX makes the emulated loader find its
+arm64 python binary directly, and QEMU_LD_PREFIX makes the emulated loader find its
 libraries in the unpacked tree. apt works on its own lists, cache, state and sources list
 inside that folder, so the host's apt state is never changed.
 """
@@ -11,23 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 QEMU = "qemu-aarch64-static"
 QEMU_CPU = "cortex-a72"  # the Raspberry Pi 4's core
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-SOURCES = [
-    "http://deb.debian.org/debian bookworm main",
-    "http://deb.debian.org/debian bookworm-updates main",
-    "http://deb.debian.org/debian-security bookworm-security main",
-]
-# What `python3.11` from Debian 12 needs to run the edge packages: the interpreter, its
-# standard library, and the C libraries those link against (checked by import_check below).
-# libstdc++6/libgcc-s1/libgomp1 serve the C++ wheels (LiteRT, OpenCV, numpy's OpenBLAS).
-PACKAGES = [
-    "python3.11-minimal",
-    "libpython3.11-minimal",
-    "libpython3.11-stdlib",
+# What Debian's python3 needs to run the edge packages: the interpreter, its standard library,
+# and the C libraries those link against (checked by import_check below). libstdc++6, libgcc-s1
+# and libgomp1 serve the C++ wheels (LiteRT, OpenCV, numpy's OpenBLAS).
+COMMON_PACKAGES = [
     "libc6",
     "libgcc-s1",
     "libstdc++6",
@@ -35,23 +29,64 @@ PACKAGES = [
     "zlib1g",
     "libexpat1",
     "libffi8",
-    "libssl3",
     "libbz2-1.0",
     "liblzma5",
     "libsqlite3-0",
     "libuuid1",
     "libcrypt1",
-    "libdb5.3",
     "libncursesw6",
     "libtinfo6",
-    "libreadline8",
 ]
-PYTHON = "usr/bin/python3.11"
 # Standard modules edge_app, benchmarks and their wheels import; a missing C library shows here.
 STDLIB_PROBE = (
     "import platform, sqlite3, hashlib, ssl, ctypes, lzma, bz2, zlib, json, uuid, "
     "decimal, multiprocessing, signal; print(platform.machine(), platform.python_version())"
 )
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Raspberry Pi OS release, as its Debian arm64 userland and Python."""
+
+    name: str
+    debian: str  # "Debian 12"
+    python: str  # "3.11"
+    glibc_minor: int  # manylinux_2_N wheels run there up to this N
+    packages: tuple[str, ...]  # besides COMMON_PACKAGES
+
+    @property
+    def sources(self) -> list[str]:
+        return [
+            f"http://deb.debian.org/debian {self.name} main",
+            f"http://deb.debian.org/debian {self.name}-updates main",
+            f"http://deb.debian.org/debian-security {self.name}-security main",
+        ]
+
+    @property
+    def interpreter(self) -> str:
+        return f"usr/bin/python{self.python}"
+
+    def all_packages(self) -> list[str]:
+        return [
+            f"python{self.python}-minimal",
+            f"libpython{self.python}-minimal",
+            f"libpython{self.python}-stdlib",
+            *COMMON_PACKAGES,
+            *self.packages,
+        ]
+
+
+RELEASES = {
+    # Raspberry Pi OS Bookworm 64-bit: Debian 12, Python 3.11.2, glibc 2.36.
+    "bookworm": Release(
+        "bookworm", "Debian 12", "3.11", 36, ("libssl3", "libdb5.3", "libreadline8")
+    ),
+    # Raspberry Pi OS Trixie 64-bit: Debian 13, Python 3.13, glibc 2.41. Debian 13 renamed some
+    # libraries for its 64-bit time_t move (t64) and links Python's decimal to libmpdec.
+    "trixie": Release(
+        "trixie", "Debian 13", "3.13", 41, ("libssl3t64", "libreadline8t64", "libmpdec4")
+    ),
+}
 
 
 class SetupError(RuntimeError):
@@ -114,7 +149,7 @@ def apt_options(apt_dir: Path) -> list[str]:
     ]
 
 
-def prepare_apt_dir(apt_dir: Path) -> None:
+def prepare_apt_dir(apt_dir: Path, release: Release) -> None:
     for sub in (
         "state",
         "lists/partial",
@@ -127,32 +162,40 @@ def prepare_apt_dir(apt_dir: Path) -> None:
     if not Path(DEBIAN_KEYRING).is_file():
         raise SetupError(f"{DEBIAN_KEYRING} missing: apt-get install debian-archive-keyring")
     (apt_dir / "sources.list").write_text(
-        "".join(f"deb [arch=arm64 signed-by={DEBIAN_KEYRING}] {source}\n" for source in SOURCES)
+        "".join(
+            f"deb [arch=arm64 signed-by={DEBIAN_KEYRING}] {source}\n" for source in release.sources
+        )
     )
 
 
-def build_tree(cache: Path) -> Path:
-    """The unpacked arm64 userland (cached: rebuilt only when PACKAGES change)."""
-    tree = cache / "rootfs"
+def release_dir(cache: Path, release: Release, name: str) -> Path:
+    """Bookworm keeps the folder names of the check's first version, so old caches stay valid."""
+    return cache / (name if release.name == "bookworm" else f"{name}-{release.name}")
+
+
+def build_tree(cache: Path, release: Release) -> Path:
+    """The unpacked arm64 userland (cached: rebuilt only when its packages change)."""
+    tree = release_dir(cache, release, "rootfs")
     stamp = tree / ".packages"
-    wanted = "\n".join(PACKAGES)
+    packages = release.all_packages()
+    wanted = "\n".join(packages)
     if stamp.is_file() and stamp.read_text() == wanted:
         return tree
-    apt_dir, debs = cache / "apt", cache / "debs"
-    prepare_apt_dir(apt_dir)
+    apt_dir, debs = release_dir(cache, release, "apt"), release_dir(cache, release, "debs")
+    prepare_apt_dir(apt_dir, release)
     options = apt_options(apt_dir)
-    print("downloading Debian 12 arm64 packages for Python 3.11")
+    print(f"downloading {release.debian} arm64 packages for Python {release.python}")
     # Error-Mode=any: by default apt-get update exits 0 even when no list could be fetched.
     run_quiet(
         ["apt-get", *options, "-oAPT::Update::Error-Mode=any", "update"],
-        "apt-get update (Debian 12 arm64 package lists from deb.debian.org: network or proxy?)",
+        f"apt-get update ({release.debian} arm64 package lists from deb.debian.org: network or proxy?)",
     )
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
     run_quiet(
-        ["apt-get", *options, "download", *PACKAGES], "apt-get download (arm64 .debs)", cwd=debs
+        ["apt-get", *options, "download", *packages], "apt-get download (arm64 .debs)", cwd=debs
     )
-    staging = cache / "rootfs.partial"
+    staging = tree.with_name(tree.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for deb in sorted(debs.glob("*.deb")):
         run_quiet(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
@@ -172,11 +215,11 @@ def emulated_env(tree: Path, pythonpath: list[Path], base: dict[str, str]) -> di
     }
 
 
-def python_command(qemu: str, tree: Path) -> list[str]:
-    return [qemu, str(tree / PYTHON)]
+def python_command(qemu: str, tree: Path, release: Release) -> list[str]:
+    return [qemu, str(tree / release.interpreter)]
 
 
-def exec_wrapper(cache: Path, qemu: str, tree: Path) -> Path:
+def exec_wrapper(cache: Path, qemu: str, tree: Path, release: Release) -> Path:
     """A host script that starts the emulated python, for code that runs `sys.executable`.
 
     qemu-user emulates one process: when the emulated python exec()s its own binary (edge-bench
@@ -184,21 +227,23 @@ def exec_wrapper(cache: Path, qemu: str, tree: Path) -> Path:
     handler, deliberately). The checked commands set sys.executable to this script, which goes
     back through qemu with the inherited QEMU_* environment; on a real Pi the binary runs as is.
     """
-    wrapper = cache / "bin" / "python3.11-emulated"
+    wrapper = cache / "bin" / f"python{release.python}-emulated"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text(f'#!/bin/sh\nexec "{qemu}" "{tree / PYTHON}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec "{qemu}" "{tree / release.interpreter}" "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
 
-def import_check(qemu: str, tree: Path, base_env: dict[str, str]) -> str:
+def import_check(qemu: str, tree: Path, release: Release, base_env: dict[str, str]) -> str:
     """'aarch64 3.11.2' when the emulated interpreter and its C libraries work."""
     result = run_quiet(
-        [*python_command(qemu, tree), "-c", STDLIB_PROBE],
-        "emulated python3.11 self-test",
+        [*python_command(qemu, tree, release), "-c", STDLIB_PROBE],
+        f"emulated python{release.python} self-test",
         env=emulated_env(tree, [], base_env),
     )
     answer = result.stdout.strip()
-    if not answer.startswith("aarch64 3.11"):
-        raise SetupError(f"emulated python3.11 reported {answer!r}, expected aarch64 3.11.x")
+    if not answer.startswith(f"aarch64 {release.python}."):
+        raise SetupError(
+            f"emulated python{release.python} reported {answer!r}, expected aarch64 {release.python}.x"
+        )
     return answer

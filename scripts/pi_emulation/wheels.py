@@ -1,6 +1,7 @@
 """aarch64 wheels for the Pi: the project's core dependencies plus its `pi` extra, per runtime.
 
-pip runs on the host but resolves for the Pi (cp311, glibc 2.36, aarch64) and installs into a
+pip runs on the host but resolves for the Pi (Bookworm: cp311, glibc 2.36; Trixie: cp313, glibc
+2.41; aarch64) and installs into a
 folder (--target); nothing is installed into any Python. Each runtime gets its own folder so
 the runtime selection in edge_app.runtime sees exactly one LiteRT runtime.
 """
@@ -14,10 +15,23 @@ import shutil
 import tomllib
 from pathlib import Path
 
-from pi_emulation.userland import SetupError, run_quiet
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # a bare Python: pip carries its own copy
+    from pip._vendor.packaging.requirements import Requirement
 
-# Debian 12 has glibc 2.36: every manylinux tag up to that one runs there.
-PLATFORMS = ["manylinux2014_aarch64", *(f"manylinux_2_{minor}_aarch64" for minor in range(17, 37))]
+from pi_emulation.userland import Release, SetupError, run_quiet
+
+
+def platforms(release: Release) -> list[str]:
+    """Every manylinux tag up to the release's glibc runs there (Debian 12: 2.36)."""
+    newest = release.glibc_minor
+    return [
+        "manylinux2014_aarch64",
+        *(f"manylinux_2_{minor}_aarch64" for minor in range(17, newest + 1)),
+    ]
+
+
 # The last tflite-runtime release (2023, no wheels past Python 3.11).
 TFLITE_RUNTIME = "tflite-runtime==2.14.0"
 RUNTIME_NAMES = ("ai-edge-litert", "tflite-runtime")
@@ -27,22 +41,41 @@ def requirement_name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
 
 
-def pi_requirements(pyproject: Path, runtime: str) -> list[str]:
-    """Core dependencies + the `pi` extra, with the LiteRT runtime chosen by `runtime`.
+def for_python(requirements: list[str], python: str) -> list[str]:
+    """The requirements that apply on this Python, markers dropped: pip on the host would
+    otherwise judge `python_version` markers by the host's Python, not the Pi's."""
+    chosen = []
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate({"python_version": python}):
+            requirement.marker = None
+            chosen.append(str(requirement))
+    return chosen
+
+
+def pi_requirements(pyproject: Path, runtime: str, python: str = "3.11") -> list[str]:
+    """Core dependencies + the `pi` extra as the Pi's Python sees it, with the LiteRT runtime
+    chosen by `runtime`.
 
     `runtime` is a runtime name (ai-edge-litert: the `pi` extra's own pin; tflite-runtime:
     2.14.0) or a full requirement such as `ai-edge-litert==2.2.0` to try another version.
     """
     project = tomllib.loads(pyproject.read_text())["project"]
-    extra = project["optional-dependencies"]["pi"]
+    extra = for_python(project["optional-dependencies"]["pi"], python)
     name = requirement_name(runtime)
     if name not in RUNTIME_NAMES:
         raise SetupError(
             f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_NAMES)} (optionally with a version)"
         )
+    if name == "tflite-runtime" and python != "3.11":
+        raise SetupError(
+            f"--runtime {runtime!r}: tflite-runtime has no wheels for Python {python}; "
+            "use ai-edge-litert, or --release bookworm"
+        )
     if runtime == "tflite-runtime":
         runtime = TFLITE_RUNTIME
-    keep = [r for r in project["dependencies"] + extra if requirement_name(r) not in RUNTIME_NAMES]
+    core = for_python(project["dependencies"], python)
+    keep = [r for r in core + extra if requirement_name(r) not in RUNTIME_NAMES]
     pinned = [r for r in extra if requirement_name(r) == name]
     chosen = pinned if runtime == name and pinned else [runtime]
     return sorted(set(keep)) + chosen
