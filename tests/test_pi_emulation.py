@@ -180,3 +180,14 @@ def test_each_release_has_its_own_folders_and_interpreter(tmp_path):
     assert all(" trixie" in source for source in trixie.sources)
     userland.prepare_apt_dir(tmp_path / "apt", trixie)
     assert (tmp_path / "apt" / "sources.list").read_text().count("trixie") == 3
+
+
+def test_a_usr_only_tree_gets_the_merged_usr_links(tmp_path):
+    (tmp_path / "usr" / "lib").mkdir(parents=True)
+    (tmp_path / "usr" / "bin").mkdir()
+    (tmp_path / "sbin").mkdir()  # a real folder stays as it is
+    userland.merge_usr(tmp_path)
+    assert (tmp_path / "lib").is_symlink() and (tmp_path / "lib").resolve() == (
+        tmp_path / "usr" / "lib"
+    ).resolve()
+    assert (tmp_path / "bin").is_symlink() and not (tmp_path / "sbin").is_symlink()

@@ -84,7 +84,11 @@ RELEASES = {
     # Raspberry Pi OS Trixie 64-bit: Debian 13, Python 3.13, glibc 2.41. Debian 13 renamed some
     # libraries for its 64-bit time_t move (t64) and links Python's decimal to libmpdec.
     "trixie": Release(
-        "trixie", "Debian 13", "3.13", 41, ("libssl3t64", "libreadline8t64", "libmpdec4")
+        "trixie",
+        "Debian 13",
+        "3.13",
+        41,
+        ("libssl3t64", "libzstd1", "libreadline8t64", "libmpdec4"),
     ),
 }
 
@@ -173,6 +177,14 @@ def release_dir(cache: Path, release: Release, name: str) -> Path:
     return cache / (name if release.name == "bookworm" else f"{name}-{release.name}")
 
 
+def merge_usr(tree: Path) -> None:
+    """Debian 13's packages ship only under /usr; /lib -> usr/lib and friends come from
+    base-files, which we do not unpack. qemu looks for the loader at /lib/ld-linux-aarch64.so.1."""
+    for name in ("bin", "lib", "sbin"):
+        if not (tree / name).exists() and (tree / "usr" / name).is_dir():
+            (tree / name).symlink_to(Path("usr") / name)
+
+
 def build_tree(cache: Path, release: Release) -> Path:
     """The unpacked arm64 userland (cached: rebuilt only when its packages change)."""
     tree = release_dir(cache, release, "rootfs")
@@ -199,6 +211,7 @@ def build_tree(cache: Path, release: Release) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     for deb in sorted(debs.glob("*.deb")):
         run_quiet(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x {deb.name}")
+    merge_usr(staging)
     (staging / ".packages").write_text(wanted)
     shutil.rmtree(tree, ignore_errors=True)
     staging.rename(tree)  # a half-unpacked tree is never mistaken for a finished one
