@@ -156,6 +156,8 @@ def test_trixie_gets_the_numpy_2_stack_and_no_tflite_runtime():
     assert "opencv-python-headless>=4.8" in trixie
     with pytest.raises(userland.SetupError, match="no wheels for Python 3.13"):
         wheels.pi_requirements(REPO / "pyproject.toml", "tflite-runtime", "3.13")
+    assert wheels.runtimes_for("3.13") == ("ai-edge-litert",)
+    assert wheels.runtimes_for("3.11") == ("ai-edge-litert", "tflite-runtime")
 
 
 def test_apt_state_stays_inside_the_check_folder(tmp_path):

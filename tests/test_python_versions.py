@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,17 +13,18 @@ from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from pi_emulation.wheels import for_python  # noqa: E402
 
 
 def pi_requirements(python_version: str) -> dict[str, SpecifierSet]:
     """The `pi` extra as pip sees it on a Pi with this Python: one specifier per package."""
     chosen: dict[str, SpecifierSet] = {}
-    for line in PROJECT["optional-dependencies"]["pi"]:
+    for line in for_python(PROJECT["optional-dependencies"]["pi"], python_version):
         requirement = Requirement(line)
-        marker = requirement.marker
-        if marker is None or marker.evaluate({"python_version": python_version}):
-            assert requirement.name not in chosen, f"{requirement.name} twice for {python_version}"
-            chosen[requirement.name] = requirement.specifier
+        assert requirement.name not in chosen, f"{requirement.name} twice for {python_version}"
+        chosen[requirement.name] = requirement.specifier
     return chosen
 
 

@@ -173,7 +173,8 @@ def prepare_apt_dir(apt_dir: Path, release: Release) -> None:
 
 
 def release_dir(cache: Path, release: Release, name: str) -> Path:
-    """Bookworm keeps the folder names of the check's first version, so old caches stay valid."""
+    """Bookworm keeps the folder names of the check's first version, so an existing cache is
+    reused or rebuilt in place rather than left beside a new one."""
     return cache / (name if release.name == "bookworm" else f"{name}-{release.name}")
 
 

@@ -32,9 +32,19 @@ def platforms(release: Release) -> list[str]:
     ]
 
 
-# The last tflite-runtime release (2023, no wheels past Python 3.11).
+# The last tflite-runtime release (2023), and the Pythons it has wheels for.
 TFLITE_RUNTIME = "tflite-runtime==2.14.0"
+TFLITE_RUNTIME_PYTHONS = ("3.11",)
 RUNTIME_NAMES = ("ai-edge-litert", "tflite-runtime")
+
+
+def runtimes_for(python: str) -> tuple[str, ...]:
+    """The LiteRT runtimes that install on this Python: the check's default set."""
+    return tuple(
+        name
+        for name in RUNTIME_NAMES
+        if name != "tflite-runtime" or python in TFLITE_RUNTIME_PYTHONS
+    )
 
 
 def requirement_name(requirement: str) -> str:
@@ -67,7 +77,7 @@ def pi_requirements(pyproject: Path, runtime: str, python: str = "3.11") -> list
         raise SetupError(
             f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_NAMES)} (optionally with a version)"
         )
-    if name == "tflite-runtime" and python != "3.11":
+    if name not in runtimes_for(python):
         raise SetupError(
             f"--runtime {runtime!r}: tflite-runtime has no wheels for Python {python}; "
             "use ai-edge-litert, or --release bookworm"
