@@ -25,7 +25,7 @@ from leukedge.benchmarks.options import (
     thread_counts_option,
 )
 from leukedge.benchmarks.runner import BenchSettings, run_benchmark
-from leukedge.edge_app.clitools import DefaultCommandGroup
+from leukedge.edge_app.clitools import DefaultCommandGroup, progress_bar
 from leukedge.edge_app.runtime import ModelError
 from leukedge.train.dataset import DatasetError
 
@@ -146,9 +146,7 @@ def run_command(
         entries,
         eval_set,
         settings,
-        progress=lambda plan: tqdm(
-            plan, desc="edge-bench", unit="row", file=sys.stderr, disable=None
-        ),
+        progress=lambda plan: progress_bar(plan, desc="edge-bench", unit="row"),
         on_row=_log_row,
     )
     click.echo(report.console_table(result))

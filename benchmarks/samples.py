@@ -36,6 +36,7 @@ from leukedge.benchmarks.options import (
     released_model,
     split_option,
 )
+from leukedge.edge_app.clitools import progress_bar
 from leukedge.edge_app.samples import DEFAULT_RULE, LABEL, UNKNOWN, SampleRule
 
 KS = (1, 3, 5, 10)
@@ -115,9 +116,7 @@ def classify_frames(
             decisions,
             "edge-bench samples",
         )
-        with click.progressbar(
-            jobs, label="classifying fields", file=None if progress else open("/dev/null", "w")
-        ) as bar:  # noqa: SIM115
+        with progress_bar(jobs, desc="classifying fields", unit="field", enabled=progress) as bar:
             for label, path in bar:
                 rgb = load_rgb(path)
                 row, _decision, _quality = processor.process(Frame(rgb, str(path)), None)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from leukedge.benchmarks.environment import describe_environment
 from leukedge.benchmarks.evaluation import LabelMismatchError, resolve_eval_set
@@ -29,6 +28,7 @@ from leukedge.benchmarks.trust_eval import (
     read_ood_folder,
     tables,
 )
+from leukedge.edge_app.clitools import progress_bar
 from leukedge.edge_app.runtime import ModelError
 from leukedge.edge_app.trust import TrustError
 from leukedge.train.dataset import DatasetError
@@ -125,8 +125,8 @@ def trust_command(
             failed.append(f"{entry.path}: only .tflite models are evaluated")
             continue
         try:
-            progress = lambda items, name=entry.name: tqdm(
-                items, desc=name, unit="image", file=sys.stderr, disable=quiet or None
+            progress = lambda items, name=entry.name: progress_bar(
+                items, desc=name, unit="image", enabled=not quiet
             )
             rows.append(
                 evaluate_model(entry, eval_set, folders, threads, progress, allow_unverified)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
 from leukedge.convert import report
 from leukedge.convert.calibration_images import calibration_set
@@ -29,6 +28,7 @@ from leukedge.convert.variants import (
 )
 from leukedge.edge_app import leukedge_version
 from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.clitools import progress_bar
 from leukedge.edge_app.manifest import (
     INT8,
     MANIFEST_FILE,
@@ -209,7 +209,7 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
         if needs_calibration
         else []
     )
-    bar = lambda desc: lambda items: tqdm(items, desc=desc, unit="img", leave=False)  # noqa: E731
+    bar = lambda desc: lambda items: progress_bar(items, desc=desc, unit="img", leave=False)  # noqa: E731
     calibration_pixels = dataset.load_pixels(
         calibration, root, size, bar("load calibration images")
     )

@@ -503,8 +503,8 @@ def log_decision_rule(classifier, min_confidence: float | None) -> None:
     elif rule.trust is not None:
         ood, conformal = classifier.trust.ood, classifier.trust.conformal
         log.info(
-            "decision rule: %s (OOD threshold %.4g keeps %.0f%% of validation frames; conformal "
-            "threshold %.4g, target coverage %.0f%%)",
+            "decision rule: %s (OOD threshold %.4g keeps %.3g%% of validation frames; conformal "
+            "threshold %.4g, target coverage %.3g%%)",
             rule.text,
             ood.threshold,
             100 * ood.retention,

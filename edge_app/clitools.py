@@ -1,5 +1,5 @@
 """Shared command-line helpers for the four LeukEdge CLIs (edge-app, edge-bench, edge-convert,
-edge-train): a "did you mean" answer for mistyped subcommands.
+edge-train): a "did you mean" answer for mistyped subcommands, and the progress bar of long work.
 
 Click already suggests close option names (`--variant` -> `--variants`); it does not suggest
 subcommands, so `edge-app rn` only said "No such command 'rn'". Kept free of TensorFlow and of
@@ -9,10 +9,13 @@ the other stages so the Pi app can import it.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
+from tqdm import tqdm
 
 
 def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
@@ -68,3 +71,31 @@ class DefaultCommandGroup(SuggestingGroup):
         if args and args[0] not in self.commands:
             args = [self.default_command, *args]
         return super().resolve_command(ctx, args)
+
+
+def progress_bar(
+    iterable: Iterable[Any] | None = None,
+    *,
+    desc: str,
+    unit: str,
+    total: int | None = None,
+    enabled: bool = True,
+    leave: bool = True,
+) -> tqdm:
+    """The progress bar of every LeukEdge command, on stderr.
+
+    On a terminal it redraws ten times a second. Redirected to a file or a CI log, each redraw is
+    kept, so there it redraws every 15 s (a thousand-image calibration was a thousand copies of
+    the bar on one line): logs still show that long work moves, and its final count and time.
+    """
+    return tqdm(
+        iterable,
+        desc=desc,
+        unit=unit,
+        total=total,
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
+        dynamic_ncols=True,
+        leave=leave,
+    )

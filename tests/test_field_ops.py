@@ -541,6 +541,30 @@ def test_mistyped_subcommands_get_a_suggestion(tmp_path):
     assert train.returncode == 2 and "Did you mean" in train.stderr and "--weights" in train.stderr
 
 
+# -- progress bars -------------------------------------------------------------------------------
+def test_progress_bar_in_a_log_redraws_seldom_and_keeps_its_final_count():
+    """Piped to a file, a bar redrawn ten times a second filled logs with one line of copies."""
+    script = textwrap.dedent(
+        """
+        import time
+        from leukedge.edge_app.clitools import progress_bar
+        for _ in progress_bar(range(300), desc="calibrate int8", unit="img"):
+            time.sleep(0.005)
+        for _ in progress_bar(range(5), desc="hidden", unit="img", enabled=False):
+            pass
+        """
+    )
+    # Bytes: text mode would turn the bar's "\r" into newlines.
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    redraws = [part for part in re.split(r"[\r\n]", stderr) if part.strip()]
+    # About 1.5 s of work: the start and the end only (a terminal would get about 15).
+    assert len(redraws) <= 3, redraws
+    assert redraws[-1].startswith("calibrate int8: 100%") and "300/300" in redraws[-1]
+    assert "hidden" not in stderr
+
+
 # -- datasets as people have them ----------------------------------------------------------------
 def test_metadata_and_unknown_folders_are_ignored_and_listed(data_dir, tmp_path):
     from leukedge.train import dataset

@@ -204,8 +204,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
 
     quiet_tensorflow(verbose)
     pool_cpu_memory()
-    from tqdm import tqdm
-
+    from leukedge.edge_app.clitools import progress_bar
     from leukedge.train import dataset
     from leukedge.train.cluster import WorkerLostError, parse_tf_config
     from leukedge.train.config import SettingsError, WeightsError
@@ -233,7 +232,7 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
             config.subset,
             config.image_size,
             config.limit_per_class,
-            progress=lambda items: tqdm(items, desc="decode images", unit="img"),
+            progress=lambda items: progress_bar(items, desc="decode images", unit="img"),
         )
         click.echo(dataset.summary(scan))
         from leukedge.train.training import train

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from leukedge.benchmarks.decisions import UNKNOWN, DecisionRule, ModelOutputs, trust_params
 from leukedge.benchmarks.evaluation import EvalSet, LabelMismatchError, label_indices, score
@@ -31,6 +30,7 @@ from leukedge.benchmarks.robustness.settings import (
     conditions,
 )
 from leukedge.benchmarks.schema import RobustnessRow, robustness_row
+from leukedge.edge_app.clitools import progress_bar
 from leukedge.edge_app.decision import LABEL, UNCERTAIN
 from leukedge.edge_app.imaging import prepare
 from leukedge.edge_app.quality import assess
@@ -176,13 +176,8 @@ def evaluate(
     """
     usable = [m for m in models if m.ok]
     todo = conditions(settings)
-    bar = tqdm(
-        total=len(todo) * len(images),
-        desc="robustness",
-        unit="image",
-        disable=not progress,
-        file=None,
-        dynamic_ncols=True,
+    bar = progress_bar(
+        total=len(todo) * len(images), desc="robustness", unit="image", enabled=progress
     )
     completed: list[Condition] = []
     outputs: dict[tuple[str, int], ConditionOutputs] = {}
