@@ -109,6 +109,7 @@ def server_times(db: Path, requests: int, sample_id: str) -> dict:
     out = {}
     for name, path in (
         ("sample list", "/"),
+        ("to-review list", "/?show=to-review"),
         ("sample page", f"/samples/{sample_id}"),
         ("api samples (all)", "/api/samples"),
     ):

@@ -206,6 +206,12 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
         .startswith(server.url)
     )
     browser.save_screenshot(str(shots / "review-list.png"))
+    # The queue of what waits for an expert: both samples, before any review.
+    browser.find_element(By.ID, "show-to-review").click()
+    assert text_after_submit(browser, "show-to-review", "To review (2)") == "To review (2)"
+    queued = browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
+    assert sorted(row.get_attribute("data-sample") for row in queued) == sorted(SAMPLES)
+    browser.get(server.url + "/")
 
     # Confirm S-BRAVO through the page.
     browser.find_element(By.LINK_TEXT, "S-BRAVO").click()
@@ -227,17 +233,20 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
     browser.find_element(By.ID, "reviewer").send_keys("Dr Vega")
     browser.find_element(By.ID, "reason").send_keys("Benign morphology on every field")
     browser.find_element(By.ID, "confirm").click()
-    assert "Review saved" in text_after_submit(browser, "notice")
+    notice = text_after_submit(browser, "notice")
+    assert "Review saved" in notice and "Next to review: S-ALPHA" in notice
     assert browser.find_element(By.ID, "status").text == "confirmed"
 
-    # Override S-ALPHA through the page.
-    browser.get(server.url + "/samples/S-ALPHA")
+    # Override S-ALPHA through the page, reached by the notice's link to the next in the queue.
+    browser.find_element(By.ID, "next-to-review").click()
+    assert wait.until(lambda driver: driver.current_url.endswith("/samples/S-ALPHA"))
     machine = browser.find_element(By.ID, "machine-result").text
     browser.find_element(By.ID, "reviewer").send_keys("Dr Okafor")
     Select(browser.find_element(By.ID, "override_label")).select_by_value("Pro-B")
     browser.find_element(By.ID, "reason").send_keys("Blasts look Pro-B at higher magnification")
     browser.find_element(By.ID, "override").click()
     assert text_after_submit(browser, "status", "overridden") == "overridden"
+    assert "Nothing else waits for a review" in browser.find_element(By.ID, "notice").text
 
     # Both reviews in the history after a reload; the machine result itself is unchanged.
     browser.refresh()
@@ -262,6 +271,10 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
         for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
     }
     assert statuses == {"S-ALPHA": "overridden", "S-BRAVO": "confirmed"}
+    assert browser.find_element(By.ID, "show-to-review").text == "To review (0)"
+    browser.get(server.url + "/?show=to-review")
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
+    assert "Nothing waits for a review" in browser.find_element(By.TAG_NAME, "main").text
 
     # Phone-sized screen: the same page, readable without sideways scrolling.
     browser.set_window_size(390, 844)

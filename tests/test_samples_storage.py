@@ -218,6 +218,44 @@ def test_reviews_are_append_only_and_answers_never_change(tmp_path):
     connection.close()
 
 
+def test_to_review_queue_holds_unreviewed_samples_and_those_with_new_fields(tmp_path):
+    db = tmp_path / "q.sqlite"
+    store = ResultStore(db)
+    for sample_id in ("S-NEW", "S-DONE", "S-MORE"):
+        for _ in range(3):
+            store.add(stored_row(sample_id=sample_id))
+    store.ensure_sample("S-EMPTY")
+    store.close()
+    connection = connect(db)
+    for sample_id in ("S-DONE", "S-MORE"):
+        data.add_review(connection, sample_id, "dr-a", "confirm", "ok", labels=list(LABELS))
+    connection.close()
+    store = ResultStore(db)
+    store.add(stored_row(sample_id="S-MORE"))  # a field captured after the review
+    store.close()
+
+    connection = connect(db)
+    queue = data.list_samples(connection, to_review=True)
+    assert sorted(s.sample_id for s in queue) == ["S-EMPTY", "S-MORE", "S-NEW"]
+    assert data.count_samples(connection, to_review=True) == 3
+    assert data.count_samples(connection) == 4
+    # The SQL queue and the summary's own flag agree on every sample.
+    for summary in data.list_samples(connection):
+        waiting = summary.last_review is None or summary.new_frames_since_review
+        assert waiting == (summary.sample_id in {s.sample_id for s in queue}), summary.sample_id
+    assert [s.sample_id for s in data.list_samples(connection, 1, 1, to_review=True)] == [
+        queue[1].sample_id
+    ]
+    # "Next to review" after saving one: the newest other sample in the queue, never a done one.
+    assert data.next_to_review(connection, queue[0].sample_id) == queue[1].sample_id
+    assert data.next_to_review(connection, "S-DONE") == queue[0].sample_id
+    for sample_id in ("S-NEW", "S-EMPTY"):
+        data.add_review(connection, sample_id, "dr-a", "confirm", "ok", labels=list(LABELS))
+    assert data.next_to_review(connection, "S-MORE") is None
+    assert data.next_to_review(connection, "S-NEW") == "S-MORE"
+    connection.close()
+
+
 # -- the sample rule -------------------------------------------------------------------------------
 def test_sample_rule_answers_refers_and_names_the_driving_fields():
     rule = SampleRule()

@@ -116,8 +116,21 @@ def machine_summary(result: SampleResult) -> dict:
     }
 
 
-def count_samples(connection: sqlite3.Connection) -> int:
-    return int(connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+# What waits for an expert: a sample never reviewed, or one that gained fields after its last
+# review (the condition of `SampleSummary.new_frames_since_review`, in SQL so that the queue
+# pages in the database, not in Python). Both subqueries use the (sample_id, id) indexes.
+_TO_REVIEW_SQL = """(
+  NOT EXISTS (SELECT 1 FROM reviews r WHERE r.sample_id = samples.sample_id)
+  OR COALESCE((SELECT r.last_frame_id FROM reviews r WHERE r.sample_id = samples.sample_id
+               ORDER BY r.id DESC LIMIT 1), 0)
+     < COALESCE((SELECT MAX(x.id) FROM results x WHERE x.sample_id = samples.sample_id), 0)
+)"""
+
+
+def count_samples(connection: sqlite3.Connection, to_review: bool = False) -> int:
+    """All samples, or those waiting for a review (`to_review`)."""
+    where = f" WHERE {_TO_REVIEW_SQL}" if to_review else ""
+    return int(connection.execute(f"SELECT COUNT(*) FROM samples{where}").fetchone()[0])
 
 
 class ResultCache:
@@ -139,15 +152,28 @@ class ResultCache:
         self._entries[sample_id] = (key, result)
 
 
+def next_to_review(connection: sqlite3.Connection, after: str) -> str | None:
+    """The newest sample other than `after` that waits for a review, or None."""
+    row = connection.execute(
+        f"SELECT sample_id FROM samples WHERE sample_id != ? AND {_TO_REVIEW_SQL} "
+        "ORDER BY created_utc DESC, sample_id LIMIT 1",
+        (after,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def list_samples(
     connection: sqlite3.Connection,
     limit: int | None = None,
     offset: int = 0,
     rule: SampleRule = DEFAULT_RULE,
     cache: ResultCache | None = None,
+    to_review: bool = False,
 ) -> list[SampleSummary]:
-    """Samples, newest first, each with its computed result and last review."""
-    query = "SELECT * FROM samples ORDER BY created_utc DESC, sample_id"
+    """Samples, newest first, each with its computed result and last review; with `to_review`,
+    only those never reviewed or with fields added since their last review."""
+    where = f" WHERE {_TO_REVIEW_SQL}" if to_review else ""
+    query = f"SELECT * FROM samples{where} ORDER BY created_utc DESC, sample_id"
     params: tuple = ()
     if limit is not None:
         query += " LIMIT ? OFFSET ?"

@@ -163,11 +163,22 @@ def create_app(config: ServerConfig) -> Flask:
     @app.get("/")
     def sample_list():
         page = max(1, request.args.get("page", 1, type=int) or 1)
-        total = data.count_samples(db())
+        to_review = request.args.get("show") == "to-review"
+        counts = {"all": data.count_samples(db()), "to_review": data.count_samples(db(), True)}
+        total = counts["to_review" if to_review else "all"]
         pages = max(1, -(-total // PER_PAGE))
-        samples = data.list_samples(db(), PER_PAGE, (page - 1) * PER_PAGE, cache=results)
+        samples = data.list_samples(
+            db(), PER_PAGE, (page - 1) * PER_PAGE, cache=results, to_review=to_review
+        )
         return render_template(
-            "list.html", samples=samples, total=total, page=page, pages=pages, per_page=PER_PAGE
+            "list.html",
+            samples=samples,
+            total=total,
+            counts=counts,
+            show="to-review" if to_review else None,
+            page=page,
+            pages=pages,
+            per_page=PER_PAGE,
         )
 
     def load(sample_id: str):
@@ -187,6 +198,7 @@ def create_app(config: ServerConfig) -> Flask:
             labels=data.model_labels(db()),
             message=message,
             error=None,
+            next_id=data.next_to_review(db(), sample_id),
         )
 
     @app.post("/review/<path:sample_id>")
