@@ -265,6 +265,13 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
         ("S-ALPHA", "Dr Okafor", "override"),
     ]
     assert json.loads(stored[1][4])["label"] == "Pro-B"
+    # Finding one sample by part of its ID, on the list page.
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "q").send_keys("alp")
+    browser.find_element(By.ID, "search").click()
+    wait.until(lambda driver: "q=alp" in driver.current_url)
+    found = browser.find_elements(By.CSS_SELECTOR, "tr[data-sample]")
+    assert [row.get_attribute("data-sample") for row in found] == ["S-ALPHA"]
     browser.get(server.url + "/")
     statuses = {
         row.get_attribute("data-sample"): row.find_element(By.CSS_SELECTOR, ".status").text

@@ -246,6 +246,18 @@ def test_to_review_queue_holds_unreviewed_samples_and_those_with_new_fields(tmp_
     assert [s.sample_id for s in data.list_samples(connection, 1, 1, to_review=True)] == [
         queue[1].sample_id
     ]
+    # Search: a substring of the ID, any case, with % and _ taken literally; with the queue too.
+    assert [s.sample_id for s in data.list_samples(connection, search="mor")] == ["S-MORE"]
+    assert data.count_samples(connection, search="s-") == 4
+    assert (
+        data.count_samples(connection, search="%")
+        == data.count_samples(connection, search="_")
+        == 0
+    )
+    assert [s.sample_id for s in data.list_samples(connection, to_review=True, search="E")] == [
+        s.sample_id for s in queue
+    ]
+    assert data.list_samples(connection, to_review=True, search="DONE") == []
     # "Next to review" after saving one: the newest other sample in the queue, never a done one.
     assert data.next_to_review(connection, queue[0].sample_id) == queue[1].sample_id
     assert data.next_to_review(connection, "S-DONE") == queue[0].sample_id

@@ -127,10 +127,25 @@ _TO_REVIEW_SQL = """(
 )"""
 
 
-def count_samples(connection: sqlite3.Connection, to_review: bool = False) -> int:
-    """All samples, or those waiting for a review (`to_review`)."""
-    where = f" WHERE {_TO_REVIEW_SQL}" if to_review else ""
-    return int(connection.execute(f"SELECT COUNT(*) FROM samples{where}").fetchone()[0])
+def _where(to_review: bool, search: str | None) -> tuple[str, tuple]:
+    """The WHERE clause (with its parameters) of the sample list's filters."""
+    clauses, params = [], ()
+    if to_review:
+        clauses.append(_TO_REVIEW_SQL)
+    if search:
+        # a substring of the sample ID, case-insensitive; % and _ typed by the user are literal
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("sample_id LIKE ? ESCAPE '\\'")
+        params = (f"%{escaped}%",)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def count_samples(
+    connection: sqlite3.Connection, to_review: bool = False, search: str | None = None
+) -> int:
+    """All samples, those waiting for a review (`to_review`), those whose ID contains `search`."""
+    where, params = _where(to_review, search)
+    return int(connection.execute(f"SELECT COUNT(*) FROM samples{where}", params).fetchone()[0])
 
 
 class ResultCache:
@@ -169,15 +184,16 @@ def list_samples(
     rule: SampleRule = DEFAULT_RULE,
     cache: ResultCache | None = None,
     to_review: bool = False,
+    search: str | None = None,
 ) -> list[SampleSummary]:
     """Samples, newest first, each with its computed result and last review; with `to_review`,
-    only those never reviewed or with fields added since their last review."""
-    where = f" WHERE {_TO_REVIEW_SQL}" if to_review else ""
+    only those never reviewed or with fields added since their last review; with `search`, only
+    those whose ID contains it (any case)."""
+    where, params = _where(to_review, search)
     query = f"SELECT * FROM samples{where} ORDER BY created_utc DESC, sample_id"
-    params: tuple = ()
     if limit is not None:
         query += " LIMIT ? OFFSET ?"
-        params = (limit, offset)
+        params = (*params, limit, offset)
     records = connection.execute(query, params).fetchall()
     if not records:
         return []

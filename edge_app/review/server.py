@@ -164,17 +164,24 @@ def create_app(config: ServerConfig) -> Flask:
     def sample_list():
         page = max(1, request.args.get("page", 1, type=int) or 1)
         to_review = request.args.get("show") == "to-review"
+        search = request.args.get("q", "").strip()[:100] or None
         counts = {"all": data.count_samples(db()), "to_review": data.count_samples(db(), True)}
-        total = counts["to_review" if to_review else "all"]
+        total = data.count_samples(db(), to_review, search)
         pages = max(1, -(-total // PER_PAGE))
         samples = data.list_samples(
-            db(), PER_PAGE, (page - 1) * PER_PAGE, cache=results, to_review=to_review
+            db(),
+            PER_PAGE,
+            (page - 1) * PER_PAGE,
+            cache=results,
+            to_review=to_review,
+            search=search,
         )
         return render_template(
             "list.html",
             samples=samples,
             total=total,
             counts=counts,
+            search=search,
             show="to-review" if to_review else None,
             page=page,
             pages=pages,
