@@ -311,6 +311,8 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
         "tech-1",
         "Dr Okafor",
         "Blasts look Pro-B",
+        "Recorded review: overridden to Pro-B",
+        "Signature",
     ):
         assert expected in text.replace("\n", " "), expected
 

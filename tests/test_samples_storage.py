@@ -312,6 +312,10 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
     text = " ".join(p.extract_text() for p in PdfReader(pdf).pages)
     for expected in ("S-REP", "Clinic-3", "op-7", "a" * 64, "not a diagnostic device", "Pre-B: 4"):
         assert expected in text and expected in page.read_text(), expected
+    # A report to sign by hand, which says when no one has reviewed the sample yet.
+    for expected in ("Sign-off", "Hematologist (name)", "Signature", "Not reviewed on the review"):
+        assert expected in text and expected in page.read_text(), expected
+    assert "LeukEdge sample report S-REP - page 1 of 1" in text
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o600
     for sample, message in (("S-EMPTY", "has no frames"), ("NOPE", "no sample 'NOPE'")):
         out = tmp_path / f"{sample}.pdf"

@@ -30,6 +30,8 @@ from leukedge.edge_app.storage import StorageError, spreadsheet_cell, utc_now
 
 STATEMENT = "Screening aid, not a diagnostic device. " + DISCLAIMER
 THUMBNAILS = 6
+# The printed report is signed by hand: these lines stay blank, whatever the database holds.
+SIGN_OFF_LINES = ("Hematologist (name)", "Signature", "Date")
 THUMB_PX = 160
 
 
@@ -192,6 +194,17 @@ def _facts(report: Report) -> list[tuple[str, str]]:
     ]
 
 
+def _sign_off_note(summary: SampleSummary) -> str:
+    """What the signature confirms: the recorded review, or a warning that there is none."""
+    if summary.last_review is None:
+        return (
+            "Not reviewed on the review page yet: the machine result alone is not a finding. "
+            "Review the fields before signing."
+        )
+    review, _reason = _review_line(summary)
+    return f"Recorded review: {review}. Signing confirms the result as it now stands."
+
+
 def _counts_text(report: Report) -> list[str]:
     counts = (
         ", ".join(f"{label}: {n}" for label, n in sorted(report.class_counts.items())) or "none"
@@ -252,16 +265,20 @@ def render_html(report: Report) -> bytes:
     )
     counts = "".join(f"<li>{e(line)}</li>" for line in _counts_text(report))
     thumbs = "".join(_figure(frame, data) for frame, data in report.thumbnails)
+    sign = "".join(f"<tr><th>{e(line)}</th><td></td></tr>" for line in SIGN_OFF_LINES)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>LeukEdge sample report {e(report.summary.sample_id)}</title>
 <style>body{{font-family:sans-serif;max-width:52rem;margin:1rem auto;padding:0 1rem}}
 th{{text-align:left;padding-right:1rem;vertical-align:top}}figure{{display:inline-block;margin:.3rem}}
-.statement{{border:2px solid #a33;padding:.5rem;font-weight:bold}}code{{word-break:break-all}}</style>
+.statement{{border:2px solid #a33;padding:.5rem;font-weight:bold}}code{{word-break:break-all}}
+.sign th{{padding:1.6rem 1rem 0 0;white-space:nowrap}}.sign td{{border-bottom:1px solid #000;width:24rem}}</style>
 </head><body><h1>LeukEdge sample report</h1>
 <p class="statement">{e(STATEMENT)}</p>
 <table>{rows}</table><h2>Model</h2><ul>{models}</ul><h2>Fields</h2><ul>{counts}</ul>
 <h2>Fields that drove the result</h2><div>{thumbs or "<p>no saved images (run edge-app with --save-dir)</p>"}</div>
+<h2>Sign-off</h2><p id="sign-off-note">{e(_sign_off_note(report.summary))}</p>
+<table class="sign">{sign}</table>
 <p class="statement">{e(STATEMENT)}</p></body></html>
 """
     return page.encode()
@@ -280,8 +297,24 @@ def _latin1(text: str) -> str:
 def render_pdf(report: Report) -> bytes:
     from fpdf import FPDF
 
-    pdf = FPDF(format="A4")
-    pdf.set_auto_page_break(True, margin=15)
+    sample_id = _latin1(report.summary.sample_id)
+
+    class ReportPDF(FPDF):
+        def footer(self) -> None:
+            # Pages of a printed report come apart: each one names its sample.
+            self.set_y(-12)
+            self.set_font("helvetica", "", 7)
+            self.set_text_color(90, 90, 90)
+            self.cell(
+                0,
+                5,
+                f"LeukEdge sample report {sample_id} - page {self.page_no()} of {{nb}} - "
+                "screening aid, not a diagnostic device",
+                align="C",
+            )
+
+    pdf = ReportPDF(format="A4")
+    pdf.set_auto_page_break(True, margin=18)
     pdf.add_page()
     pdf.set_title(_latin1(f"LeukEdge sample report {report.summary.sample_id}"))
     pdf.set_font("helvetica", "B", 16)
@@ -328,13 +361,16 @@ def render_pdf(report: Report) -> bytes:
         pdf.cell(
             0, 5, "no saved images (run edge-app with --save-dir)", new_x="LMARGIN", new_y="NEXT"
         )
-    size, gap = 40.0, 5.0
+    # One row of THUMBNAILS across the page, so that the sign-off fits on the first page.
+    columns, gap = THUMBNAILS, 3.0
+    size = (pdf.epw - (columns - 1) * gap) / columns
+    pdf.set_font("helvetica", "", 7)
     x0, y = pdf.l_margin, pdf.get_y()
     if y + size + 10 > pdf.h - pdf.b_margin:
         pdf.add_page()
         y = pdf.get_y()
     for index, (frame, data) in enumerate(report.thumbnails):
-        column = index % 4
+        column = index % columns
         if index and column == 0:
             y += size + 10
             if y + size + 10 > pdf.h - pdf.b_margin:
@@ -346,6 +382,19 @@ def render_pdf(report: Report) -> bytes:
         pdf.cell(size, 4, _latin1(_caption(frame)))
     if report.thumbnails:
         pdf.set_xy(x0, y + size + 8)
+    pdf.ln(4)
+    if pdf.get_y() + 45 > pdf.h - pdf.b_margin:  # the sign-off block stays on one page
+        pdf.add_page()
+    pdf.set_font("helvetica", "B", 11)
+    pdf.cell(0, 7, "Sign-off", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("helvetica", "", 9)
+    pdf.multi_cell(0, 5, _latin1(_sign_off_note(report.summary)), new_x="LMARGIN", new_y="NEXT")
+    for line in SIGN_OFF_LINES:
+        pdf.ln(5)
+        pdf.cell(45, 6, line)
+        y = pdf.get_y() + 6
+        pdf.line(pdf.l_margin + 45, y, pdf.l_margin + 150, y)
+        pdf.ln(6)
     pdf.ln(4)
     pdf.set_font("helvetica", "B", 10)
     pdf.set_text_color(150, 30, 30)
