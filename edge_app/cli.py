@@ -71,6 +71,7 @@ Examples:
   edge-app export --db results.sqlite --csv results.csv
   edge-app serve --db results.sqlite --save-dir frames
   edge-app report S-0042 --db results.sqlite --out S-0042.pdf
+  edge-app backup --db results.sqlite --save-dir frames --to /media/pi/BACKUP
 
 The app's per-frame cost is measured by `edge-bench app` (benchmarks).
 """
@@ -577,6 +578,81 @@ def export(
             )
     except StorageError as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The results database written by edge-app run.",
+)
+@click.option(
+    "--to",
+    "destination",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="An existing folder on another disk (a mounted USB stick). Gets results.sqlite and "
+    "frames/; an earlier backup there is updated.",
+)
+@click.option(
+    "--save-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The --save-dir of edge-app run: its images are copied too (new ones only).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the summary as JSON to this file (for scripts and cron jobs).",
+)
+def backup(db_path: Path, destination: Path, save_dir: Path | None, json_out: Path | None) -> None:
+    """Back up results and field images to another disk, safe while edge-app run writes.
+
+    The database copy is a consistent snapshot, checked before it replaces the previous backup;
+    images are copied when new or changed and never deleted from the backup (images the storage
+    budget prunes on the Pi stay there). Review from a backup on any computer with
+    `edge-app serve --db BACKUP/results.sqlite --save-dir BACKUP/frames`.
+
+    \b
+    Examples:
+      edge-app backup --db results.sqlite --save-dir frames --to /media/pi/BACKUP
+      edge-app backup --db results.sqlite --to /mnt/share/clinic-3 --json backup.json
+    """
+    import json
+
+    from leukedge.edge_app.backup import backup as run_backup
+    from leukedge.edge_app.clitools import progress_bar
+    from leukedge.edge_app.storage import StorageError
+
+    if json_out is not None and not json_out.parent.is_dir():
+        raise click.ClickException(f"--json {json_out}: folder {json_out.parent} does not exist")
+    try:
+        summary = run_backup(
+            db_path,
+            destination,
+            save_dir,
+            lambda items: progress_bar(items, desc="copy images", unit="img"),
+        )
+    except StorageError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"edge-app: backed up {summary.frames} frame(s), {summary.samples} sample(s), "
+        f"{summary.reviews} review(s) to {summary.database} (integrity {summary.integrity}); "
+        f"images: {summary.images_copied} copied ({summary.bytes_copied / 1e6:.1f} MB), "
+        f"{summary.images_present} already there; {summary.seconds:.1f} s",
+        err=True,
+    )
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+        except OSError as error:
+            raise click.ClickException(
+                f"--json {json_out}: cannot write ({error.strerror}); the backup itself is done"
+            ) from None
 
 
 def _register_review_commands() -> None:

@@ -116,7 +116,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _explain(path: Path, error: BaseException) -> str:
+def explain_write_error(path: Path, error: BaseException) -> str:
     text = str(error)
     if "full" in text.lower() or getattr(error, "errno", None) in (
         errno.ENOSPC,
@@ -261,7 +261,7 @@ def connect(
     except StorageError:
         raise
     except (OSError, sqlite3.Error) as error:
-        raise StorageError(_explain(path, error)) from None
+        raise StorageError(explain_write_error(path, error)) from None
     return connection
 
 
@@ -310,7 +310,7 @@ class ResultStore:
                     (*given.values(), sample_id),
                 )
         except sqlite3.Error as error:
-            raise StorageError(_explain(self.path, error)) from None
+            raise StorageError(explain_write_error(self.path, error)) from None
         self._known_samples.add(sample_id)
 
     def _restrict_sidecars(self) -> None:
@@ -330,7 +330,7 @@ class ResultStore:
         try:
             cursor = self.connection.execute(self._insert, values)
         except sqlite3.Error as error:
-            raise StorageError(_explain(self.path, error)) from None
+            raise StorageError(explain_write_error(self.path, error)) from None
         return int(cursor.lastrowid)
 
     def count(self) -> int:
@@ -369,7 +369,7 @@ class FrameWriter:
         try:
             make_private_dir(self.directory)
         except OSError as error:
-            raise StorageError(_explain(self.directory, error)) from None
+            raise StorageError(explain_write_error(self.directory, error)) from None
 
     def save(self, rgb: np.ndarray, name: str) -> Path:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -394,7 +394,7 @@ class FrameWriter:
                 Path(temp).unlink(missing_ok=True)
                 raise
         except OSError as error:
-            raise StorageError(_explain(target, error)) from None
+            raise StorageError(explain_write_error(target, error)) from None
         return target
 
 
@@ -443,5 +443,5 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
                     + [probabilities.get(label, "") for label in labels]
                 )
     except OSError as error:
-        raise StorageError(_explain(csv_path, error)) from None
+        raise StorageError(explain_write_error(csv_path, error)) from None
     return len(rows)

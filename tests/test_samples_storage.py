@@ -554,3 +554,135 @@ def test_edge_bench_review_server_small(tmp_path):
     assert beside["errors"] == [] and beside["locked_messages"] == []
     assert beside["reviews_stored"] == beside["reviews_accepted"]
     assert report["server_time"]["sample list"]["median_ms"] > 0
+
+
+# -- backup ------------------------------------------------------------------------------------
+def _field(store: ResultStore, writer, sample_id: str, number: int) -> Path:
+    """One stored frame with its saved image, as edge-app run --save-dir writes them."""
+    import numpy as np
+
+    rgb = np.full((32, 32, 3), number % 256, dtype=np.uint8)
+    path = writer.save(rgb, f"{sample_id}-{number}")
+    store.add(stored_row(sample_id=sample_id, image_path=str(path)))
+    return path
+
+
+def _counts(db: Path) -> tuple[int, int, int]:
+    connection = sqlite3.connect(db)
+    try:
+        return tuple(
+            connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("results", "samples", "reviews")
+        )
+    finally:
+        connection.close()
+
+
+def test_backup_copies_results_and_images_and_keeps_what_the_pi_prunes(tmp_path):
+    from leukedge.edge_app.storage import FrameWriter
+
+    db, frames, stick = tmp_path / "pi" / "r.sqlite", tmp_path / "pi" / "frames", tmp_path / "usb"
+    stick.mkdir()
+    store, writer = ResultStore(db), FrameWriter(frames)
+    images = [_field(store, writer, "S-1", n) for n in range(4)]
+    store.close()
+    connection = connect(db)
+    data.add_review(connection, "S-1", "dr-a", "confirm", "ok", labels=list(LABELS))
+    connection.close()
+
+    def backup() -> dict:
+        run_cli(
+            "edge-app", "backup", "--db", db, "--save-dir", frames, "--to", stick,
+            "--json", tmp_path / "backup.json", timeout=120,
+        )  # fmt: skip
+        return json.loads((tmp_path / "backup.json").read_text())
+
+    first = backup()
+    copy = stick / "results.sqlite"
+    assert (first["frames"], first["samples"], first["reviews"]) == _counts(db) == (4, 1, 1)
+    assert _counts(copy) == (4, 1, 1) and first["integrity"] == "ok"
+    assert first["images_copied"] == 4 and first["images_present"] == 0
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert not list(stick.glob(".backup-*")) and not (stick / "results.sqlite-wal").exists()
+    backed_up = stick / "frames" / images[0].parent.name / images[0].name
+    assert backed_up.read_bytes() == images[0].read_bytes()
+
+    # Nothing new: nothing copied. Then one more field, and the Pi's budget prunes the oldest.
+    assert backup()["images_copied"] == 0
+    store = ResultStore(db)
+    _field(store, writer, "S-1", 99)
+    store.close()
+    images[0].unlink()
+    third = backup()
+    assert third["frames"] == 5 and third["images_copied"] == 1 and third["images_present"] == 3
+    assert backed_up.is_file()  # the backup keeps what the Pi pruned
+
+    # A moved database finds its images under the backup's folder, never outside it.
+    stored = (
+        sqlite3.connect(copy).execute("SELECT image_path FROM results ORDER BY id").fetchone()[0]
+    )
+    assert Path(stored) == images[0].resolve()  # the Pi's path, as recorded
+    assert data.field_image(stored, stick / "frames") == backed_up.resolve()
+    assert data.field_image(str(images[1]), tmp_path / "elsewhere") is None
+    summary, _frames = data.get_sample(connect(copy, read_only=True), "S-1")
+    assert summary.status == data.CONFIRMED and summary.result.n_frames == 5
+
+
+def test_backup_while_the_app_writes_is_consistent(tmp_path):
+    """The app goes on storing frames during a backup; every backup is a whole snapshot."""
+    import threading
+
+    db, stick = tmp_path / "r.sqlite", tmp_path / "usb"
+    stick.mkdir()
+    store = ResultStore(db)
+    store.add(stored_row(sample_id="S-1"))
+    stop, written, errors = threading.Event(), [1], []
+
+    def app() -> None:
+        try:
+            while not stop.is_set():
+                store.add(stored_row(sample_id="S-1"))
+                written[0] += 1
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    writer = threading.Thread(target=app)
+    writer.start()
+    seen = []
+    try:
+        for _ in range(5):
+            result = run_cli("edge-app", "backup", "--db", db, "--to", stick, timeout=120)
+            assert "integrity ok" in result.stderr
+            seen.append(_counts(stick / "results.sqlite")[0])
+    finally:
+        stop.set()
+        writer.join()
+        store.close()
+    assert not errors, errors
+    assert seen == sorted(seen) and 0 < seen[-1] <= written[0] and seen[-1] > seen[0]
+
+
+def test_backup_refuses_a_missing_or_wrong_destination_and_creates_nothing(tmp_path):
+    from leukedge.edge_app.storage import FrameWriter
+
+    db, frames = tmp_path / "r.sqlite", tmp_path / "frames"
+    store = ResultStore(db)
+    _field(store, FrameWriter(frames), "S-1", 1)
+    store.close()
+    unmounted = tmp_path / "media" / "stick"
+    for destination, message in (
+        (unmounted, "no such folder: plug in and mount the backup disk"),
+        (frames, "is --save-dir"),
+        (frames / "sub", "is inside --save-dir"),
+        (tmp_path, "is --db's folder"),
+    ):
+        if destination.name == "sub":
+            destination.mkdir()
+        result = run_cli(
+            "edge-app", "backup", "--db", db, "--save-dir", frames, "--to", destination,
+            check=False, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not unmounted.exists() and not (frames / "sub" / "results.sqlite").exists()
+    assert not (tmp_path / "results.sqlite").exists()

@@ -402,6 +402,17 @@ def within(path: str | Path | None, folder: Path | None) -> Path | None:
     return resolved
 
 
+def field_image(stored: str | None, save_dir: Path | None) -> Path | None:
+    """A field's saved image under `save_dir`: at its stored path, or, for a database moved with
+    its images (an `edge-app backup`, another computer), by its `<date>/<file>` name in the
+    save folder's layout (`storage.FrameWriter`). Never a file outside `save_dir`."""
+    found = within(stored, save_dir)
+    if found is None and stored and save_dir is not None:
+        moved = Path(stored)
+        found = within(save_dir / moved.parent.name / moved.name, save_dir)
+    return found
+
+
 def _existing(connection: sqlite3.Connection, names: tuple[str, ...]) -> list[str]:
     present = {row["name"] for row in connection.execute("PRAGMA table_info(results)")}
     return [name for name in names if name in present]

@@ -23,7 +23,7 @@ from statistics import median
 
 import cv2
 
-from leukedge.edge_app.review.data import SampleSummary, get_sample, list_samples, within
+from leukedge.edge_app.review.data import SampleSummary, field_image, get_sample, list_samples
 from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
 from leukedge.edge_app.storage import StorageError, spreadsheet_cell, utc_now
@@ -137,7 +137,7 @@ def build_report(
     thumbs = []
     for frame in driving_frames(summary, frames):
         path = (
-            within(frame.get("image_path"), save_dir)
+            field_image(frame.get("image_path"), save_dir)
             if confined
             else (Path(frame["image_path"]) if frame.get("image_path") else None)
         )

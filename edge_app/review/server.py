@@ -250,7 +250,7 @@ def create_app(config: ServerConfig) -> Flask:
 
     def image_of(frame_id: int) -> Path:
         # The path comes from the database, never from the URL, and must lie under --save-dir.
-        path = data.within(data.frame_image_path(db(), frame_id), save_dir)
+        path = data.field_image(data.frame_image_path(db(), frame_id), save_dir)
         if path is None:
             abort(404, "no saved image for this field under the save folder")
         return path

@@ -1,0 +1,197 @@
+"""Copy the results database and the saved field images to another disk (a USB stick, a
+network share), so that a lost or worn-out SD card loses no result.
+
+The database is copied with SQLite's online backup API: a consistent snapshot even while
+`edge-app run` or the review server write to it (WAL mode lets them go on). The copy is checked
+(`PRAGMA integrity_check`) before it replaces the previous backup, so a failed or interrupted
+backup leaves the last good one in place. Images are copied incrementally (new or changed files
+only) and never deleted from the backup: when the storage budget prunes old images on the Pi,
+the backup keeps them. The backup is a plain LeukEdge database: `edge-app serve --db
+BACKUP/results.sqlite --save-dir BACKUP/frames` reviews from it on any computer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from leukedge.edge_app.storage import (
+    StorageError,
+    check_database_file,
+    connect,
+    explain_write_error,
+    make_private_dir,
+)
+
+DATABASE_NAME = "results.sqlite"
+IMAGES_NAME = "frames"
+# Room kept free on the backup disk beyond what the copy needs.
+SPARE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    database: str
+    frames: int
+    samples: int
+    reviews: int
+    integrity: str
+    images_copied: int
+    images_present: int
+    bytes_copied: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _chmod_private(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:  # FAT or exFAT sticks have no owner bits: the files are written regardless
+        pass
+
+
+def _images_to_copy(save_dir: Path, target: Path) -> tuple[list[tuple[Path, Path]], int]:
+    """(source, destination) of every image new or changed since the last backup; the count of
+    those already there."""
+    todo, present = [], 0
+    for source in sorted(save_dir.rglob("*")):
+        if not source.is_file() or source.name.startswith(".tmp-"):  # a frame being written
+            continue
+        destination = target / source.relative_to(save_dir)
+        try:
+            there = destination.stat()
+            here = source.stat()
+        except FileNotFoundError:
+            todo.append((source, destination))
+            continue
+        if there.st_size == here.st_size and int(there.st_mtime) == int(here.st_mtime):
+            present += 1
+        else:
+            todo.append((source, destination))
+    return todo, present
+
+
+def _check_room(destination: Path, need: int) -> None:
+    free = shutil.disk_usage(destination).free
+    if free < need + SPARE_BYTES:
+        raise StorageError(
+            f"--to {destination}: {free / 1e6:.1f} MB free, the backup needs about "
+            f"{(need + SPARE_BYTES) / 1e6:.1f} MB: use a larger disk or free space on it; "
+            "the previous backup there is untouched"
+        )
+
+
+def _copy_database(db: Path, target: Path) -> tuple[int, int, int, str]:
+    """Snapshot `db` into `target` atomically; (frames, samples, reviews, integrity)."""
+    source = connect(db, read_only=True, upgrade=False)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".backup-", suffix=".sqlite")  # 0600
+    os.close(fd)
+    try:
+        copy = sqlite3.connect(temp, isolation_level=None)
+        try:
+            source.backup(copy)
+            # One self-contained file (no -wal beside it), readable from a stick on any computer.
+            copy.execute("PRAGMA journal_mode=DELETE")
+            integrity = copy.execute("PRAGMA integrity_check").fetchone()[0]
+            counts = [
+                copy.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                if copy.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()
+                else 0
+                for table in ("results", "samples", "reviews")
+            ]
+        finally:
+            copy.close()
+        if integrity != "ok":
+            raise StorageError(
+                f"--to {target.parent}: the copy failed its integrity check ({integrity}): "
+                "the disk may be failing; the previous backup there is untouched"
+            )
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    finally:
+        source.close()
+    return counts[0], counts[1], counts[2], integrity
+
+
+def _copy_file(source: Path, destination: Path) -> int:
+    make_private_dir(destination.parent)
+    fd, temp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=destination.suffix)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, temp)
+        shutil.copystat(source, temp)  # the mtime tells the next backup it is already there
+        _chmod_private(Path(temp), 0o600)
+        os.replace(temp, destination)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return destination.stat().st_size
+
+
+def backup(
+    db: Path,
+    destination: Path,
+    save_dir: Path | None = None,
+    progress: Callable[[Iterable], Iterable] = lambda items: items,
+) -> BackupSummary:
+    """Back up `db` (and the images under `save_dir`) into the existing folder `destination`."""
+    started = time.perf_counter()
+    db, destination = Path(db), Path(destination)
+    if not destination.is_dir():
+        # Never create it: an unmounted stick's mount point would silently fill the SD card.
+        raise StorageError(
+            f"--to {destination}: no such folder: plug in and mount the backup disk, or create "
+            "the folder first"
+        )
+    resolved = destination.resolve()
+    for name, folder in (("--save-dir", save_dir), ("--db's folder", db.parent)):
+        if folder is not None and resolved == Path(folder).resolve():
+            raise StorageError(f"--to {destination}: is {name}; back up to another disk")
+    if save_dir is not None:
+        if not Path(save_dir).is_dir():
+            raise StorageError(f"--save-dir {save_dir}: no such folder")
+        if resolved.is_relative_to(Path(save_dir).resolve()):
+            raise StorageError(f"--to {destination}: is inside --save-dir; back up to another disk")
+    images = destination / IMAGES_NAME
+    todo, present = _images_to_copy(Path(save_dir), images) if save_dir else ([], 0)
+    check_database_file(db)
+    wal = db.with_name(db.name + "-wal")  # committed rows not yet folded into the file
+    size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    _check_room(destination, size + sum(source.stat().st_size for source, _ in todo))
+    target = destination / DATABASE_NAME
+    try:
+        frames, samples, reviews, integrity = _copy_database(db, target)
+        copied = 0
+        if todo:
+            make_private_dir(images)
+        for source, file in progress(todo) if todo else ():
+            copied += _copy_file(source, file)
+    except (OSError, sqlite3.Error) as error:
+        if isinstance(error, StorageError):
+            raise
+        raise StorageError(explain_write_error(destination, error)) from None
+    return BackupSummary(
+        str(target),
+        frames,
+        samples,
+        reviews,
+        integrity,
+        len(todo),
+        present,
+        copied,
+        round(time.perf_counter() - started, 2),
+    )
