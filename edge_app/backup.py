@@ -89,6 +89,58 @@ def _check_room(destination: Path, need: int) -> None:
         )
 
 
+# Rows are never deleted or changed (storage's triggers), so an earlier backup of a database
+# holds a prefix of its rows: the newest frame and review of the backup are still in it, the same.
+_IDENTITY = (
+    ("results", "id, timestamp_utc, sample_id, source"),
+    ("reviews", "id, reviewed_utc, sample_id, reviewer"),
+)
+
+
+def _check_same_database(db: Path, target: Path) -> None:
+    """Refuse to replace a backup that is not an earlier copy of `db` (another Pi's database, or
+    an older one the SD card held before it was replaced): that would lose its results."""
+    if not target.exists():
+        return
+    try:
+        check_database_file(target)  # a file of that name that is not a database stays
+    except StorageError:
+        raise StorageError(
+            f"--to {target.parent}: holds a {target.name} that is not an SQLite database: move "
+            "it away or back up to another folder"
+        ) from None
+    source = connect(db, read_only=True, upgrade=False)
+    earlier = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    try:
+        for table, columns in _IDENTITY:
+            query = f"SELECT {columns} FROM {table}"
+            try:
+                last = earlier.execute(f"{query} ORDER BY id DESC LIMIT 1").fetchone()
+            except sqlite3.OperationalError:  # an older schema without that table
+                continue
+            if last is None:
+                continue
+            try:
+                here = source.execute(f"{query} WHERE id = ?", (last[0],)).fetchone()
+            except sqlite3.OperationalError:
+                here = None
+            if here is None or tuple(here) != tuple(last):
+                raise StorageError(
+                    f"--to {target.parent}: its {target.name} is not an earlier backup of {db} "
+                    f"({table} row {last[0]} differs or is missing): it may hold another Pi's or "
+                    "an older database's results, which this backup would replace; back up to "
+                    "another folder"
+                )
+    except sqlite3.DatabaseError as error:
+        raise StorageError(
+            f"--to {target.parent}: its {target.name} cannot be read ({error}): move it away or "
+            "back up to another folder"
+        ) from None
+    finally:
+        earlier.close()
+        source.close()
+
+
 def _copy_database(db: Path, target: Path) -> tuple[int, int, int, str]:
     """Snapshot `db` into `target` atomically; (frames, samples, reviews, integrity)."""
     source = connect(db, read_only=True, upgrade=False)
@@ -173,6 +225,7 @@ def backup(
     size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     _check_room(destination, size + sum(source.stat().st_size for source, _ in todo))
     target = destination / DATABASE_NAME
+    _check_same_database(db, target)
     try:
         frames, samples, reviews, integrity = _copy_database(db, target)
         copied = 0

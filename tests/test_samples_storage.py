@@ -686,3 +686,34 @@ def test_backup_refuses_a_missing_or_wrong_destination_and_creates_nothing(tmp_p
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not unmounted.exists() and not (frames / "sub" / "results.sqlite").exists()
     assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_backup_never_replaces_another_databases_backup(tmp_path):
+    """A new SD card's fresh database, or another Pi's, must not overwrite the archive."""
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    for db, sample_id, rows in ((old, "S-OLD", 3), (new, "S-NEW", 5)):
+        store = ResultStore(db)
+        for _ in range(rows):
+            store.add(stored_row(sample_id=sample_id))
+        store.close()
+    run_cli("edge-app", "backup", "--db", old, "--to", stick, timeout=60)
+    before = (stick / "results.sqlite").read_bytes()
+    refused = run_cli("edge-app", "backup", "--db", new, "--to", stick, check=False, timeout=60)
+    assert refused.returncode == 1 and "is not an earlier backup of" in refused.stderr
+    assert "results row 3 differs or is missing" in refused.stderr
+    assert (stick / "results.sqlite").read_bytes() == before  # the archive is untouched
+    # The same database, grown, updates its own backup.
+    store = ResultStore(old)
+    store.add(stored_row(sample_id="S-OLD"))
+    store.close()
+    run_cli("edge-app", "backup", "--db", old, "--to", stick, timeout=60)
+    assert _counts(stick / "results.sqlite")[0] == 4
+    # A file of that name that is not a database is left alone too.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.sqlite").write_text("someone's notes\n")
+    refused = run_cli("edge-app", "backup", "--db", old, "--to", other, check=False, timeout=60)
+    assert refused.returncode == 1 and "not an SQLite database" in refused.stderr
+    assert (other / "results.sqlite").read_text() == "someone's notes\n"
