@@ -21,8 +21,9 @@ SHIPPED = [
     *DOCS,
     *sorted((REPO / "models").glob("*.md")),
     *sorted((REPO / "models").glob("*.json")),
-    REPO / "edge_app" / "deploy" / "leukedge.service",
+    *sorted((REPO / "edge_app" / "deploy").glob("leukedge*.*")),
 ]
+UNITS = sorted((REPO / "edge_app" / "deploy").glob("*.service"))
 # Folders of a build machine. /home/pi/ is the Raspberry Pi's own default home (the deploy
 # target the docs describe), not the build machine's, so it is allowed.
 BUILD_PATH = re.compile(
@@ -230,6 +231,19 @@ def test_every_documented_command_names_real_subcommands_and_options():
             ]
     assert seen > 30  # the docs are full of commands: finding few means the parser broke
     assert not bad, "\n".join(bad)
+
+
+def test_every_systemd_unit_runs_a_real_command():
+    """The deploy units' ExecStart lines, checked like the docs' commands (a renamed option in a
+    unit would only show on the Pi, at boot)."""
+    seen, bad = 0, []
+    for unit in UNITS:
+        text = unit.read_text().replace("\\\n", " ")
+        for line in re.findall(r"^ExecStart=(.+)$", text, re.M):
+            program, *args = shlex.split(line)
+            seen += 1
+            bad += [f"{unit.name}: {p}" for p in problems(Path(program).name, args)]
+    assert seen == len(UNITS) >= 2 and not bad, bad
 
 
 def test_command_checker_catches_typos():
