@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from leukedge.edge_app.clitools import SuggestingGroup
+from leukedge.edge_app.clitools import SuggestingGroup, db_option
 from leukedge.edge_app.settings import (
     DISCLAIMER,
     CameraSettings,
@@ -517,13 +517,7 @@ def log_decision_rule(classifier, min_confidence: float | None) -> None:
 
 
 @main.command()
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The results database written by edge-app run.",
-)
+@db_option
 @click.option(
     "--csv",
     "csv_path",
@@ -581,13 +575,7 @@ def export(
 
 
 @main.command()
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The results database written by edge-app run.",
-)
+@db_option
 @click.option(
     "--to",
     "destination",

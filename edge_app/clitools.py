@@ -73,6 +73,17 @@ class DefaultCommandGroup(SuggestingGroup):
         return super().resolve_command(ctx, args)
 
 
+def db_option(function):
+    """`--db`, the results database, as every edge-app command that reads one takes it."""
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="The results database written by edge-app run.",
+    )(function)
+
+
 def progress_bar(
     iterable: Iterable[Any] | None = None,
     *,

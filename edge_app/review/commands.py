@@ -13,15 +13,8 @@ from pathlib import Path
 
 import click
 
+from leukedge.edge_app.clitools import db_option
 from leukedge.edge_app.settings import DISCLAIMER
-
-DB_HELP = "The results database written by edge-app run."
-
-
-def _db_option(function):
-    return click.option(
-        "--db", "db_path", type=click.Path(path_type=Path), required=True, help=DB_HELP
-    )(function)
 
 
 def _open_checked(db_path: Path, read_only: bool):
@@ -36,7 +29,7 @@ def _open_checked(db_path: Path, read_only: bool):
 
 
 @click.command(epilog=DISCLAIMER)
-@_db_option
+@db_option
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -220,7 +213,7 @@ def users_add(
 
 @click.command(epilog=DISCLAIMER)
 @click.argument("sample_id")
-@_db_option
+@db_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
