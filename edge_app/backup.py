@@ -97,7 +97,7 @@ _IDENTITY = (
 )
 
 
-def _check_same_database(db: Path, target: Path) -> None:
+def _check_same_database(source: sqlite3.Connection, db: Path, target: Path) -> None:
     """Refuse to replace a backup that is not an earlier copy of `db` (another Pi's database, or
     an older one the SD card held before it was replaced): that would lose its results."""
     if not target.exists():
@@ -109,7 +109,6 @@ def _check_same_database(db: Path, target: Path) -> None:
             f"--to {target.parent}: holds a {target.name} that is not an SQLite database: move "
             "it away or back up to another folder"
         ) from None
-    source = connect(db, read_only=True, upgrade=False)
     earlier = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
     try:
         for table, columns in _IDENTITY:
@@ -138,12 +137,10 @@ def _check_same_database(db: Path, target: Path) -> None:
         ) from None
     finally:
         earlier.close()
-        source.close()
 
 
-def _copy_database(db: Path, target: Path) -> tuple[int, int, int, str]:
-    """Snapshot `db` into `target` atomically; (frames, samples, reviews, integrity)."""
-    source = connect(db, read_only=True, upgrade=False)
+def _copy_database(source: sqlite3.Connection, target: Path) -> tuple[int, int, int, str]:
+    """Snapshot `source` into `target` atomically; (frames, samples, reviews, integrity)."""
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".backup-", suffix=".sqlite")  # 0600
     os.close(fd)
     try:
@@ -174,8 +171,6 @@ def _copy_database(db: Path, target: Path) -> tuple[int, int, int, str]:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    finally:
-        source.close()
     return counts[0], counts[1], counts[2], integrity
 
 
@@ -220,23 +215,25 @@ def backup(
             raise StorageError(f"--to {destination}: is inside --save-dir; back up to another disk")
     images = destination / IMAGES_NAME
     todo, present = _images_to_copy(Path(save_dir), images) if save_dir else ([], 0)
-    check_database_file(db)
-    wal = db.with_name(db.name + "-wal")  # committed rows not yet folded into the file
-    size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-    _check_room(destination, size + sum(source.stat().st_size for source, _ in todo))
-    target = destination / DATABASE_NAME
-    _check_same_database(db, target)
+    source = connect(db, read_only=True, upgrade=False)  # refuses a missing or foreign --db
     try:
-        frames, samples, reviews, integrity = _copy_database(db, target)
+        wal = db.with_name(db.name + "-wal")  # committed rows not yet folded into the file
+        size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        _check_room(destination, size + sum(image.stat().st_size for image, _ in todo))
+        target = destination / DATABASE_NAME
+        _check_same_database(source, db, target)
+        frames, samples, reviews, integrity = _copy_database(source, target)
         copied = 0
         if todo:
             make_private_dir(images)
-        for source, file in progress(todo) if todo else ():
-            copied += _copy_file(source, file)
+        for image, file in progress(todo) if todo else ():
+            copied += _copy_file(image, file)
+    except StorageError:
+        raise
     except (OSError, sqlite3.Error) as error:
-        if isinstance(error, StorageError):
-            raise
         raise StorageError(explain_write_error(destination, error)) from None
+    finally:
+        source.close()
     return BackupSummary(
         str(target),
         frames,

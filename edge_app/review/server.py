@@ -166,7 +166,11 @@ def create_app(config: ServerConfig) -> Flask:
         to_review = request.args.get("show") == "to-review"
         search = request.args.get("q", "").strip()[:100] or None
         counts = {"all": data.count_samples(db()), "to_review": data.count_samples(db(), True)}
-        total = data.count_samples(db(), to_review, search)
+        total = (
+            counts["to_review" if to_review else "all"]
+            if search is None
+            else data.count_samples(db(), to_review, search)
+        )
         pages = max(1, -(-total // PER_PAGE))
         samples = data.list_samples(
             db(),
