@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -146,8 +147,11 @@ def run_command(
         entries,
         eval_set,
         settings,
-        progress=lambda plan: progress_bar(plan, desc="edge-bench", unit="row"),
-        on_row=_log_row,
+        # In a log the "row done" lines are the progress; a bar there is redrawn beside each.
+        progress=lambda plan: progress_bar(
+            plan, desc="edge-bench", unit="row", enabled=sys.stderr.isatty()
+        ),
+        on_row=_row_logger(len(entries) * len(threads)),
     )
     click.echo(report.console_table(result))
     writers = (
@@ -163,17 +167,25 @@ def run_command(
     sys.exit(exit_code(result, min_accuracy))
 
 
-def _log_row(row: dict) -> None:
-    """One line per finished row on stderr, so logs of long runs show progress without a TTY."""
-    figures = (
-        f"p50 {row['latency_ms']['p50']:.2f} ms, accuracy {row['accuracy'] * 100:.2f}%"
-        if row["status"] == "ok" and row["accuracy"] is not None
-        else row["error"]
-    )
-    tqdm.write(
-        f"row done: {row['name']} ({row['variant']}), {row['threads']} thread(s): {row['status']}, {figures}",
-        file=sys.stderr,
-    )
+def _row_logger(total: int) -> Callable[[dict], None]:
+    """One line per finished row on stderr ("row 2/4 done: ..."), so logs show progress."""
+    done = 0
+
+    def log_row(row: dict) -> None:
+        nonlocal done
+        done += 1
+        figures = (
+            f"p50 {row['latency_ms']['p50']:.2f} ms, accuracy {row['accuracy'] * 100:.2f}%"
+            if row["status"] == "ok" and row["accuracy"] is not None
+            else row["error"]
+        )
+        tqdm.write(
+            f"row {done}/{total} done: {row['name']} ({row['variant']}), "
+            f"{row['threads']} thread(s): {row['status']}, {figures}",
+            file=sys.stderr,
+        )
+
+    return log_row
 
 
 def exit_code(result, min_accuracy: float | None) -> int:

@@ -320,7 +320,7 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
         preexec_fn=interruptible,
     )
     seen = []
-    while not any(line.startswith("row done:") for line in seen):  # the first row is measured
+    while not any(line.startswith("row 1/8 done:") for line in seen):  # the first row is measured
         line = process.stderr.readline()
         assert line, f"edge-bench ended before a row was measured: {seen}"
         seen.append(line)
@@ -328,6 +328,8 @@ def test_ctrl_c_prints_what_was_measured(converted_dir, tmp_path):
     os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stdout + stderr
+    # Piped, as into a log: the row lines are the progress, with no bar redrawn beside them.
+    assert "\r" not in "".join(seen) + stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["interrupted"] is True and 1 <= len(report["rows"]) < 8
     assert all(row["status"] == "ok" for row in report["rows"])
