@@ -29,6 +29,7 @@ from leukedge.convert.variants import (
 from leukedge.edge_app import leukedge_version
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.clitools import progress_bar
+from leukedge.edge_app.files import SHARED_MODE, write_atomic
 from leukedge.edge_app.manifest import (
     INT8,
     MANIFEST_FILE,
@@ -319,8 +320,10 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
                         f"cap {fitted.cap:.4g})"
                     )
                 # Thresholds from this variant's own outputs on the validation split.
-                manifests.write_bytes_atomic(
-                    path, with_metadata(tflite, fitted.metadata(info, with_trust_file=False))
+                write_atomic(
+                    path,
+                    with_metadata(tflite, fitted.metadata(info, with_trust_file=False)),
+                    SHARED_MODE,
                 )
                 params = fitted.params_for(
                     Classifier(path, allow_unverified=True, require_trust=False)
@@ -333,7 +336,7 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
                 tflite = with_metadata(tflite, fitted.metadata(info), fitted.files(params))
             else:
                 tflite = with_metadata(tflite, info)
-            manifests.write_bytes_atomic(path, tflite)
+            write_atomic(path, tflite, SHARED_MODE)
             classifier = Classifier(path, allow_unverified=True)
             entry = VariantEntry(
                 file=path.name,

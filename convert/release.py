@@ -26,6 +26,7 @@ import click
 from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
 from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.files import SHARED_MODE, write_atomic
 from leukedge.edge_app.manifest import (
     FAST_INT8,
     FP16,
@@ -183,7 +184,7 @@ def publish(staging: Path, models: Path) -> None:
     if MANIFEST_FILE not in names:
         raise ReleaseError(f"{staging} holds no {MANIFEST_FILE}: nothing to publish")
     for name in sorted(names, key=lambda n: n == MANIFEST_FILE):
-        manifests.write_bytes_atomic(models / name, (staging / name).read_bytes())
+        write_atomic(models / name, (staging / name).read_bytes(), SHARED_MODE)
     for name in RELEASE_FILES:
         if name not in names and name.endswith(".tflite"):
             (models / name).unlink(missing_ok=True)  # an old variant must not outlive its manifest

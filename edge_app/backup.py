@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from leukedge.edge_app.files import TEMP_PREFIX, replacing
 from leukedge.edge_app.storage import (
     StorageError,
     check_database_file,
@@ -51,31 +53,30 @@ class BackupSummary:
         return asdict(self)
 
 
-def _chmod_private(path: Path, mode: int) -> None:
-    try:
-        os.chmod(path, mode)
-    except OSError:  # FAT or exFAT sticks have no owner bits: the files are written regardless
-        pass
-
-
-def _images_to_copy(save_dir: Path, target: Path) -> tuple[list[tuple[Path, Path]], int]:
-    """(source, destination) of every image new or changed since the last backup; the count of
-    those already there."""
+def _images_to_copy(save_dir: Path, target: Path) -> tuple[list[tuple[Path, Path, int]], int]:
+    """(source, destination, size) of every image new or changed since the last backup; the
+    count of those already there."""
     todo, present = [], 0
-    for source in sorted(save_dir.rglob("*")):
-        if not source.is_file() or source.name.startswith(".tmp-"):  # a frame being written
-            continue
-        destination = target / source.relative_to(save_dir)
-        try:
-            there = destination.stat()
-            here = source.stat()
-        except FileNotFoundError:
-            todo.append((source, destination))
-            continue
-        if there.st_size == here.st_size and int(there.st_mtime) == int(here.st_mtime):
-            present += 1
-        else:
-            todo.append((source, destination))
+    for folder, _, names in sorted(os.walk(save_dir)):
+        for name in sorted(names):
+            if name.startswith(TEMP_PREFIX):  # a frame being written
+                continue
+            source = Path(folder, name)
+            destination = target / source.relative_to(save_dir)
+            try:
+                here = source.stat()
+            except FileNotFoundError:  # pruned by the storage budget since the walk listed it
+                continue
+            if not stat.S_ISREG(here.st_mode):
+                continue
+            try:
+                there = destination.stat()
+            except FileNotFoundError:
+                there = None
+            if there and (there.st_size, int(there.st_mtime)) == (here.st_size, int(here.st_mtime)):
+                present += 1
+            else:
+                todo.append((source, destination, here.st_size))
     return todo, present
 
 
@@ -174,19 +175,20 @@ def _copy_database(source: sqlite3.Connection, target: Path) -> tuple[int, int, 
     return counts[0], counts[1], counts[2], integrity
 
 
-def _copy_file(source: Path, destination: Path) -> int:
-    make_private_dir(destination.parent)
-    fd, temp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=destination.suffix)
-    os.close(fd)
+def _copy_file(source: Path, destination: Path) -> int | None:
+    """Copy one image, owner-only and atomically; its size, or None when the storage budget
+    pruned it since it was listed."""
     try:
-        shutil.copyfile(source, temp)
-        shutil.copystat(source, temp)  # the mtime tells the next backup it is already there
-        _chmod_private(Path(temp), 0o600)
-        os.replace(temp, destination)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return destination.stat().st_size
+        image = source.open("rb")
+    except FileNotFoundError:
+        return None
+    make_private_dir(destination.parent)
+    with image, replacing(destination) as out:
+        shutil.copyfileobj(image, out)
+        copied = os.fstat(image.fileno())
+    # The mtime tells the next backup that the image is already there.
+    os.utime(destination, ns=(copied.st_atime_ns, copied.st_mtime_ns))
+    return copied.st_size
 
 
 def backup(
@@ -219,15 +221,17 @@ def backup(
     try:
         wal = db.with_name(db.name + "-wal")  # committed rows not yet folded into the file
         size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-        _check_room(destination, size + sum(image.stat().st_size for image, _ in todo))
+        _check_room(destination, size + sum(size for _, _, size in todo))
         target = destination / DATABASE_NAME
         _check_same_database(source, db, target)
         frames, samples, reviews, integrity = _copy_database(source, target)
-        copied = 0
+        copied_files = copied = 0
         if todo:
             make_private_dir(images)
-        for image, file in progress(todo) if todo else ():
-            copied += _copy_file(image, file)
+        for image, file, _ in progress(todo) if todo else ():
+            size = _copy_file(image, file)
+            if size is not None:
+                copied_files, copied = copied_files + 1, copied + size
     except StorageError:
         raise
     except (OSError, sqlite3.Error) as error:
@@ -240,7 +244,7 @@ def backup(
         samples,
         reviews,
         integrity,
-        len(todo),
+        copied_files,
         present,
         copied,
         round(time.perf_counter() - started, 2),

@@ -614,6 +614,7 @@ def backup(db_path: Path, destination: Path, save_dir: Path | None, json_out: Pa
 
     from leukedge.edge_app.backup import backup as run_backup
     from leukedge.edge_app.clitools import progress_bar
+    from leukedge.edge_app.files import write_atomic
     from leukedge.edge_app.storage import StorageError
 
     if json_out is not None and not json_out.parent.is_dir():
@@ -636,7 +637,7 @@ def backup(db_path: Path, destination: Path, save_dir: Path | None, json_out: Pa
     )
     if json_out is not None:
         try:
-            json_out.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+            write_atomic(json_out, (json.dumps(summary.as_dict(), indent=2) + "\n").encode())
         except OSError as error:
             raise click.ClickException(
                 f"--json {json_out}: cannot write ({error.strerror}); the backup itself is done"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from leukedge.edge_app.files import SHARED_MODE, write_atomic
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -461,25 +462,6 @@ def check_writable(path: str | Path) -> None:
         raise ManifestError(f"{path} is read-only: make it writable (chmod u+w) to replace it")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: never a half-written file.
-
-    `mode` defaults to world-readable: models and manifests are meant to be shared (mkstemp would
-    leave them owner-only)."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write(manifest: Manifest, path: str | Path) -> Path:
     """Validate and write atomically (temporary file + os.replace); returns the path written.
 
@@ -490,5 +472,5 @@ def write(manifest: Manifest, path: str | Path) -> Path:
     if path.is_dir():
         path = manifest_path(path)
     Manifest.from_dict(json.loads(manifest.to_json()), str(path))
-    write_bytes_atomic(path, manifest.to_json().encode())
+    write_atomic(path, manifest.to_json().encode(), SHARED_MODE)
     return path

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from leukedge.edge_app.files import write_atomic
 
 # Version 1, frozen: exactly what the first release created. Never edit; add a migration instead.
 V1_RESULTS_SQL = """CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, \
@@ -357,7 +359,7 @@ def _stored(name: str, value):
 
 @dataclass
 class FrameWriter:
-    """Saves frames as <dir>/<date>/<id>.<ext> atomically (temp file + os.replace)."""
+    """Saves frames as <dir>/<date>/<id>.<ext>, owner-only and atomically (`files.write_atomic`)."""
 
     directory: Path
     image_format: str = "jpg"
@@ -383,16 +385,7 @@ class FrameWriter:
             )
             if not ok:
                 raise OSError(f"could not encode {self.image_format}")
-            fd, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=f".{self.image_format}")
-            try:
-                with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0o600
-                    handle.write(encoded.tobytes())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, target)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            write_atomic(target, encoded.tobytes())
         except OSError as error:
             raise StorageError(explain_write_error(target, error)) from None
         return target
@@ -431,17 +424,17 @@ def export_csv(db_path: str | Path, csv_path: str | Path) -> int:
     header = [name for name in names if name != "probabilities"] + [
         f"p_{label}" for label in labels
     ]
-    try:
-        fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for row in rows:
-                probabilities = json.loads(row["probabilities"] or "{}")
-                writer.writerow(
-                    [spreadsheet_cell(row[name]) for name in names if name != "probabilities"]
-                    + [probabilities.get(label, "") for label in labels]
-                )
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in rows:
+        probabilities = json.loads(row["probabilities"] or "{}")
+        writer.writerow(
+            [spreadsheet_cell(row[name]) for name in names if name != "probabilities"]
+            + [probabilities.get(label, "") for label in labels]
+        )
+    try:  # an earlier export of that name stays whole if this one fails
+        write_atomic(csv_path, text.getvalue().encode())
     except OSError as error:
         raise StorageError(explain_write_error(csv_path, error)) from None
     return len(rows)

@@ -165,6 +165,21 @@ def test_frame_writer_is_atomic_and_owner_only(tmp_path, real_images):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
 
 
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    from leukedge.edge_app.files import SHARED_MODE, replacing, write_atomic
+
+    target = tmp_path / "export.csv"
+    write_atomic(target, b"first export\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # results are patient data
+    with pytest.raises(OSError, match="disk full"), replacing(target) as out:
+        out.write(b"half of the sec")
+        raise OSError("disk full")
+    assert target.read_bytes() == b"first export\n"  # the earlier file is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["export.csv"]  # no temp file left behind
+    write_atomic(target, b"model", SHARED_MODE)
+    assert target.read_bytes() == b"model" and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 def test_folder_source_skips_and_reports_corrupt_files(tmp_path, real_images):
     folder = tmp_path / "slides"
     folder.mkdir()

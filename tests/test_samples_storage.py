@@ -325,7 +325,7 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
         assert (
             result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         )
-        assert not out.exists() and not list(tmp_path.glob(".report-*"))
+        assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):

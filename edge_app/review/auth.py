@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from leukedge.edge_app.files import write_atomic
 
 USERS_FILE = "review-users.json"  # default: beside the database
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -61,16 +62,7 @@ def add_user(path: Path, name: str, password: str) -> bool:
     entries = {user: {"hash": hashed} for user, hashed in users.items()}
     entries[name] = {"hash": generate_password_hash(password, method=HASH_METHOD)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".users-", suffix=".json")  # 0600
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"format": 1, "users": entries}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps({"format": 1, "users": entries}, indent=2).encode())
     return replaced
 
 

@@ -13,9 +13,7 @@ import csv
 import html
 import io
 import json
-import os
 import sqlite3
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from statistics import median
 
 import cv2
 
+from leukedge.edge_app.files import write_atomic
 from leukedge.edge_app.review.data import SampleSummary, field_image, get_sample, list_samples
 from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
@@ -227,16 +226,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     if not path.parent.is_dir():
         raise ReportError(f"--out {path}: folder {path.parent} does not exist")
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=path.suffix)  # 0600
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)  # owner-only: a report names a patient's sample
     except OSError as error:
         raise ReportError(f"--out {path}: cannot write ({error})") from None
 
