@@ -628,6 +628,33 @@ def test_backup_copies_results_and_images_and_keeps_what_the_pi_prunes(tmp_path)
     assert summary.status == data.CONFIRMED and summary.result.n_frames == 5
 
 
+def test_backup_goes_on_when_the_budget_prunes_an_image_mid_backup(tmp_path):
+    from leukedge.edge_app.backup import backup
+    from leukedge.edge_app.storage import FrameWriter
+
+    db, frames, stick = tmp_path / "r.sqlite", tmp_path / "frames", tmp_path / "usb"
+    stick.mkdir()
+    store, writer = ResultStore(db), FrameWriter(frames)
+    images = [_field(store, writer, "S-1", n) for n in range(3)]
+    store.close()
+
+    def prune_while_copying(todo):  # the app's storage budget deletes the oldest image meanwhile
+        images[0].unlink()
+        return todo
+
+    summary = backup(db, stick, frames, progress=prune_while_copying)
+    assert summary.integrity == "ok" and summary.frames == 3
+    assert summary.images_copied == 2 and summary.bytes_copied == sum(
+        image.stat().st_size for image in images[1:]
+    )
+    copied = stick / "frames" / images[1].parent.name / images[1].name
+    assert copied.read_bytes() == images[1].read_bytes()
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o600
+    assert copied.stat().st_mtime_ns == images[1].stat().st_mtime_ns  # next time: already there
+    assert not list(copied.parent.glob(".tmp-*"))
+    assert backup(db, stick, frames).images_present == 2
+
+
 def test_backup_while_the_app_writes_is_consistent(tmp_path):
     """The app goes on storing frames during a backup; every backup is a whole snapshot."""
     import threading
