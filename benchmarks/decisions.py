@@ -23,7 +23,7 @@ from leukedge.edge_app.decision import LABEL, LEGACY_MIN_CONFIDENCE, UNCERTAIN, 
 from leukedge.edge_app.runtime import Classifier
 from leukedge.edge_app.trust import OOD_OUTPUT, PROBABILITIES_OUTPUT, TRUST_FILE, TrustParams
 
-UNKNOWN = "unknown"  # the contract's decision kind for out-of-distribution frames (CONTRACTS.md 1)
+UNKNOWN = "unknown"  # out-of-distribution frames, as `edge_app.decision` names them
 OUTCOMES = (LABEL, UNCERTAIN, UNKNOWN, UNFIT)
 MAX_PROBABILITY_SCORE = "1 - max probability (the model has no OOD output)"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from leukedge.edge_app.manifest import FP32, INT8, Manifest
+from leukedge.edge_app.settings import DISCLAIMER
 
 
 def verification_table(manifest: Manifest) -> str:
@@ -104,6 +105,8 @@ thresholds come from its own outputs on the val split; test-split figures of eac
 """
     source = manifest.source_model
     return f"""# Conversion report
+
+> {DISCLAIMER}
 
 Source: `{source.file}` (sha256 `{source.sha256[:16]}...`),
 input {manifest.image_size}x{manifest.image_size} RGB pixels 0..255, labels {", ".join(manifest.labels)}.

@@ -1,7 +1,7 @@
 """From frames to one sample result: the rule a clinician's sample decision rests on.
 
 A sample is one slide of one patient, seen as several fields (frames). Each frame was decided on
-its own (CONTRACTS.md 1): `label` (answered), `uncertain` (refer), `unknown` (out of
+its own (`edge_app.decision`): `label` (answered), `uncertain` (refer), `unknown` (out of
 distribution) or `unfit` (failed the quality gate). `SampleRule.combine()` turns them into one
 sample result, in this order:
 

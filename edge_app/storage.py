@@ -40,7 +40,7 @@ app_version TEXT NOT NULL, image_path TEXT)"""
 
 _APPEND_ONLY = "SELECT RAISE(ABORT, 'reviews are append-only: add a new review instead')"
 V2_SQL = (
-    # Trust fields of a frame (CONTRACTS.md 2), filled by the runtime when the model carries them.
+    # Trust fields of a frame, filled when the model carries them (`edge_app.decision`).
     "ALTER TABLE results ADD COLUMN ood_score REAL",
     "ALTER TABLE results ADD COLUMN decision_rule TEXT",
     "ALTER TABLE results ADD COLUMN prediction_set TEXT",
@@ -98,7 +98,7 @@ COLUMNS = (
         "ood_score",
         "REAL",
     ),  # version 2: larger is less like the training images; None: no OOD output
-    ("decision_rule", "TEXT"),  # version 2: which rule decided (CONTRACTS.md 1)
+    ("decision_rule", "TEXT"),  # version 2: which rule decided (`edge_app.decision`)
     ("prediction_set", "TEXT"),  # version 2: JSON list of labels (conformal set)
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
@@ -351,7 +351,7 @@ class ResultStore:
 
 
 def _stored(name: str, value):
-    """JSON columns accept either JSON text or the Python list/dict (CONTRACTS.md 2)."""
+    """JSON columns accept either JSON text or the Python list/dict."""
     if name in JSON_COLUMNS and value is not None and not isinstance(value, str):
         return json.dumps(value)
     return value

@@ -106,7 +106,8 @@ def test_verification_figures_match_a_direct_computation(converted_dir, tiny_run
         assert figures.max_abs_prob_diff == pytest.approx(
             float(np.abs(probs - calibrated).max()), abs=1e-5
         )
-    assert "| int8 | model_int8.tflite |" in (converted_dir / "conversion_report.md").read_text()
+    report = (converted_dir / "conversion_report.md").read_text()
+    assert "| int8 | model_int8.tflite |" in report and "not a diagnostic device" in report
 
 
 def test_int8_io_option_and_accuracy_gate(tiny_run, data_dir, tmp_path):

@@ -1,5 +1,6 @@
-"""Docs that hold: every relative link and image exists (anchors too), nothing shipped names a
-folder of the machine that built it, and every edge-train / edge-convert / edge-app / edge-bench
+"""Docs that hold: every relative link and image exists (anchors too), every page says that
+LeukEdge is not a diagnostic device, nothing shipped names a folder of the machine that built
+it, and every edge-train / edge-convert / edge-app / edge-bench
 command in a code block names a real subcommand and real options of the click commands.
 
 Fast: parses Markdown and walks the click command tree; no job is run.
@@ -67,6 +68,13 @@ def links(path: Path) -> list[str]:
     text = FENCE.sub("", path.read_text())
     text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
     return LINK.findall(text)
+
+
+def test_every_page_says_it_is_not_a_diagnostic_device():
+    pages = [*DOCS, *sorted((REPO / "models").glob("*.md"))]
+    assert len(pages) > 10
+    silent = [p.name for p in pages if "not a diagnostic device" not in p.read_text().lower()]
+    assert not silent, f"pages without the screening-aid notice: {silent}"
 
 
 def test_every_relative_link_and_image_exists():

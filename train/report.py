@@ -201,6 +201,8 @@ Training took {metrics["timing_seconds"]["total"] / 60:.1f} min, peak RSS
 - All images come from one laboratory, one microscope and one camera. Acquisition differs
   between classes (background tint, focus), so a model can partly learn the slide instead of the
   cell. Expect lower accuracy on other microscopes, cameras and stains; see docs/robustness.md.
-- Four classes only: other leukemias, other cell types and artefacts are forced into one of them.
-  The app's quality gate and confidence threshold reduce, but do not remove, this risk.
+- Four classes only: the network gives every image, whatever it shows (other leukemias, other
+  cell types, artefacts), a top label among these four. The app's quality gate, its
+  out-of-distribution score (`unknown`) and conformal referral (`uncertain`) catch many such
+  images (docs/trust.md), not all of them.
 """
