@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from leukedge.benchmarks.evaluation import EvalSet, resolve_eval_set
+from leukedge.edge_app.files import cannot_write_in
 from leukedge.edge_app.runtime import default_model_path
 from leukedge.models import release_dir
 from leukedge.train.dataset import DatasetError
@@ -146,6 +147,11 @@ def _folder_must_exist(ctx: click.Context, param: click.Parameter, path: Path | 
         raise click.BadParameter(
             f"folder {path.parent} does not exist: create it first", param_hint=hint
         )
+    reason = cannot_write_in(path.parent)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "the file is read-only"
+    if reason:
+        raise click.BadParameter(f"cannot write {path} ({reason})", param_hint=hint)
     return path
 
 

@@ -39,6 +39,8 @@ from leukedge.benchmarks.options import (
     released_eval_set,
     released_model,
 )
+from leukedge.edge_app.imaging import ImageDecodeError
+from leukedge.edge_app.runtime import ModelError
 
 GOAL_MS = 300.0
 EXAMPLES = """\b
@@ -77,6 +79,11 @@ def real_rows(model: Path, image_paths: list[Path]) -> list[dict]:
     return rows
 
 
+def sample_name(number: int) -> str:
+    """The ID of the `number`-th filled sample."""
+    return f"B-{number:05d}"
+
+
 def fill(db: Path, rows: list[dict], samples: int, per_sample: int) -> None:
     from leukedge.edge_app.storage import COLUMN_NAMES, ResultStore
 
@@ -86,7 +93,7 @@ def fill(db: Path, rows: list[dict], samples: int, per_sample: int) -> None:
     connection = store.connection
     connection.execute("BEGIN")
     for number in range(samples):
-        sample_id = f"B-{number:05d}"
+        sample_id = sample_name(number)
         store.ensure_sample(sample_id)
         batch = []
         for index in range(per_sample):
@@ -104,7 +111,11 @@ def server_times(db: Path, requests: int, sample_id: str) -> dict:
     from leukedge.edge_app.review.server import ServerConfig, create_app
 
     client = create_app(ServerConfig(db)).test_client()
-    for warm_up in ("/?page=19", "/samples/B-00000", "/api/samples?limit=1"):  # compile templates
+    for warm_up in (
+        "/?page=19",
+        f"/samples/{sample_name(0)}",
+        "/api/samples?limit=1",
+    ):  # compile templates
         client.get(warm_up)
     out = {}
     for name, path in (
@@ -130,8 +141,12 @@ def server_times(db: Path, requests: int, sample_id: str) -> dict:
     return out
 
 
-def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) -> dict:
-    """A real edge-app run writing while a real HTTP server serves pages and accepts reviews."""
+def concurrent(
+    db: Path, model: Path, images: Path, run_frames: int, port: int, samples: int
+) -> dict:
+    """A real edge-app run writing while a real HTTP server serves pages and accepts reviews
+    (of the last of the `samples` filled ones; the first one's page is read)."""
+    reviewed = sample_name(samples - 1)
     import logging
 
     from werkzeug.serving import make_server
@@ -178,7 +193,12 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
     latencies: list[float] = []
     token = None
     while run.poll() is None:
-        for path in ("/", "/samples/RUN-BESIDE", "/samples/B-00001", "/api/samples?limit=50"):
+        for path in (
+            "/",
+            "/samples/RUN-BESIDE",
+            f"/samples/{sample_name(0)}",
+            "/api/samples?limit=50",
+        ):
             start = time.perf_counter()
             try:
                 with opener.open(url + path, timeout=60) as response:
@@ -205,7 +225,7 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
             ).encode()
             try:
                 with opener.open(
-                    urllib.request.Request(url + "/review/B-00002", data=form), timeout=60
+                    urllib.request.Request(url + f"/review/{reviewed}", data=form), timeout=60
                 ):
                     accepted += 1
             except urllib.error.HTTPError as error:
@@ -223,8 +243,8 @@ def concurrent(db: Path, model: Path, images: Path, run_frames: int, port: int) 
         "SELECT COUNT(*) FROM results WHERE sample_id = 'RUN-BESIDE'"
     ).fetchone()[0]
     reviews = connection.execute(
-        "SELECT COUNT(*) FROM reviews WHERE sample_id = 'B-00002' AND "
-        "reason LIKE 'concurrency check %'"
+        "SELECT COUNT(*) FROM reviews WHERE sample_id = ? AND reason LIKE 'concurrency check %'",
+        (reviewed,),
     ).fetchone()[0]
     connection.close()
     locked = [line for line in stderr.splitlines() + errors if "locked" in line.lower()]
@@ -276,7 +296,10 @@ def review_server_command(
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "review-bench.sqlite"
         click.echo(f"classifying {len(paths)} real images for the frame rows", err=True)
-        rows = real_rows(model, paths)
+        try:
+            rows = real_rows(model, paths)
+        except (ModelError, ImageDecodeError) as error:
+            raise click.ClickException(str(error).splitlines()[0]) from None
         start = time.perf_counter()
         fill(db, rows, samples, frames_per_sample)
         click.echo(
@@ -284,13 +307,13 @@ def review_server_command(
             f"(filled in {time.perf_counter() - start:.1f} s)",
             err=True,
         )
-        times = server_times(db, requests, "B-00500" if samples > 500 else "B-00000")
+        times = server_times(db, requests, sample_name(min(500, samples - 1)))
         images = Path(folder) / "images"
         images.mkdir()
         for path in paths[:20]:
             shutil.copy(path, images / path.name)
         click.echo(f"edge-app run writing {run_frames} frames beside the server", err=True)
-        beside = concurrent(db, model, images, run_frames, port)
+        beside = concurrent(db, model, images, run_frames, port, samples)
     click.echo(
         f"server time, median (max) of {requests} requests, {samples} samples / "
         f"{samples * frames_per_sample} frames:"

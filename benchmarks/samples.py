@@ -83,17 +83,23 @@ def external_images(folder: Path, limit: int | None, seed: int) -> list[Path]:
 
 
 def classify_frames(
-    model: Path, eval_set, external: list[Path], min_confidence: float | None, progress: bool = True
+    model: Path,
+    eval_set,
+    external: list[Path],
+    min_confidence: float | None,
+    progress: bool = True,
+    allow_unverified: bool = False,
 ) -> FramePool:
-    """Every image (and a blurred copy of each labelled one) through the app's frame pipeline."""
+    """Every image (and a blurred copy of each labelled one) through the app's frame pipeline;
+    unreadable images are left out, and said so on stderr."""
     from leukedge.edge_app.app import FrameProcessor
-    from leukedge.edge_app.imaging import load_rgb
+    from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
     from leukedge.edge_app.runtime import Classifier
     from leukedge.edge_app.settings import DecisionSettings, QualitySettings, RunSettings
     from leukedge.edge_app.sources import Frame
     from leukedge.edge_app.storage import ResultStore
 
-    classifier = Classifier(model, allow_unverified=True)
+    classifier = Classifier(model, allow_unverified=allow_unverified)
     decisions = (
         DecisionSettings()
         if min_confidence is None
@@ -102,6 +108,7 @@ def classify_frames(
     clean: dict[str, list[dict]] = {}
     blurred: dict[str, list[dict]] = {}
     foreign: list[dict] = []
+    unreadable: list[str] = []
     jobs = [(s.label, eval_set.data_root / s.path) for s in eval_set.samples] + [
         (None, p) for p in external
     ]
@@ -118,7 +125,11 @@ def classify_frames(
         )
         with progress_bar(jobs, desc="classifying fields", unit="field", enabled=progress) as bar:
             for label, path in bar:
-                rgb = load_rgb(path)
+                try:
+                    rgb = load_rgb(path)
+                except ImageDecodeError as error:
+                    unreadable.append(str(error))
+                    continue
                 row, _decision, _quality = processor.process(Frame(rgb, str(path)), None)
                 row = {**row, "true_label": label}
                 if label is None:
@@ -129,6 +140,12 @@ def classify_frames(
                 row, _decision, _quality = processor.process(Frame(soft, f"{path}#blur"), None)
                 blurred.setdefault(label, []).append({**row, "true_label": label})
         store.close()
+    if unreadable:
+        click.echo(
+            f"edge-bench samples: left out {len(unreadable)} unreadable image(s), e.g. "
+            f"{unreadable[0]}",
+            err=True,
+        )
     legacy = all(row.get("ood_score") is None for rows in clean.values() for row in rows)
     return FramePool(clean, blurred, foreign, model.name, classifier.sha256, legacy)
 
@@ -338,6 +355,11 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
 @output_option("--json", "json_out")
 @output_option("--markdown", "markdown_out")
 @output_option("--plot", "plot_out")
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Also simulate with a model not listed (status ok) in a manifest beside it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def samples_command(
     model,
@@ -356,6 +378,7 @@ def samples_command(
     json_out,
     markdown_out,
     plot_out,
+    allow_unverified,
     quiet,
 ) -> None:
     """Sample-level accuracy and referral of the sample rule, by simulation on a split.
@@ -378,7 +401,9 @@ def samples_command(
     if not foreign:
         raise click.ClickException(f"--external {external}: holds no images")
     try:
-        pool = classify_frames(model, eval_set, foreign, min_confidence, progress=not quiet)
+        pool = classify_frames(
+            model, eval_set, foreign, min_confidence, not quiet, allow_unverified
+        )
     except ModelError as error:
         raise click.ClickException(str(error)) from None
     if min(len(rows) for rows in pool.clean.values()) < max(ks):

@@ -29,6 +29,7 @@ from leukedge.benchmarks.trust_eval import (
     tables,
 )
 from leukedge.edge_app.clitools import progress_bar
+from leukedge.edge_app.files import cannot_write_in
 from leukedge.edge_app.runtime import ModelError
 from leukedge.edge_app.trust import TrustError
 from leukedge.train.dataset import DatasetError
@@ -95,19 +96,14 @@ def trust_command(
           --ood ../shared/data/external/synthetic --json trust.json --plots trust-plots
       edge-bench trust runs/conv --data runs/conv/split.csv --split val --markdown trust.md
     """
+    if plots_dir is not None and (reason := cannot_write_in(plots_dir)):
+        raise click.BadParameter(f"cannot write in {plots_dir} ({reason})", param_hint="--plots")
     try:
         folders = [read_ood_folder(folder) for folder in ood_folders]
         entries = discover_models(models)
         eval_set = resolve_eval_set(data, entries, data_root, split, limit_per_class)
     except (TrustBenchError, ModelDiscoveryError, DatasetError) as error:
         raise click.ClickException(str(error).splitlines()[0]) from None
-    if plots_dir is not None:
-        try:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise click.BadParameter(
-                f"cannot create {plots_dir} ({error.strerror})", param_hint="--plots"
-            ) from None
     for folder in folders:
         if folder.skipped:
             click.echo(

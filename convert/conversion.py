@@ -29,7 +29,7 @@ from leukedge.convert.variants import (
 from leukedge.edge_app import leukedge_version
 from leukedge.edge_app import manifest as manifests
 from leukedge.edge_app.clitools import progress_bar
-from leukedge.edge_app.files import SHARED_MODE, write_atomic
+from leukedge.edge_app.files import SHARED_MODE, cannot_write_in, write_atomic
 from leukedge.edge_app.manifest import (
     INT8,
     MANIFEST_FILE,
@@ -132,6 +132,10 @@ def load_classifier(model_path: Path) -> keras.Model:
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError(f"--out {out_dir} is a file, not a folder")
+    folder = out_dir if out_dir.is_dir() else out_dir.parent  # before minutes of converting
+    reason = cannot_write_in(folder)
+    if reason:
+        raise ConversionError(f"--out {out_dir}: cannot write in {folder} ({reason})")
     earlier = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
     if earlier and not overwrite:
         raise ConversionError(

@@ -43,6 +43,25 @@ def replacing(path: str | Path, mode: int = 0o600) -> Iterator[BinaryIO]:
         raise
 
 
+def cannot_write_in(folder: str | Path) -> str | None:
+    """Why no file can be written in `folder` (made with its parents when missing), or None.
+
+    Checked by writing a scratch file there, so a read-only disk, a path through a file or a
+    system folder is refused before minutes or hours of work, not after them.
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=TEMP_PREFIX):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` all at once (see `replacing`)."""
     with replacing(path, mode) as out:

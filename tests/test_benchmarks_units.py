@@ -168,6 +168,14 @@ def test_bad_inputs_without_a_model_give_one_line_errors(tmp_path):
         run_cli("edge-bench", model, "--json", tmp_path / "no" / "out.json", check=False),
         "does not exist: create it first",
     )
+    (tmp_path / "afile").write_text("a file, not a folder")
+    _one_line_error(
+        run_cli("edge-bench", model, "--csv", "/proc/bench.csv", check=False), "cannot write"
+    )
+    _one_line_error(
+        run_cli("edge-bench", "trust", model, "--plots", tmp_path / "afile" / "p", check=False),
+        "afile is a file, not a folder",
+    )
 
 
 def test_benchmarks_never_import_tensorflow_at_module_level():

@@ -180,6 +180,16 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
     assert target.read_bytes() == b"model" and stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
+def test_an_unwritable_output_folder_is_found_before_the_work(tmp_path):
+    from leukedge.edge_app.files import cannot_write_in
+
+    assert cannot_write_in(tmp_path / "new" / "run") is None  # made, with its parents
+    assert (tmp_path / "new" / "run").is_dir() and not any((tmp_path / "new" / "run").iterdir())
+    (tmp_path / "afile").write_text("x")
+    assert "afile is a file, not a folder" in cannot_write_in(tmp_path / "afile" / "run")
+    assert cannot_write_in("/proc/leukedge") is not None  # a system folder, even for root
+
+
 def test_folder_source_skips_and_reports_corrupt_files(tmp_path, real_images):
     folder = tmp_path / "slides"
     folder.mkdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, DATA_DIR, run_cli
 from leukedge.edge_app.review import data
 from leukedge.edge_app.samples import LABEL, UNCERTAIN, UNKNOWN, SampleRule
 from leukedge.edge_app.storage import (
@@ -492,6 +492,12 @@ def test_capture_mode_files_frames_under_sample_records(data_dir, tmp_path):
 @pytest.mark.slow  # an edge-bench simulation/timing job
 def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "samples.json"
+    # Foreign frames from the shared external folder, and one file that is no image at all.
+    external = tmp_path / "external"
+    external.mkdir()
+    for path in sorted((DATA_DIR.parent / "external" / "bccd-fields").rglob("*.jpg"))[:20]:
+        (external / path.name).symlink_to(path)
+    (external / "zz-broken.jpg").write_text("not an image")
     result = run_cli(
         "edge-bench",
         "samples",
@@ -501,8 +507,8 @@ def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
         "val",
         "--limit-per-class",
         "12",
-        "--external-limit",
-        "20",
+        "--external",
+        external,
         "--ks",
         "1,3,5",
         "--trials",
@@ -526,6 +532,7 @@ def test_edge_bench_samples_simulates_and_writes_table_json_and_plot(tmp_path):
     assert report["frames"]["blurred"] == {"unfit": 48}
     assert (tmp_path / "samples.png").stat().st_size > 10_000
     assert "k=5" in result.stdout and "| clean | 5 |" in result.stdout
+    assert "left out 1 unreadable image(s)" in result.stderr and "zz-broken.jpg" in result.stderr
 
 
 @pytest.mark.slow  # an edge-bench simulation/timing job

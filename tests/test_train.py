@@ -245,6 +245,13 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run)
     assert_clean_error(run_cli("edge-train", "--out", tiny_run, *QUICK, check=False), "--overwrite")
     assert (tiny_run / "metrics.json").is_file(), "a refused run must leave the earlier one intact"
     assert_clean_error(train("--weights", tmp_path / "nope.h5"), "--weights")
+    # An --out that cannot be written is refused before the training, not after it.
+    (tmp_path / "afile").write_text("a file, not a folder")
+    through_a_file = run_cli(
+        "edge-train", "--out", tmp_path / "afile" / "run", *QUICK, "--data", data_dir, check=False
+    )
+    assert_clean_error(through_a_file, "cannot write in", "is a file, not a folder")
+    assert "Epoch" not in through_a_file.stdout + through_a_file.stderr
     assert_clean_error(
         train("--data", data_dir, "--int8-per-tensor", "Conv_1,block_99_expand"),
         "--int8-per-tensor",

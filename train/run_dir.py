@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from leukedge.edge_app.files import cannot_write_in
+
 
 class RunDirError(ValueError):
     """The output folder cannot be used."""
@@ -17,6 +19,11 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise RunDirError(
             f"--out {out_dir} is not empty: choose another folder or pass --overwrite"
         )
+    # The run is staged beside out_dir: a folder that cannot be written fails now, not after
+    # the training.
+    reason = cannot_write_in(out_dir.parent)
+    if reason:
+        raise RunDirError(f"--out {out_dir}: cannot write in {out_dir.parent} ({reason})")
 
 
 def staging_dir(out_dir: Path) -> Path:
