@@ -13,10 +13,24 @@ from leukedge.benchmarks.environment import describe_environment
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import models_argument, output_option, threads_option
 from leukedge.benchmarks.schema import APP_PATHS
+from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
 from leukedge.edge_app.runtime import ModelError
 from leukedge.edge_app.sources import SourceError
 from leukedge.edge_app.sources.files import list_images
 from leukedge.train.dataset import DatasetError, default_data_dir
+
+
+def _readable(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The paths whose images decode, and the errors of those that do not."""
+    readable, errors = [], []
+    for path in paths:
+        try:
+            load_rgb(path)
+        except ImageDecodeError as error:
+            errors.append(str(error))
+        else:
+            readable.append(path)
+    return readable, errors
 
 
 def _default_images() -> str:
@@ -128,6 +142,16 @@ def app_command(
         raise click.ClickException(str(error)) from None
     except SourceError as error:
         raise click.ClickException(str(error).replace("--source", "--images")) from None
+    # The timed passes replay the first warm-up + frames images: an unreadable one is left out
+    # here, as the app's own folder source skips it, instead of ending the run in a traceback.
+    image_files, unreadable = _readable(image_files[: warmup + frames])
+    if unreadable:
+        click.echo(
+            f"edge-bench app: left out {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}",
+            err=True,
+        )
+    if not image_files:
+        raise click.BadParameter(f"{images}: none of its images can be read", param_hint="--images")
     settings = AppBenchSettings(
         frames=frames,
         repeats=repeats,

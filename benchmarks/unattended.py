@@ -291,6 +291,12 @@ def unattended_command(
             err=True,
         )
 
+    if work_dir is not None and work_dir.is_dir() and any(work_dir.iterdir()):
+        # Its frame count would add to an earlier run's rows (and a real app folder would get
+        # benchmark rows): a simulation starts from an empty folder.
+        raise click.BadParameter(
+            f"{work_dir} is not empty: give a new or empty folder", param_hint="--work-dir"
+        )
     with contextlib.ExitStack() as stack:
         work = work_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="leukedge-unattended-"))
@@ -298,8 +304,10 @@ def unattended_command(
         work.mkdir(parents=True, exist_ok=True)
         try:
             result = simulate(model, images, frames, chunk, rate, settings, work, threads, report)
-        except (ModelError, SourceError) as error:
+        except ModelError as error:
             raise click.ClickException(str(error)) from None
+        except SourceError as error:  # the app's message names its own option
+            raise click.ClickException(str(error).replace("--source", "--images")) from None
     click.echo(markdown(result))
     click.echo(
         f"{result['frames']:,} frames in {result['seconds']:.0f} s ({result['fps']:.0f} FPS); "

@@ -176,6 +176,12 @@ def test_bad_inputs_without_a_model_give_one_line_errors(tmp_path):
         run_cli("edge-bench", "trust", model, "--plots", tmp_path / "afile" / "p", check=False),
         "afile is a file, not a folder",
     )
+    earlier = tmp_path / "earlier-run"
+    earlier.mkdir()
+    (earlier / "results.sqlite").write_bytes(b"")
+    _one_line_error(  # its rows would be counted as this simulation's
+        run_cli("edge-bench", "unattended", "--work-dir", earlier, check=False), "is not empty"
+    )
 
 
 def test_benchmarks_never_import_tensorflow_at_module_level():
