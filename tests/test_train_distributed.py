@@ -44,6 +44,12 @@ def test_tf_config_is_checked_before_anything_runs():
         parse_tf_config('{"cluster": {"worker": ["a:1"]}}')
     with pytest.raises(ClusterError, match="host:port"):
         parse_tf_config('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}')
+    for port in ("notaport", "99999", "0", ""):  # TensorFlow would fail only after the decoding
+        with pytest.raises(ClusterError, match="host:port"):
+            parse_tf_config(
+                f'{{"cluster": {{"worker": ["localhost:{port}"]}}, '
+                '"task": {"type": "worker", "index": 0}}'
+            )
     with pytest.raises(ClusterError, match="not one of the cluster's tasks"):
         parse_tf_config(
             '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}'

@@ -15,6 +15,14 @@ TF_CONFIG_HELP = (
 )
 
 
+def _is_address(address: object) -> bool:
+    """'host:port' with a port TensorFlow can listen on (1-65535)."""
+    if not isinstance(address, str) or ":" not in address:
+        return False
+    host, port = address.rsplit(":", 1)
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 class ClusterError(SettingsError):
     """TF_CONFIG is missing or does not describe this worker's place in a cluster."""
 
@@ -70,7 +78,7 @@ def parse_tf_config(value: str | None) -> Role:
         for k, v in cluster.items()
         if k not in ("chief", "worker")
         or not isinstance(v, list)
-        or not all(isinstance(a, str) and ":" in a for a in v)
+        or not all(_is_address(a) for a in v)
     ]
     if bad or not cluster:
         raise ClusterError(
