@@ -21,7 +21,11 @@ import click
 
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import models_argument, output_option, thread_counts_option
-from leukedge.benchmarks.runner import BenchSettings, run_worker
+from leukedge.benchmarks.runner import run_worker
+from leukedge.edge_app.clitools import closest
+from leukedge.edge_app.manifest import CONVERTED_VARIANTS, FAST_INT8
+
+KNOWN_VARIANTS = (*CONVERTED_VARIANTS, FAST_INT8)
 
 LITERT_TOOL = "ai_edge_litert.tools.benchmark_litert_model"
 
@@ -54,7 +58,9 @@ def litert_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdir: P
         ) from None
 
 
-def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdir: Path) -> float:
+def edge_bench_mean_ms(
+    model: Path, threads: int, runs: int, warmup: int, workdir: Path, allow_unverified: bool = False
+) -> float:
     """Mean invoke latency (ms) measured by edge-bench's own worker (no data: random input)."""
     spec = {
         "model": str(model),
@@ -63,7 +69,7 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
         "runs": runs,
         "warmup": warmup,
         "max_seconds": None,
-        "allow_unverified": BenchSettings.allow_unverified,
+        "allow_unverified": allow_unverified,
         "cache_dir": str(workdir),
         "data_root": "",
         "image_paths": [],
@@ -107,6 +113,11 @@ def edge_bench_mean_ms(model: Path, threads: int, runs: int, warmup: int, workdi
     help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.",
 )
 @output_option("--json", "json_path", "Write the comparison as JSON.", dir_okay=True)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Also time .tflite files no manifest vouches for (changed, unlisted or renamed).",
+)
 def fidelity_command(
     models: tuple[Path, ...],
     variants: str,
@@ -116,6 +127,7 @@ def fidelity_command(
     repeats: int,
     tolerance: float,
     json_path: Path | None,
+    allow_unverified: bool,
 ) -> None:
     """Compare edge-bench's mean invoke latency with LiteRT's benchmark tool on the same models.
 
@@ -124,6 +136,17 @@ def fidelity_command(
     edge-bench fidelity models/model_int8.tflite --runs 500 --repeats 5 --json fidelity.json
     """
     wanted = {v.strip() for v in variants.split(",") if v.strip()}
+    for name in sorted(wanted - set(KNOWN_VARIANTS)):
+        hint = closest(name, KNOWN_VARIANTS)
+        raise click.BadParameter(
+            f"unknown variant {name!r}"
+            + (
+                f": did you mean {hint!r}?"
+                if hint
+                else f": choose from {', '.join(KNOWN_VARIANTS)}"
+            ),
+            param_hint="--variants",
+        )
     try:
         entries = [e for e in discover_models(models) if e.kind == "tflite"]
     except ModelDiscoveryError as error:
@@ -142,7 +165,11 @@ def fidelity_command(
             for count in threads:
                 ours, theirs = [], []
                 for _ in range(repeats):
-                    ours.append(edge_bench_mean_ms(entry.path, count, runs, warmup, Path(scratch)))
+                    ours.append(
+                        edge_bench_mean_ms(
+                            entry.path, count, runs, warmup, Path(scratch), allow_unverified
+                        )
+                    )
                     theirs.append(litert_mean_ms(entry.path, count, runs, warmup, Path(scratch)))
                 row = {
                     "model": str(entry.path),

@@ -56,6 +56,8 @@ class OodFolder:
 def read_ood_folder(folder: Path) -> OodFolder:
     """Every image under `folder` (recursive), decoded once; raises TrustBenchError when unusable."""
     folder = Path(folder)
+    if not folder.exists():
+        raise TrustBenchError(f"--ood {folder}: does not exist (pass a folder of images)")
     if not folder.is_dir():
         raise TrustBenchError(f"--ood {folder}: not a folder (pass a folder of images)")
     try:

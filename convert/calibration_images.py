@@ -14,6 +14,7 @@ import numpy as np
 from leukedge.train.dataset import DatasetError, Sample
 
 DEFAULT_CALIBRATION_SAMPLES = 1000  # or the whole train split, if it has fewer images
+MIN_CALIBRATION = 50  # fewer images set the activation ranges from too few extremes
 
 
 def calibration_set(samples: list[Sample], count: int | None, seed: int) -> list[Sample]:
@@ -27,7 +28,7 @@ def calibration_set(samples: list[Sample], count: int | None, seed: int) -> list
     if not train or (count is not None and len(train) < count):
         raise DatasetError(
             f"only {len(train)} training images for --calibration-samples {wanted}: "
-            "lower --calibration-samples (at least 50 recommended)"
+            f"lower --calibration-samples (at least {MIN_CALIBRATION} recommended)"
         )
     wanted = min(wanted, len(train))
     rng = np.random.default_rng(seed)

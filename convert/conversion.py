@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from leukedge.convert import report
-from leukedge.convert.calibration_images import calibration_set
+from leukedge.convert.calibration_images import MIN_CALIBRATION, calibration_set
 from leukedge.convert.metadata import with_metadata
 from leukedge.convert.per_tensor import compact_kernels
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION, FitError
@@ -148,9 +148,19 @@ def data_root(config: ConvertConfig, metrics_path: Path | None) -> Path:
     if config.data_dir:
         return Path(config.data_dir)
     if metrics_path:
-        recorded = Path(json.loads(metrics_path.read_text()).get("data", {}).get("root", ""))
-        if recorded.is_dir():
-            return recorded
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            metrics = error
+        if not isinstance(metrics, dict):
+            raise ConversionError(
+                f"{metrics_path}: not the JSON object edge-train writes: restore it, or pass "
+                "--data (the dataset folder)"
+            )
+        data = metrics.get("data")
+        recorded = data.get("root") if isinstance(data, dict) else None
+        if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
+            return Path(recorded)
     return dataset.default_data_dir()
 
 
@@ -189,7 +199,15 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
     model = load_classifier(model_path)
     size = int(model.input_shape[1])
     labels_file = model_path.parent / "labels.txt"
-    labels = labels_file.read_text().split("\n") if labels_file.is_file() else []
+    try:
+        labels = (
+            labels_file.read_text(encoding="utf-8").split("\n") if labels_file.is_file() else []
+        )
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(
+            f"{labels_file}: cannot be read as text ({type(error).__name__}): restore the "
+            "labels.txt edge-train wrote (one label per line)"
+        ) from None
     labels = [label.strip() for label in labels if label.strip()]
     if len(labels) != model.output_shape[-1]:
         raise ConversionError(
@@ -214,6 +232,16 @@ def convert(config: ConvertConfig, echo=print) -> Manifest:
         if needs_calibration
         else []
     )
+    if needs_calibration and len(calibration) < MIN_CALIBRATION:
+        echo(
+            f"warning: int8 is calibrated on only {len(calibration)} training image(s) "
+            f"({MIN_CALIBRATION} or more recommended): check its verification figures"
+        )
+    if config.verify and not any(s.split == "test" for s in samples):
+        raise ConversionError(
+            f"{split_path} has no test rows to verify the models against: use the split.csv "
+            "edge-train wrote, or pass --no-verify to convert without verification"
+        )
     bar = lambda desc: lambda items: progress_bar(items, desc=desc, unit="img", leave=False)  # noqa: E731
     calibration_pixels = dataset.load_pixels(
         calibration, root, size, bar("load calibration images")

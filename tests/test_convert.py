@@ -178,6 +178,37 @@ def test_bad_inputs(tiny_run, converted_dir, data_dir, tmp_path):
         "--calibration-samples",
     )
     assert not (tmp_path / "o4" / "model_int8.tflite").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run, damaged)
+    (damaged / "metrics.json").write_text("[1, 2]")
+    assert_clean_error(
+        run_cli("edge-convert", damaged, "--out", tmp_path / "o5", check=False),
+        "metrics.json: not the JSON object edge-train writes",
+    )
+    (damaged / "labels.txt").write_bytes(b"\xff\xfe\x00binary")
+    assert_clean_error(
+        run_cli("edge-convert", damaged, "--out", tmp_path / "o6", "--data", data_dir, check=False),
+        "labels.txt: cannot be read as text",
+    )
+    no_test = tmp_path / "no-test.csv"
+    rows = (tiny_run / "split.csv").read_text().splitlines()
+    no_test.write_text("\n".join(r for r in rows if not r.endswith(",test")) + "\n")
+    assert_clean_error(
+        run_cli(
+            "edge-convert",
+            tiny_run,
+            "--out",
+            tmp_path / "o7",
+            "--split-file",
+            no_test,
+            "--data",
+            data_dir,
+            "--no-trust",
+            check=False,
+        ),
+        "no test rows to verify",
+        "--no-verify",
+    )
     # the refused overwrite left the earlier models untouched
     manifest = manifests.read(converted_dir)
     data = (converted_dir / "model_int8.tflite").read_bytes()
