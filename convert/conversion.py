@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +104,12 @@ def locate_source(config: ConvertConfig) -> tuple[Path, Path | None, Path | None
 
 
 def load_classifier(model_path: Path) -> keras.Model:
+    if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
+        # Keras would say "File not found" for a truncated archive.
+        raise ConversionError(
+            f"{model_path} is not a readable Keras model (a .keras file is a zip archive; this "
+            "one is truncated or of another format): use the model.keras edge-train wrote"
+        )
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as error:
