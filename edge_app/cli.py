@@ -11,7 +11,12 @@ from pathlib import Path
 
 import click
 
-from leukedge.edge_app.clitools import SuggestingGroup, db_option
+from leukedge.edge_app.clitools import (
+    SuggestingGroup,
+    database_files,
+    db_option,
+    refuse_clobbering,
+)
 from leukedge.edge_app.settings import (
     DISCLAIMER,
     CameraSettings,
@@ -551,6 +556,10 @@ def export(
 
     if not (csv_path or samples_csv or samples_json):
         raise click.UsageError("nothing to export: pass --csv, --samples-csv and/or --samples-json")
+    refuse_clobbering(
+        {"--csv": csv_path, "--samples-csv": samples_csv, "--samples-json": samples_json},
+        {f"the database ({path.name})": path for path in database_files(db_path)},
+    )
     try:
         if csv_path is not None:
             count = export_csv(db_path, csv_path)
@@ -612,11 +621,26 @@ def backup(db_path: Path, destination: Path, save_dir: Path | None, json_out: Pa
     """
     import json
 
+    from leukedge.edge_app.backup import DATABASE_NAME, IMAGES_NAME
     from leukedge.edge_app.backup import backup as run_backup
     from leukedge.edge_app.clitools import progress_bar
     from leukedge.edge_app.files import write_atomic
     from leukedge.edge_app.storage import StorageError
 
+    refuse_clobbering(
+        {"--json": json_out},
+        {
+            **{f"the database ({path.name})": path for path in database_files(db_path)},
+            **{
+                f"the backup ({path.name})": path
+                for path in database_files(destination / DATABASE_NAME)
+            },
+        },
+        {
+            "the backup's images": destination / IMAGES_NAME,
+            **({"--save-dir": save_dir} if save_dir is not None else {}),
+        },
+    )
     if json_out is not None and not json_out.parent.is_dir():
         raise click.ClickException(f"--json {json_out}: folder {json_out.parent} does not exist")
     try:

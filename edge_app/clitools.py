@@ -9,6 +9,7 @@ the other stages so the Pi app can import it.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +72,43 @@ class DefaultCommandGroup(SuggestingGroup):
         if args and args[0] not in self.commands:
             args = [self.default_command, *args]
         return super().resolve_command(ctx, args)
+
+
+def database_files(db: Path) -> list[Path]:
+    """The files SQLite keeps for `db`: the database and its journal, WAL and shared memory."""
+    return [db, *(db.with_name(db.name + suffix) for suffix in ("-journal", "-wal", "-shm"))]
+
+
+def refuse_clobbering(
+    outputs: dict[str, Path | None],
+    keep: dict[str, Path],
+    keep_inside: dict[str, Path] | None = None,
+) -> None:
+    """A usage error when an output file would replace a file to keep (`keep`: the results
+    database, a backup), land inside a folder to keep, or be written twice (two options naming
+    one path: the second write would replace the first)."""
+    seen: dict[Path, str] = {}
+    protected = {Path(os.path.realpath(path)): name for name, path in keep.items()}
+    folders = {Path(os.path.realpath(path)): name for name, path in (keep_inside or {}).items()}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        real = Path(os.path.realpath(path))
+        if real in protected:
+            raise click.UsageError(
+                f"{option} {path}: is {protected[real]}, which this would overwrite; "
+                "give another file name"
+            )
+        inside = next(
+            (name for folder, name in folders.items() if real.is_relative_to(folder)), None
+        )
+        if inside:
+            raise click.UsageError(f"{option} {path}: is inside {inside}; give another file name")
+        if real in seen:
+            raise click.UsageError(
+                f"{option} {path}: {seen[real]} writes the same file; give each its own name"
+            )
+        seen[real] = option
 
 
 def db_option(function):

@@ -696,6 +696,30 @@ def test_backup_while_the_app_writes_is_consistent(tmp_path):
     assert seen == sorted(seen) and 0 < seen[-1] <= written[0] and seen[-1] > seen[0]
 
 
+def test_no_output_option_overwrites_the_database_or_the_backup(tmp_path):
+    db, stick = tmp_path / "r.sqlite", tmp_path / "usb"
+    stick.mkdir()
+    store = ResultStore(db)
+    store.add(stored_row(sample_id="S-1"))
+    store.close()
+    run_cli("edge-app", "backup", "--db", db, "--to", stick, timeout=120)
+    before = {path: path.read_bytes() for path in (db, stick / "results.sqlite")}
+    refusals = [
+        (("export", "--csv", db), "is the database"),
+        (("export", "--samples-json", f"{db}-wal"), "is the database"),
+        (("export", "--csv", tmp_path / "a.csv", "--samples-csv", tmp_path / "a.csv"), "same file"),
+        (("backup", "--to", stick, "--json", db), "is the database"),
+        (("backup", "--to", stick, "--json", stick / "results.sqlite"), "is the backup"),
+        (("backup", "--to", stick, "--json", stick / "frames" / "b.json"), "backup's images"),
+    ]
+    for (command, *args), expected in refusals:
+        result = run_cli("edge-app", command, "--db", db, *args, check=False, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (tmp_path / "a.csv").exists()
+
+
 def test_backup_refuses_a_missing_or_wrong_destination_and_creates_nothing(tmp_path):
     from leukedge.edge_app.storage import FrameWriter
 
