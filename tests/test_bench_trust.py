@@ -230,10 +230,12 @@ def test_bad_ood_folders_give_one_line_errors(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "file.jpg").write_bytes(b"a file, not a folder")
     cases = [
         (empty, "holds no image files"),
         (tmp_path / "notes", "holds no image files"),
-        (tmp_path / "missing", "not a folder"),
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "file.jpg", "not a folder"),
         (broken, "none of its 1 image file(s) could be read"),
     ]
     for folder, message in cases:
