@@ -26,7 +26,7 @@ from leukedge.benchmarks.options import (
     thread_counts_option,
 )
 from leukedge.benchmarks.runner import BenchSettings, run_benchmark
-from leukedge.edge_app.clitools import DefaultCommandGroup, progress_bar
+from leukedge.edge_app.clitools import DefaultCommandGroup, FiniteFloat, progress_bar
 from leukedge.edge_app.runtime import ModelError
 from leukedge.train.dataset import DatasetError
 
@@ -80,12 +80,12 @@ def main() -> None:
 )
 @click.option(
     "--max-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     help="Stop a row's timed runs after this many seconds (fewer than --runs on a slow board).",
 )
 @click.option(
     "--min-accuracy",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     help="Exit 3 if any row's top-1 accuracy is below this fraction (e.g. 0.99), or a row failed.",
 )
 # dir_okay: the check words a folder as "is a folder: give a file name" (click: "is a directory")

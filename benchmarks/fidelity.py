@@ -22,7 +22,7 @@ import click
 from leukedge.benchmarks.models import ModelDiscoveryError, discover_models
 from leukedge.benchmarks.options import models_argument, output_option, thread_counts_option
 from leukedge.benchmarks.runner import run_worker
-from leukedge.edge_app.clitools import closest
+from leukedge.edge_app.clitools import FiniteFloat, closest
 from leukedge.edge_app.manifest import CONVERTED_VARIANTS, FAST_INT8
 
 KNOWN_VARIANTS = (*CONVERTED_VARIANTS, FAST_INT8)
@@ -107,7 +107,7 @@ def edge_bench_mean_ms(
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.10,
     show_default=True,
     help="Exit 1 if edge-bench's mean differs from LiteRT's by more than this fraction.",

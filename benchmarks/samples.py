@@ -36,7 +36,7 @@ from leukedge.benchmarks.options import (
     released_model,
     split_option,
 )
-from leukedge.edge_app.clitools import progress_bar
+from leukedge.edge_app.clitools import FiniteFloat, progress_bar
 from leukedge.edge_app.samples import DEFAULT_RULE, LABEL, UNKNOWN, SampleRule
 
 KS = (1, 3, 5, 10)
@@ -333,21 +333,21 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--unfit-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.1,
     show_default=True,
     help="Contaminated samples: chance that a field is blurred (unfit).",
 )
 @click.option(
     "--foreign-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.1,
     show_default=True,
     help="Contaminated samples: chance that a field is a foreign frame.",
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=None,
     help="Per-frame rule override (default: the app's default / the model's trust rule).",
 )

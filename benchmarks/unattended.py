@@ -25,6 +25,7 @@ from leukedge.benchmarks.measure import rss_mb as rss_mib
 from leukedge.benchmarks.options import model_option, output_option, threads_option
 from leukedge.edge_app.app import App, FrameProcessor
 from leukedge.edge_app.budget import MB, SaveSettings, check_budget_options, open_saver
+from leukedge.edge_app.clitools import FiniteFloat
 from leukedge.edge_app.runtime import Classifier, ModelError, default_model_path
 from leukedge.edge_app.settings import DecisionSettings, QualitySettings, RunSettings
 from leukedge.edge_app.sources import Frame, FrameSource, SourceError
@@ -223,7 +224,7 @@ def markdown(result: dict) -> str:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=1.0,
     show_default=True,
     help="Simulated camera frames per second (the clock the save policy sees).",
@@ -231,16 +232,23 @@ def markdown(result: dict) -> str:
 @click.option(
     "--save-every",
     "save_every_s",
-    type=float,
+    type=FiniteFloat(),
     default=10.0,
     show_default=True,
     help="Save policy: seconds between saved frames.",
 )
 @click.option(
-    "--max-disk-mb", type=float, default=50.0, show_default=True, help="Budget for saved images."
+    "--max-disk-mb",
+    type=FiniteFloat(),
+    default=50.0,
+    show_default=True,
+    help="Budget for saved images.",
 )
 @click.option(
-    "--keep-days", type=float, default=None, help="Age limit for saved images (simulated days)."
+    "--keep-days",
+    type=FiniteFloat(),
+    default=None,
+    help="Age limit for saved images (simulated days).",
 )
 @threads_option("Interpreter threads. Default: the app's, min(4, cores).", max_threads=64)
 @click.option(

@@ -9,6 +9,7 @@ import click
 
 from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
+from leukedge.edge_app.clitools import FiniteFloat
 from leukedge.edge_app.manifest import CONVERTED_VARIANTS as VARIANT_NAMES
 
 
@@ -58,7 +59,7 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     default=1.0,
     help="Exit 1 if a variant's test accuracy is more than this many points below Keras.",
 )
@@ -95,14 +96,14 @@ def _variants(ctx, param, value: str) -> tuple[str, ...]:
 )
 @click.option(
     "--coverage",
-    type=click.FloatRange(0.5, 0.999),
+    type=FiniteFloat(0.5, 0.999),
     default=DEFAULT_COVERAGE,
     show_default=True,
     help="Conformal target coverage: the prediction set holds the true label this often.",
 )
 @click.option(
     "--ood-retention",
-    type=click.FloatRange(0.5, 0.999),
+    type=FiniteFloat(0.5, 0.999),
     default=DEFAULT_OOD_RETENTION,
     show_default=True,
     help="Share of validation frames the OOD threshold keeps (the rest would be 'unknown'); "

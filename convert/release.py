@@ -26,6 +26,7 @@ import click
 from leukedge.convert.calibration_images import DEFAULT_CALIBRATION_SAMPLES
 from leukedge.convert.trust_fit import DEFAULT_COVERAGE, DEFAULT_OOD_RETENTION
 from leukedge.edge_app import manifest as manifests
+from leukedge.edge_app.clitools import FiniteFloat
 from leukedge.edge_app.files import SHARED_MODE, write_atomic
 from leukedge.edge_app.manifest import (
     FAST_INT8,
@@ -310,21 +311,21 @@ def build(
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     default=MAX_DROP,
     show_default=True,
     help="Refuse the release if a variant loses more accuracy points than this against Keras.",
 )
 @click.option(
     "--coverage",
-    type=click.FloatRange(0.5, 0.999),
+    type=FiniteFloat(0.5, 0.999),
     default=DEFAULT_COVERAGE,
     show_default=True,
     help="Conformal target coverage (as edge-convert).",
 )
 @click.option(
     "--ood-retention",
-    type=click.FloatRange(0.5, 0.999),
+    type=FiniteFloat(0.5, 0.999),
     default=DEFAULT_OOD_RETENTION,
     show_default=True,
     help="Share of validation frames the OOD threshold keeps (as edge-convert).",

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from leukedge.edge_app.clitools import (
+    FiniteFloat,
     SuggestingGroup,
     database_files,
     db_option,
@@ -134,34 +135,34 @@ def main() -> None:
 @click.option(
     "--save-every",
     "save_every_s",
-    type=float,
+    type=FiniteFloat(),
     default=10.0,
     show_default=True,
     help="Seconds between saved frames of a camera stream (changes policy).",
 )
 @click.option(
     "--max-disk-mb",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Keep saved images within this many MB: the oldest are deleted first, never those "
     "of samples awaiting review. Rows are never deleted.",
 )
 @click.option(
     "--keep-days",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Delete saved images older than this many days (not those awaiting review).",
 )
 @click.option(
     "--min-free-mb",
-    type=float,
+    type=FiniteFloat(),
     default=256.0,
     show_default=True,
     help="Stop saving images (results are still stored) while the save disk has less free space.",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=None,
     help="Live mode: classify at most this many frames per second (0.5: one every 2 s). "
     "Default: every frame the source gives.",
@@ -194,7 +195,7 @@ def main() -> None:
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Override: answer when the top probability reaches this, instead of the model's "
     "conformal rule (the OOD check still applies). Default: the rule the model carries "
@@ -228,7 +229,7 @@ def main() -> None:
 @click.option(
     "--crop",
     "crop_fraction",
-    type=click.FloatRange(0.05, 1.0),
+    type=FiniteFloat(0.05, 1.0),
     default=1.0,
     show_default=True,
     help="Centre square crop as a fraction of the shorter frame side (the ROI classified).",
@@ -274,9 +275,7 @@ def main() -> None:
     default=None,
     help="picamera2: fixed exposure time in microseconds (turns auto exposure off).",
 )
-@click.option(
-    "--gain", type=click.FloatRange(1.0, 64.0), default=None, help="picamera2: analogue gain."
-)
+@click.option("--gain", type=FiniteFloat(1.0, 64.0), default=None, help="picamera2: analogue gain.")
 @click.option(
     "--colour-gains",
     callback=parse_gains,
@@ -285,42 +284,42 @@ def main() -> None:
 )
 @click.option(
     "--camera-retry-s",
-    type=click.FloatRange(0.0),
+    type=FiniteFloat(0.0),
     default=C.retry_for_s,
     show_default=True,
     help="Keep retrying a failing camera this many seconds, then exit with status 1.",
 )
 @click.option(
     "--focus-min",
-    type=float,
+    type=FiniteFloat(),
     default=Q.focus_min,
     show_default=True,
     help="Quality gate: minimum focus (Laplacian variance after a light denoise).",
 )
 @click.option(
     "--dark-mean",
-    type=float,
+    type=FiniteFloat(),
     default=Q.dark_mean,
     show_default=True,
     help="Quality gate: mean grey below this is too dark.",
 )
 @click.option(
     "--bright-mean",
-    type=float,
+    type=FiniteFloat(),
     default=Q.bright_mean,
     show_default=True,
     help="Quality gate: mean grey above this is too bright.",
 )
 @click.option(
     "--clipped-max",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=Q.clipped_max,
     show_default=True,
     help="Quality gate: maximum fraction of saturated pixels.",
 )
 @click.option(
     "--empty-contrast",
-    type=float,
+    type=FiniteFloat(),
     default=Q.empty_contrast,
     show_default=True,
     help="Quality gate: contrast below this is an empty field.",
@@ -394,6 +393,20 @@ def run(
         raise click.UsageError(str(error)) from None
     if save_dir is None and (max_disk_mb is not None or keep_days is not None):
         raise click.UsageError("--max-disk-mb and --keep-days limit saved images: add --save-dir")
+    if not source.strip():  # an empty path would read the working folder, saved frames and all
+        raise click.BadParameter(
+            "is empty: give picamera2, a camera index, a file, a folder or a glob",
+            param_hint="--source",
+        )
+    if sample_id is not None and not sample_id.strip():
+        raise click.BadParameter(
+            "is empty: give the slide's ID, or leave the option out", param_hint="--sample-id"
+        )
+    if dark_mean >= bright_mean:
+        raise click.BadParameter(
+            f"{dark_mean:g} is not below --bright-mean {bright_mean:g}: every frame would be unfit",
+            param_hint="--dark-mean",
+        )
     log.info(DISCLAIMER)
     from leukedge.edge_app.app import App, AppError, FrameProcessor
     from leukedge.edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
@@ -484,6 +497,12 @@ def run(
         if store is not None:
             store.close()
     log.info("%s; results in %s", counts.summary(), db_path)
+    if counts.processed == 0 and counts.skipped:
+        # A script must not read "done" from a run that classified nothing.
+        raise click.ClickException(
+            f"--source {source}: none of its {counts.skipped} image(s) could be read "
+            "(see the warnings above)"
+        )
     if save_dir is not None:
         log.info(
             saver.summary()

@@ -9,6 +9,7 @@ the other stages so the Pi app can import it.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -72,6 +73,19 @@ class DefaultCommandGroup(SuggestingGroup):
         if args and args[0] not in self.commands:
             args = [self.default_command, *args]
         return super().resolve_command(ctx, args)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that also refuses nan and inf: `float()` takes them, and a quality-gate
+    limit of nan silently switches the gate off (every comparison with nan is false)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def database_files(db: Path) -> list[Path]:

@@ -155,6 +155,20 @@ def test_folder_source_stores_every_result(model, slides, tmp_path):
     assert len(lines) == 9 and all(f"p_{label}" in lines[0] for label in classifier.labels)
 
 
+def test_a_run_that_could_read_no_image_fails(model, tmp_path):
+    """A folder of unreadable files: each is named, and the run exits 1 (a script must not take
+    a run that classified nothing for a finished one)."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    db = tmp_path / "r.sqlite"
+    result = edge_app("run", "--model", model, "--source", folder, "--db", db, "--headless")
+    assert_clean_error(result, "none of its 2 image(s) could be read")
+    assert "a.jpg" in result.stderr and "b.png" in result.stderr
+    assert result.stdout == "" and rows(db) == []
+
+
 def test_min_confidence_routes_to_expert_review(model, slides, tmp_path):
     db = tmp_path / "r.sqlite"
     result = edge_app(

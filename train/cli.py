@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.edge_app.clitools import FiniteFloat
 from leukedge.train.config import ALPHAS, STRATEGIES, TrainConfig
 from leukedge.train.dataset import SUBSETS, default_data_dir
 
@@ -145,7 +146,7 @@ def pool_cpu_memory() -> None:
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0.0, 0.9),
+    type=FiniteFloat(0.0, 0.9),
     default=TrainConfig.dropout,
     help="Dropout before the softmax layer.",
 )
@@ -160,13 +161,13 @@ def pool_cpu_memory() -> None:
 )
 @click.option(
     "--distill-temperature",
-    type=click.FloatRange(1.0, 20.0),
+    type=FiniteFloat(1.0, 20.0),
     default=TrainConfig.distill_temperature,
     help="Temperature that softens the teacher's and the student's probabilities (with --teacher).",
 )
 @click.option(
     "--distill-weight",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=TrainConfig.distill_weight,
     help="Share of the soft-target term in the loss; the labels get the rest (with --teacher).",
 )

@@ -1,0 +1,77 @@
+"""Malformed options are refused by every CLI before any work, with click's one-line usage error
+(exit 2, no traceback). `float()` takes "nan" and "inf", and click's FloatRange lets them through
+(every comparison with nan is false), so a nan limit would silently switch a check off."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from conftest import run_cli
+from leukedge.edge_app.clitools import FiniteFloat
+
+
+def test_finite_float_keeps_ranges_and_refuses_nan_and_inf():
+    @click.command()
+    @click.option("--x", type=FiniteFloat(0, 1))
+    @click.option("--y", type=FiniteFloat())
+    def command(x, y):
+        click.echo(f"{x} {y}")
+
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    assert runner.invoke(command, ["--x", "0.5", "--y", "-3e2"]).output == "0.5 -300.0\n"
+    for args in (["--x", "nan"], ["--y", "inf"], ["--y", "-inf"], ["--x", "NaN"]):
+        result = runner.invoke(command, args)
+        assert result.exit_code == 2 and "is not a finite number" in result.output, args
+    out_of_range = runner.invoke(command, ["--x", "1.5"])
+    assert out_of_range.exit_code == 2 and "0<=x<=1" in out_of_range.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("edge-app", "run", "--source", "frames", "--min-confidence", "nan"),
+        ("edge-app", "run", "--source", "frames", "--focus-min", "nan"),
+        ("edge-app", "run", "--source", "frames", "--save-dir", "f", "--max-disk-mb", "inf"),
+        ("edge-train", "--out", "run", "--dropout", "nan"),
+        ("edge-train", "--out", "run", "--distill-weight", "nan"),
+        ("edge-convert", "run", "--out", "tflite", "--max-drop", "inf"),
+        ("edge-convert", "run", "--out", "tflite", "--ood-retention", "nan"),
+        ("edge-bench", "run", "models", "--min-accuracy", "nan"),
+        ("edge-bench", "samples", "models", "--foreign-rate", "nan"),
+        ("edge-bench", "unattended", "--save-every", "inf"),
+    ],
+    ids=lambda command: " ".join(command[:2]) + " " + command[-2],
+)
+def test_every_cli_refuses_a_non_finite_number(command):
+    result = run_cli(*command, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"Invalid value for '{command[-2]}'" in result.stderr
+    assert "is not a finite number" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "reason"),
+    [
+        (("--source", " "), "--source", "is empty"),
+        (("--source", "frames", "--sample-id", ""), "--sample-id", "is empty"),
+        (
+            ("--source", "frames", "--dark-mean", "200", "--bright-mean", "100"),
+            "--dark-mean",
+            "every frame would be unfit",
+        ),
+    ],
+)
+def test_edge_app_run_refuses_options_that_would_do_the_wrong_thing(
+    options, option, reason, tmp_path
+):
+    db = tmp_path / "results.sqlite"
+    result = run_cli("edge-app", "run", *options, "--db", db, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and f"Invalid value for {option}:" in error[0] and reason in error[0]
+    assert not db.exists()  # refused before anything was opened
