@@ -107,6 +107,34 @@ def test_released_int8_meets_the_release_figures(manifest, shipped_scores):
     assert 100 * (default["accuracy"] - fast["accuracy"]) <= 0.5
 
 
+@pytest.mark.slow
+def test_the_twin_audit_of_the_shipped_split_reproduces_the_docs(data_dir, tmp_path):
+    """docs/training.md states how many shipped test images have a near-twin in train or val and
+    what the released models score without them; scripts/twin_audit.py must print the same."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    report = tmp_path / "audit.json"
+    models = [MODELS / name for name in ("model_int8.tflite", "model_fast_int8.tflite")]
+    subprocess.run(
+        [sys.executable, str(MODELS.parent / "scripts" / "twin_audit.py"), MODELS / "split.csv"]
+        + [*models, "--data", data_dir, "--json", report],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    audit = json.loads(report.read_text())
+    docs = (MODELS.parent / "docs" / "training.md").read_text()
+    assert f"has {audit['leaked']['test']} test and {audit['leaked']['val']} validation" in docs
+    for model in models:
+        (right, n), (clean, n_clean) = audit["models"][model.name].values()
+        row = re.search(rf"^\| `{model.name}` \| (.*) \|$", docs, re.M).group(1)
+        assert row == f"{right} ({100 * right / n:.2f}%) | {clean} ({100 * clean / n_clean:.2f}%)"
+        assert n - n_clean == audit["leaked"]["test"]
+
+
 # -- the release code (leukedge.convert.release) --------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def test_metrics_match_the_models_predictions(tiny_run, data_dir):
     labels = metrics["labels"]
     model = keras.models.load_model(tiny_run / "model.keras")
     samples = dataset.read_split(tiny_run / "split.csv", data_dir)
+    # A new split keeps near-twins together: none is scored against its own twin.
+    twins = metrics["data"]["near_twins"]
+    assert twins["images_with_a_twin_in_another_split"] == {"train": 0, "val": 0, "test": 0}
+    assert twins["correlation_threshold"] == 0.5 and twins["images"] >= 2 * twins["groups"]
     for split in ("val", "test"):
         chosen = [s for s in samples if s.split == split]
         pixels = dataset.load_pixels(chosen, data_dir, 96)
@@ -304,3 +309,50 @@ def test_remaining_time_is_estimated_from_the_mean_epoch(monkeypatch):
     quiet.on_epoch_end(0)
     quiet.on_epoch_end(1)
     assert len(lines) == 3
+
+
+def test_near_twins_are_found_and_kept_in_one_split(data_dir, tmp_path):
+    """WBC-Benign-114 and -117 are the same field saved twice (different bytes, correlation
+    0.98): a new split never separates them; unrelated fields are not grouped."""
+    from leukedge.train import twins
+
+    benign, early = (
+        sorted((data_dir / "Original" / c).glob("*.jpg"))[:6] for c in ("Benign", "Early")
+    )
+    twins_found = [data_dir / "Original" / "Benign" / f"WBC-Benign-{n}.jpg" for n in (114, 117)]
+    for label, paths in {"Benign": [*benign, *twins_found], "Early": early}.items():
+        (tmp_path / "Original" / label).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, tmp_path / "Original" / label)
+    scan = dataset.scan(tmp_path)
+    by_name = {Path(s.path).stem: s.sha256 for s in scan.samples}
+    assert by_name["WBC-Benign-114"] != by_name["WBC-Benign-117"]  # not byte duplicates
+    groups = twins.twin_groups([s.sha256 for s in scan.samples], scan.images)
+    assert groups == [sorted([by_name["WBC-Benign-114"], by_name["WBC-Benign-117"]])]
+    separated = 0
+    for seed in range(12):
+        plain = {s.sha256: s.split for s in dataset.stratified_split(scan.samples, seed)}
+        kept = dataset.stratified_split(scan.samples, seed, twins=groups)
+        split_of = {s.sha256: s.split for s in kept}
+        assert split_of[by_name["WBC-Benign-114"]] == split_of[by_name["WBC-Benign-117"]]
+        assert twins.across_splits(split_of, groups) == {"train": 0, "val": 0, "test": 0}
+        # the per-class counts are those of a split without twins
+        assert Counter((s.label, s.split) for s in kept) == Counter(
+            (s.label, plain[s.sha256]) for s in kept
+        )
+        separated += plain[by_name["WBC-Benign-114"]] != plain[by_name["WBC-Benign-117"]]
+    assert separated > 0  # without the groups, some seeds split the twins (the leak)
+
+
+def test_twin_thumbnails_survive_re_encoding_but_not_another_field(data_dir):
+    from leukedge.train import twins
+
+    first = load_rgb(data_dir / "Original" / "Pre" / "WBC-Malignant-Pre-001.jpg")
+    other = load_rgb(data_dir / "Original" / "Pre" / "WBC-Malignant-Pre-002.jpg")
+    ok, jpeg = cv2.imencode(".jpg", first[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 60])
+    re_encoded = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1]
+    moved = np.roll(first, 6, axis=1)  # a small stage move
+    vectors = np.stack([twins.thumbnail(x) for x in (first, re_encoded, moved, other)])
+    assert {pair for pair in twins.twin_pairs(vectors)} == {(0, 1), (0, 2), (1, 2)}
+    flat = twins.thumbnail(np.full((64, 64, 3), 200, np.uint8))
+    assert not flat.any()  # a flat frame twins with nothing, itself included

@@ -302,20 +302,35 @@ def stratified_split(
     samples: Sequence[Sample],
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    twins: Sequence[Sequence[str]] = (),
 ) -> list[Sample]:
-    """Assign train/val/test per class with a seeded shuffle; same inputs, same split."""
-    by_label: dict[str, list[Sample]] = defaultdict(list)
+    """Assign train/val/test per class with a seeded shuffle; same inputs, same split.
+
+    `twins` (groups of sha256, from `twins.twin_groups`) stay together in one split: a group
+    goes where it fits whole, so the per-class counts stay as they would be without it while
+    single images are left to fill the gaps. A group with several labels counts under its most
+    common one.
+    """
+    group_of = {sha: tuple(sorted(group)) for group in twins for sha in group}
+    units: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
     for sample in samples:
-        by_label[sample.label].append(sample)
+        units[group_of.get(sample.sha256, (sample.sha256,))].append(sample)
+    by_label: dict[str, list[list[Sample]]] = defaultdict(list)
+    for unit in units.values():
+        by_label[Counter(s.label for s in unit).most_common(1)[0][0]].append(unit)
     result: list[Sample] = []
     for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda s: s.sha256)
+        group = sorted(by_label[label], key=lambda unit: min(s.sha256 for s in unit))
         random.Random(f"{seed}:{label}").shuffle(group)
-        n_test = max(1, round(len(group) * fractions[2])) if len(group) >= 3 else 0
-        n_val = max(1, round(len(group) * fractions[1])) if len(group) >= 3 else 0
-        for index, sample in enumerate(group):
-            split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
-            result.append(Sample(sample.path, sample.sha256, sample.label, split))
+        size = sum(len(unit) for unit in group)
+        n_test = max(1, round(size * fractions[2])) if size >= 3 else 0
+        n_val = max(1, round(size * fractions[1])) if size >= 3 else 0
+        room = {"test": n_test, "val": n_val}
+        for unit in group:
+            split = next((name for name in ("test", "val") if room[name] >= len(unit)), "train")
+            if split != "train":
+                room[split] -= len(unit)
+            result.extend(Sample(s.path, s.sha256, s.label, split) for s in unit)
     return sorted(result, key=lambda s: (SPLITS.index(s.split), s.label, s.path))
 
 

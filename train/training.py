@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from leukedge.train import dataset, distill, distributed, report
+from leukedge.train import dataset, distill, distributed, report, twins
 from leukedge.train.augment import augmentation
 from leukedge.train.config import TrainConfig
 from leukedge.train.machine import cpu_model, simd_flags
@@ -40,11 +40,15 @@ PUBLISHED = {
 
 
 def assign_split(
-    config: TrainConfig, scan: dataset.Scan, split_file: Path | None = None
+    config: TrainConfig,
+    scan: dataset.Scan,
+    split_file: Path | None = None,
+    twin_groups: list[list[str]] | None = None,
 ) -> list[dataset.Sample]:
+    """The run's split: a new one keeps near-twins together; a given one is used as it is."""
     split_file = split_file or config.split_file
     if split_file is None:
-        return dataset.stratified_split(scan.samples, config.seed)
+        return dataset.stratified_split(scan.samples, config.seed, twins=twin_groups or ())
     listed = dataset.read_split(split_file, config.data_dir)
     unusable = [s.path for s in listed if s.sha256 not in scan.images]
     if unusable:
@@ -56,6 +60,26 @@ def assign_split(
     if unknown:
         raise dataset.DatasetError(f"split file {split_file} has labels {unknown} not in the data")
     return listed
+
+
+def near_twin_report(samples: list[dataset.Sample], groups: list[list[str]], echo) -> dict:
+    """Say how the split treats near-twins (the same field saved twice); for metrics.json."""
+    leaked = twins.across_splits({s.sha256: s.split for s in samples}, groups)
+    images = sum(len(group) for group in groups)
+    if any(leaked.values()):
+        echo(
+            f"warning: the split puts near-twins (the same field saved twice) in different "
+            f"splits: {leaked['test']} test and {leaked['val']} val image(s) have a twin in "
+            "another split, so their scores may flatter the model (a new split keeps twins together)"
+        )
+    elif groups:
+        echo(f"near-twins: {len(groups)} group(s), {images} images, each kept in one split")
+    return {
+        "correlation_threshold": twins.TWIN_CORRELATION,
+        "groups": len(groups),
+        "images": images,
+        "images_with_a_twin_in_another_split": leaked,
+    }
 
 
 def arrays(samples: list[dataset.Sample], scan: dataset.Scan, labels: list[str], split: str):
@@ -141,11 +165,13 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
     # edge-train's CLI checks the teachers before decoding; here with the data's labels too.
     teachers = distill.check_teachers(config.teachers, labels, config.split_file)
     teacher = teachers[0] if teachers else None  # the split, labels and "distilled or not"
-    samples = assign_split(config, scan, teacher.split_file if teacher else None)
+    groups = twins.twin_groups([s.sha256 for s in scan.samples], scan.images)
+    samples = assign_split(config, scan, teacher.split_file if teacher else None, groups)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         arrays(samples, scan, labels, split) for split in dataset.SPLITS
     )
     echo(f"split: train {len(y_train)}, val {len(y_val)}, test {len(y_test)}")
+    twin_report = near_twin_report(samples, groups, echo)
     n_classes = len(labels)
     one_hot = np.eye(n_classes, dtype=np.float32)
     targets_train, targets_val = one_hot[y_train], one_hot[y_val]
@@ -354,6 +380,7 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
                 "subset": config.subset,
                 "usable_per_class": scan.found_per_class,
                 "duplicates_removed": scan.duplicates,
+                "near_twins": twin_report,
                 "skipped": len(scan.skipped),
                 "split_counts": {
                     split: {
