@@ -306,27 +306,36 @@ def stratified_split(
 ) -> list[Sample]:
     """Assign train/val/test per class with a seeded shuffle; same inputs, same split.
 
-    `twins` (groups of sha256, from `twins.twin_groups`) stay together in one split: a group
-    goes where it fits whole, so the per-class counts stay as they would be without it while
-    single images are left to fill the gaps. A group with several labels counts under its most
-    common one.
+    `twins` (groups of sha256, from `twins.twin_groups`) stay together in one split. The images
+    are shuffled as without them; a group then takes the place of its first member in that order
+    and goes to the first split it fits in whole, so the per-class counts stay the same and only
+    the twins and the images they displace move. A group with several labels counts under its
+    most common one.
     """
     group_of = {sha: tuple(sorted(group)) for group in twins for sha in group}
+    by_label: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_label[sample.label].append(sample)
+    rank: dict[str, int] = {}
+    for label in sorted(by_label):
+        order = sorted(by_label[label], key=lambda s: s.sha256)
+        random.Random(f"{seed}:{label}").shuffle(order)
+        rank.update((s.sha256, index) for index, s in enumerate(order))
     units: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
     for sample in samples:
         units[group_of.get(sample.sha256, (sample.sha256,))].append(sample)
-    by_label: dict[str, list[list[Sample]]] = defaultdict(list)
+    units_by_label: dict[str, list[list[Sample]]] = defaultdict(list)
     for unit in units.values():
-        by_label[Counter(s.label for s in unit).most_common(1)[0][0]].append(unit)
+        label = Counter(s.label for s in unit).most_common(1)[0][0]
+        units_by_label[label].append(unit)
     result: list[Sample] = []
-    for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda unit: min(s.sha256 for s in unit))
-        random.Random(f"{seed}:{label}").shuffle(group)
-        size = sum(len(unit) for unit in group)
+    for label, label_units in sorted(units_by_label.items()):
+        label_units.sort(key=lambda unit: min(rank[s.sha256] for s in unit if s.label == label))
+        size = sum(len(unit) for unit in label_units)
         n_test = max(1, round(size * fractions[2])) if size >= 3 else 0
         n_val = max(1, round(size * fractions[1])) if size >= 3 else 0
         room = {"test": n_test, "val": n_val}
-        for unit in group:
+        for unit in label_units:
             split = next((name for name in ("test", "val") if room[name] >= len(unit)), "train")
             if split != "train":
                 room[split] -= len(unit)
