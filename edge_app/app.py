@@ -165,6 +165,7 @@ class FrameProcessor:
             "contrast": round(quality.contrast, 4),
             "clipped": round(quality.clipped, 6),
             "ood_score": decision.ood_score,
+            "ood_threshold": decision.ood_threshold,
             "decision_rule": decision.rule,
             "prediction_set": None
             if decision.prediction_set is None
@@ -206,6 +207,7 @@ def json_line(row: dict, decision: Decision, quality: Quality, frame_number: int
             "confidence": row["confidence"],
             "probabilities": decision.probabilities,
             "ood_score": decision.ood_score,
+            "ood_threshold": decision.ood_threshold,
             "decision_rule": decision.rule,
             "prediction_set": decision.prediction_set,
             "message": decision.message if quality.ok else f"unfit: {quality.reason}",

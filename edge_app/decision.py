@@ -68,6 +68,7 @@ class Decision:
     ood_score: float | None = None
     prediction_set: list[str] | None = None  # conformal set (trust rule only)
     rule: str = ""
+    ood_threshold: float | None = None  # the rule's: above it, unknown (trust rule only)
 
     @property
     def message(self) -> str:
@@ -109,6 +110,7 @@ def decide(
     if rule.trust is not None:
         if ood_score is None:
             raise ValueError("a model with trust parameters must give an OOD score")
+        common["ood_threshold"] = round(float(rule.trust.ood.threshold), 6)
         prediction_set = [labels[i] for i in rule.trust.conformal.prediction_set(probabilities)]
         if rule.trust.ood.is_unknown(ood_score):
             return Decision(UNKNOWN, None, prediction_set=prediction_set, **common)

@@ -7,7 +7,8 @@ The schema has a version (`PRAGMA user_version`) and ordered migrations (`MIGRAT
 database written by an older release is upgraded in one transaction when it is opened (every
 row kept); a database written by a newer release is refused. Version 1 is the first release's
 `results` table (one row per frame); version 2 adds samples, append-only reviews and the trust
-columns of a frame (see docs/review.md). The sample result is not stored: it is computed on read
+columns of a frame (see docs/review.md); version 3 records the OOD threshold a frame was judged
+by, so a reviewer can read its OOD score against it. The sample result is not stored: it is computed on read
 from the sample's frames by `leukedge.edge_app.samples`, so it can never disagree with them; a
 review stores the result it saw ("before") next to the reviewer's ("after").
 """
@@ -65,7 +66,20 @@ V2_SQL = (
        probabilities, ood_score, decision_rule, prediction_set ON results
        BEGIN SELECT RAISE(ABORT, 'a stored machine result is never changed'); END""",
 )
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, (V1_RESULTS_SQL,)), (2, V2_SQL))
+_KEEP_ANSWERS = """CREATE TRIGGER results_keep_answers BEFORE UPDATE OF decision, label,
+   top_label, confidence, probabilities, ood_score, ood_threshold, decision_rule, prediction_set
+   ON results BEGIN SELECT RAISE(ABORT, 'a stored machine result is never changed'); END"""
+V3_SQL = (
+    # The threshold of the model's OOD rule (NULL: no OOD rule, and for rows stored before).
+    "ALTER TABLE results ADD COLUMN ood_threshold REAL",
+    "DROP TRIGGER results_keep_answers",
+    _KEEP_ANSWERS,
+)
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (V1_RESULTS_SQL,)),
+    (2, V2_SQL),
+    (3, V3_SQL),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -100,6 +114,7 @@ COLUMNS = (
     ),  # version 2: larger is less like the training images; None: no OOD output
     ("decision_rule", "TEXT"),  # version 2: which rule decided (`edge_app.decision`)
     ("prediction_set", "TEXT"),  # version 2: JSON list of labels (conformal set)
+    ("ood_threshold", "REAL"),  # version 3: above it the frame is unknown; None: no OOD rule
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS = ("probabilities", "prediction_set")

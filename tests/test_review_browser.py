@@ -227,6 +227,11 @@ def test_list_review_history_and_report_in_a_real_browser(clinic, server, browse
 
     thumbs = wait.until(thumbnails_loaded)
     assert len(thumbs) == 5
+    # Each field's OOD score beside the limit the released model judged it by.
+    limit = json.loads((MODEL.parent / "manifest.json").read_text())["variants"]["int8"]["trust"]
+    limit = f"/ limit {limit['ood']['threshold']:.0f}"
+    fields = [f.text for f in browser.find_elements(By.CSS_SELECTOR, ".frame")]
+    assert len(fields) == 5 and all(re.search(rf"OOD \d+ {limit}", text) for text in fields)
     browser.set_window_size(1280, 1900)  # the whole page: result, review form, history, fields
     browser.save_screenshot(str(shots / "review-sample.png"))
     browser.set_window_size(1280, 1000)

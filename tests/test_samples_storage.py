@@ -21,6 +21,7 @@ from leukedge.edge_app.review import data
 from leukedge.edge_app.samples import LABEL, UNCERTAIN, UNKNOWN, SampleRule
 from leukedge.edge_app.storage import (
     COLUMN_NAMES,
+    MIGRATIONS,
     SCHEMA_VERSION,
     ResultStore,
     SchemaError,
@@ -116,16 +117,17 @@ def test_a_release_1_database_upgrades_and_keeps_every_row(tmp_path):
     )
     store.close()
     connection = sqlite3.connect(db)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = connection.execute(
         f"SELECT {', '.join(RELEASE_1_COLUMNS)} FROM results ORDER BY id"
     ).fetchall()
     assert after[: len(before)] == before  # every old row, every value
     new = connection.execute(
-        "SELECT ood_score, decision_rule, prediction_set FROM results WHERE sample_id = 'NEW'"
+        "SELECT ood_score, decision_rule, prediction_set, ood_threshold FROM results "
+        "WHERE sample_id = 'NEW'"
     ).fetchone()
-    assert new == (1.5, "r", '["Pre-B"]')
+    assert new == (1.5, "r", '["Pre-B"]', None)
     samples = connection.execute(
         "SELECT sample_id, created_utc FROM samples ORDER BY sample_id"
     ).fetchall()
@@ -134,6 +136,37 @@ def test_a_release_1_database_upgrades_and_keeps_every_row(tmp_path):
         ("OLD-0", "2026-01-01T00:00:00Z"),
         ("OLD-1", "2026-01-01T00:00:01Z"),
     ]
+    connection.close()
+
+
+def test_a_version_2_database_gains_the_ood_threshold_and_keeps_its_guard(tmp_path):
+    """Schema 2 (the first trust release) -> 3: every row kept, old rows have no threshold, and
+    the recreated trigger guards the new column like the machine result's other fields."""
+    db = tmp_path / "v2.sqlite"
+    release_1_database(db)
+    connection = sqlite3.connect(db)
+    for statement in MIGRATIONS[1][1]:  # exactly what release 2 ran
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version=2")
+    connection.commit()
+    before = connection.execute("SELECT * FROM results ORDER BY id").fetchall()
+    connection.close()
+    store = ResultStore(db)
+    store.add(stored_row(sample_id="NEW", ood_score=3.0, ood_threshold=7.5))
+    store.close()
+    connection = sqlite3.connect(db)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(results)")]
+    after = connection.execute(
+        f"SELECT {', '.join(columns[:-1])} FROM results ORDER BY id"
+    ).fetchall()
+    assert after[: len(before)] == before
+    thresholds = [t for (t,) in connection.execute("SELECT ood_threshold FROM results ORDER BY id")]
+    assert thresholds == [None] * len(before) + [7.5]
+    with pytest.raises(sqlite3.DatabaseError, match="never changed"):
+        connection.execute("UPDATE results SET ood_threshold = 1e9")
+    with pytest.raises(sqlite3.DatabaseError, match="never changed"):
+        connection.execute("UPDATE results SET ood_score = 0")
     connection.close()
 
 

@@ -141,15 +141,12 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 9
     by_origin = {Path(line["origin"]).name: line for line in lines}
+    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    threshold = manifest["variants"]["int8"]["trust"]["ood"]["threshold"]
     for index in range(5):
         line = by_origin[f"u{index}.png"]
         assert line["decision"] == "unknown" and line["label"] is None
-        assert (
-            line["ood_score"]
-            > json.loads((converted_dir / "manifest.json").read_text())["variants"]["int8"][
-                "trust"
-            ]["ood"]["threshold"]
-        )
+        assert line["ood_score"] > threshold
         assert line["message"].startswith("unknown: not like the images this model was trained on")
     for line in lines:
         assert line["decision_rule"] == "conformal-lac@0.9+ood-mahalanobis"
@@ -161,9 +158,12 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
             for r in connection.execute("SELECT * FROM results")
         }
     assert {stored[f"u{i}.png"]["decision"] for i in range(5)} == {"unknown"}
-    if "ood_score" in stored["u0.png"]:  # the column arrives with the storage migration (helper D)
-        assert stored["u0.png"]["ood_score"] == pytest.approx(by_origin["u0.png"]["ood_score"])
-        assert stored["u0.png"]["decision_rule"] == "conformal-lac@0.9+ood-mahalanobis"
+    assert stored["u0.png"]["ood_score"] == pytest.approx(by_origin["u0.png"]["ood_score"])
+    assert stored["u0.png"]["decision_rule"] == "conformal-lac@0.9+ood-mahalanobis"
+    # Every frame the model judged records the threshold it was judged by, as the JSON line does.
+    for name, row in stored.items():
+        assert row["ood_threshold"] == pytest.approx(threshold)
+        assert by_origin[name]["ood_threshold"] == pytest.approx(threshold)
     assert "decision rule: conformal-lac@0.9+ood-mahalanobis" in result.stderr
 
 

@@ -40,6 +40,7 @@ FRAME_FIELDS = (
     "app_version",
     "image_path",
     "ood_score",
+    "ood_threshold",
     "decision_rule",
     "prediction_set",
     "frame_origin",
