@@ -124,3 +124,16 @@ def test_the_import_check_catches_a_stage_that_imports_tensorflow():
     culprits = import_every_module("leukedge.convert")["culprits"]
     assert len(culprits) == 1 and culprits[0][0].startswith("leukedge.convert.")
     assert any(name.split(".")[0] in HEAVY for name in culprits[0][1])
+
+
+def test_the_shared_dataset_layer_of_train_imports_no_tensorflow():
+    """train.dataset, train.twins and train.metrics serve the TF-free benchmarks on the Pi."""
+    code = (
+        "import sys, leukedge.train.dataset, leukedge.train.twins, leukedge.train.metrics; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
