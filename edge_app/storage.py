@@ -8,9 +8,10 @@ database written by an older release is upgraded in one transaction when it is o
 row kept); a database written by a newer release is refused. Version 1 is the first release's
 `results` table (one row per frame); version 2 adds samples, append-only reviews and the trust
 columns of a frame (see docs/review.md); version 3 records the OOD threshold a frame was judged
-by, so a reviewer can read its OOD score against it. The sample result is not stored: it is computed on read
-from the sample's frames by `leukedge.edge_app.samples`, so it can never disagree with them; a
-review stores the result it saw ("before") next to the reviewer's ("after").
+by, so a reviewer can read its OOD score against it. The sample result is not stored: it is
+computed on read from the sample's frames by `leukedge.edge_app.samples`, so it can never
+disagree with them; a review stores the result it saw ("before") next to the reviewer's
+("after").
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 THUMBNAIL = 32
-# Nearest-neighbour correlations in the ALL data are bimodal: 2,705 of 2,827 images have none
+# Nearest-neighbour correlations in the ALL data are bimodal: 2,705 of 2,826 images have none
 # above 0.5 (most 0.2-0.35), and the pairs above it that were looked at are the same field.
 TWIN_CORRELATION = 0.5
-_BLOCK = 1024  # rows of the correlation matrix held at once: memory stays O(n), not O(n^2)
+_BLOCK = 1024  # rows of the correlation matrix held at once: memory grows with n, not n^2
 
 
 def thumbnail(pixels: np.ndarray) -> np.ndarray:
