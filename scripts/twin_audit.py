@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from leukedge.edge_app.files import write_atomic
 from leukedge.edge_app.imaging import load_rgb
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train import dataset, twins
@@ -32,7 +33,7 @@ def main(split_file: Path, models: tuple[Path, ...], data: Path | None, json_pat
     groups = twins.twin_groups([s.sha256 for s in samples], images)
     split_of = {s.sha256: s.split for s in samples}
     leaked = twins.across_splits(split_of, groups)
-    twinned = {sha for group in groups if len({split_of[s] for s in group}) > 1 for sha in group}
+    twinned = twins.split_apart(split_of, groups)
     test = [s for s in samples if s.split == "test"]
     clean = [s for s in test if s.sha256 not in twinned]
     result = {"split": split_file.name, "groups": len(groups), "leaked": leaked, "models": {}}
@@ -58,7 +59,7 @@ def main(split_file: Path, models: tuple[Path, ...], data: Path | None, json_pat
             f"({100 * n_clean / len(clean):.2f}%)"
         )
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

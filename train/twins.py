@@ -70,13 +70,19 @@ def twin_groups(
     return sorted(sorted(group) for group in members.values() if len(group) > 1)
 
 
+def split_apart(split_of: Mapping[str, str], groups: Sequence[Sequence[str]]) -> set[str]:
+    """The keys (of `split_of`) whose group spans more than one split: the leaked images."""
+    leaked: set[str] = set()
+    for group in groups:
+        members = [sha for sha in group if sha in split_of]
+        if len({split_of[sha] for sha in members}) > 1:
+            leaked.update(members)
+    return leaked
+
+
 def across_splits(split_of: Mapping[str, str], groups: Sequence[Sequence[str]]) -> dict[str, int]:
     """Per split, how many images have a twin in another split (0 everywhere: no leak)."""
     counts = dict.fromkeys(("train", "val", "test"), 0)
-    for group in groups:
-        splits = {split_of[sha] for sha in group if sha in split_of}
-        if len(splits) > 1:
-            for sha in group:
-                if sha in split_of:
-                    counts[split_of[sha]] += 1
+    for sha in split_apart(split_of, groups):
+        counts[split_of[sha]] += 1
     return counts
