@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from leukedge.edge_app.files import write_atomic
-from leukedge.edge_app.imaging import load_rgb
-from leukedge.edge_app.runtime import Classifier
+from leukedge.edge_app.imaging import ImageDecodeError, load_rgb
+from leukedge.edge_app.runtime import Classifier, ModelError
 from leukedge.train import dataset, twins
 
 
@@ -27,7 +27,13 @@ from leukedge.train import dataset, twins
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(split_file: Path, models: tuple[Path, ...], data: Path | None, json_path: Path | None):
-    data = data or dataset.default_data_dir()
+    try:
+        audit(split_file, models, data or dataset.default_data_dir(), json_path)
+    except (dataset.DatasetError, ModelError, ImageDecodeError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def audit(split_file: Path, models: tuple[Path, ...], data: Path, json_path: Path | None) -> None:
     samples = dataset.read_split(split_file, data)
     images = {s.sha256: load_rgb(data / s.path) for s in samples}
     groups = twins.twin_groups([s.sha256 for s in samples], images)
