@@ -418,7 +418,9 @@ def open_saver(
         os.unlink(probe)
     except (StorageError, OSError) as error:
         reason = (
-            str(error) if isinstance(error, StorageError) else f"{save_dir}: cannot write ({error})"
+            str(error)
+            if isinstance(error, StorageError)
+            else f"{save_dir}: cannot write ({error.strerror or error})"
         )
         log.warning(
             "warning: --save-dir %s cannot take images (%s): results are stored without images",

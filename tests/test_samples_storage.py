@@ -349,6 +349,8 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
     for expected in ("Sign-off", "Hematologist (name)", "Signature", "Not reviewed on the review"):
         assert expected in text and expected in page.read_text(), expected
     assert "LeukEdge sample report S-REP - page 1 of 1" in text
+    # The disclaimer heads and ends the report, once each, not said twice over.
+    assert page.read_text().count("not a diagnostic device") == 2
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o600
     for sample, message in (("S-EMPTY", "has no frames"), ("NOPE", "no sample 'NOPE'")):
         out = tmp_path / f"{sample}.pdf"
@@ -359,6 +361,20 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
             result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         )
         assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+    # A folder no file can be made in: the message names --out, not the temporary file tried.
+    result = run_cli(
+        "edge-app",
+        "report",
+        "S-REP",
+        "--db",
+        small_db,
+        "--out",
+        "/proc/S-REP.pdf",
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "--out /proc/S-REP.pdf: cannot write" in result.stderr
+    assert ".tmp-" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):

@@ -27,7 +27,7 @@ from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
 from leukedge.edge_app.storage import StorageError, spreadsheet_cell, utc_now
 
-STATEMENT = "Screening aid, not a diagnostic device. " + DISCLAIMER
+STATEMENT = DISCLAIMER  # printed at the top and the foot of every report
 THUMBNAILS = 6
 # The printed report is signed by hand: these lines stay blank, whatever the database holds.
 SIGN_OFF_LINES = ("Hematologist (name)", "Signature", "Date")
@@ -228,7 +228,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         write_atomic(path, data)  # owner-only: a report names a patient's sample
     except OSError as error:
-        raise ReportError(f"--out {path}: cannot write ({error})") from None
+        raise ReportError(f"--out {path}: cannot write ({error.strerror or error})") from None
 
 
 def _caption(frame: dict) -> str:
