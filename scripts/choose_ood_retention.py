@@ -35,6 +35,7 @@ from leukedge.benchmarks.robustness.evaluation import (
 )
 from leukedge.benchmarks.robustness.settings import RobustnessSettings, conditions
 from leukedge.convert.trust_fit import FitError, conformal_quantile
+from leukedge.edge_app.clitools import FiniteFloat
 from leukedge.train.dataset import DatasetError
 
 
@@ -60,7 +61,7 @@ def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, 
     "--max-wrong",
     default=0.03,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     help="Largest share of a condition's frames that may be answered wrongly.",
 )
 @output_option("--json", "json_out", "Also write the table and the choice as JSON.")
@@ -69,9 +70,12 @@ def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) 
     try:
         candidates = sorted({float(r) for r in retentions.split(",")}, reverse=True)
     except ValueError:
+        candidates = []
+    if not candidates or not all(0 < r < 1 for r in candidates):  # also refuses nan
         raise click.BadParameter(
-            f"{retentions!r}: give numbers like 0.97,0.95", param_hint="--retentions"
-        ) from None
+            f"{retentions!r}: give shares between 0 and 1, like 0.97,0.95",
+            param_hint="--retentions",
+        )
     try:
         entries = discover_models([model])
         eval_set = resolve_eval_set(None, entries, split="val")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from leukedge.edge_app.clitools import FiniteFloat
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("tflite", type=click.Path(path_type=Path, dir_okay=False, exists=True))
@@ -29,13 +31,13 @@ import click
 )
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=1.0,
     help="MobileNetV2 width the model was trained with.",
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.2,
     help="Dropout of the head (inactive at inference; kept for the saved config).",
 )

@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import click
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from leukedge.edge_app.clitools import FiniteFloat
 
 
@@ -51,6 +54,28 @@ def test_every_cli_refuses_a_non_finite_number(command):
     assert "Traceback" not in result.stderr
     assert f"Invalid value for '{command[-2]}'" in result.stderr
     assert "is not a finite number" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "message"),
+    [
+        ("choose_ood_retention.py", ("--max-wrong", "nan"), "is not a finite number"),
+        ("choose_ood_retention.py", ("--retentions", "0.97,nan"), "give shares between 0 and 1"),
+        ("choose_ood_retention.py", ("--retentions", "0.97,1.5"), "give shares between 0 and 1"),
+        ("rebuild_keras_from_tflite.py", ("--out", "run", "--alpha", "inf"), "not a finite"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value),
+)
+def test_scripts_refuse_non_finite_and_out_of_range_numbers(script, options, message):
+    model = REPO / "models" / "model_int8.tflite"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), str(model), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
