@@ -28,6 +28,7 @@ from leukedge.convert.trust_fit import (
     fit_mahalanobis,
     fit_temperature,
     nll,
+    range_threshold,
     softmax,
 )
 from leukedge.convert.trust_graph import features_and_logits, trust_model
@@ -212,9 +213,8 @@ def fit(
     f_val, logits_val = features_and_logits(model, val_pixels)
     temperature = fit_temperature(logits_val, y_val)
     mahalanobis = fit_mahalanobis(f_train, y_train, labels, config.ood_dims)
-    float_threshold = conformal_quantile(
-        mahalanobis.scores(f_val), config.ood_retention, "OOD threshold"
-    )
+    val_scores = mahalanobis.scores(f_val)
+    float_threshold = conformal_quantile(val_scores, config.ood_retention, "OOD threshold")
     before, after = softmax(logits_val), softmax(logits_val, temperature)
     echo(
         f"temperature {temperature:.4g} (val NLL {nll(before, y_val):.4f} -> {nll(after, y_val):.4f}); "
@@ -227,7 +227,7 @@ def fit(
         temperature=temperature,
         mahalanobis=mahalanobis,
         float_threshold=float_threshold,
-        cap=config.ood_cap * float_threshold,
+        cap=config.ood_cap * range_threshold(val_scores, config.ood_retention),
         coverage=config.coverage,
         retention=config.ood_retention,
         val_pixels=val_pixels,

@@ -56,6 +56,24 @@ def conformal_quantile(scores: np.ndarray, level: float, what: str = "scores") -
     return float(scores[rank - 1])
 
 
+def range_threshold(val_scores: np.ndarray, retention: float) -> float:
+    """The float OOD threshold the int8 branch's ranges are set from (`widen_ood_ranges`).
+
+    It is the threshold at the default retention, or at `retention` when that is higher (the
+    ranges must reach past the threshold in use), so a conversion at a lower retention, as
+    scripts/choose_ood_retention.py may pick from a default conversion's int8 scores, gets the
+    same int8 scores and only a new threshold: the choice holds in the file it was made for. A
+    val split too small for the default retention keeps `retention`'s own threshold.
+    """
+    own = conformal_quantile(val_scores, retention, "OOD threshold")
+    if retention >= DEFAULT_OOD_RETENTION:
+        return own
+    try:
+        return max(own, conformal_quantile(val_scores, DEFAULT_OOD_RETENTION))
+    except FitError:
+        return own
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)

@@ -17,13 +17,16 @@ far beyond the threshold:
 - projection y = W z: [min_c m_c - R, max_c m_c + R] per tensor, R = sqrt(element_cap);
 - difference y - m_c (when the converter keeps it apart): the exact bound that range implies;
 - squared differences (the converter fuses SUB and square into SQUARED_DIFFERENCE):
-  [0, element_cap], element_cap = 2 x the float threshold, fine enough for the many small
+  [0, element_cap], element_cap = 2 x the float threshold T, fine enough for the many small
   per-dimension terms of an in-distribution frame;
-- their sum over dimensions, the minimum over classes and the output: [0, cap], cap = 4 x the
-  float threshold.
+- their sum over dimensions, the minimum over classes and the output: [0, cap], cap = 4 x T.
+
+T is the float threshold at the default retention, or at the retention in use when that is
+higher (`convert.trust_fit.range_threshold`): at least the threshold in use, and one value for every
+retention up to the default, so lowering the retention never changes the int8 scores.
 
 A coordinate clipped at the edge of y's range is R from every class mean, so its square alone
-reads element_cap and every class distance is at least 2 x the float threshold: far-out frames
+reads element_cap and every class distance is at least 2 x T: far-out frames
 land above the threshold, never at an in-distribution value. Inside the ranges the int8 score
 is min(distance, cap) up to rounding (steps element_cap / 255 and cap / 255). Changing these
 scales is sound because every op on the branch (FULLY_CONNECTED output, SQUARED_DIFFERENCE,

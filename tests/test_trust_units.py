@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from leukedge.convert.trust_fit import (
+    DEFAULT_OOD_RETENTION,
     FitError,
     brier,
     check_counts,
@@ -15,6 +16,7 @@ from leukedge.convert.trust_fit import (
     fit_mahalanobis,
     fit_temperature,
     nll,
+    range_threshold,
     softmax,
 )
 from leukedge.edge_app.decision import LABEL, UNCERTAIN, UNFIT, UNKNOWN, DecisionRule, decide
@@ -29,6 +31,21 @@ def params(conformal_threshold=0.1, ood_threshold=5.0) -> TrustParams:
         conformal=ConformalRule("lac", 0.99, conformal_threshold, 283, "val"),
         ood=OodRule("mahalanobis", "pool", ood_threshold, 0.99, 2260, ("train",), "val", 283),
     )
+
+
+def test_int8_ranges_come_from_one_threshold_for_every_retention_up_to_the_default():
+    scores = np.arange(1.0, 201.0)  # n = 200: the 0.945 quantile is the ceil(201 * 0.945) = 190th
+    assert DEFAULT_OOD_RETENTION == 0.945
+    default = conformal_quantile(scores, DEFAULT_OOD_RETENTION)
+    assert default == 190.0
+    # Lower retentions (the choice under field shifts lowers it) keep the default's ranges ...
+    for retention in (0.9, 0.92, 0.94, 0.945):
+        assert range_threshold(scores, retention) == default
+    # ... a higher one needs ranges past its own, higher threshold.
+    assert range_threshold(scores, 0.98) == conformal_quantile(scores, 0.98) == 197.0
+    # A val split too small for the default retention (18 images needed) keeps its own.
+    few = np.arange(1.0, 11.0)
+    assert range_threshold(few, 0.9) == conformal_quantile(few, 0.9) == 10.0
 
 
 def test_conformal_quantile_is_the_finite_sample_order_statistic():
