@@ -12,12 +12,14 @@ the model's own conformal rule and the app's quality gate. It prints, per retent
 of clean frames answered and the worst answered-wrong share over all conditions, and names the
 largest retention at which no condition answers more than --max-wrong of its frames wrongly.
 Only the val split is read: the test split stays for reporting. Convert with the chosen value
-(`edge-convert --ood-retention R`); the released default came from this script.
+(`edge-convert --ood-retention R`) when the script says the threshold moves (`convert_again` in
+the JSON; scripts/quickstart does it); the released default came from this script.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,11 +128,28 @@ def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) 
             f"| {row['retention']:g} | {row['threshold']:.0f} | {row['clean_answered']:.1%} | "
             f"{row['worst_answered_wrong']:.1%} ({row['worst_condition']}) | {row['conditions_over']} |"
         )
-    chosen = next((row["retention"] for row in rows if row["conditions_over"] == 0), None)
+    chosen_row = next((row for row in rows if row["conditions_over"] == 0), None)
+    chosen = chosen_row["retention"] if chosen_row else None
+    current = loaded.rule.trust.ood
+    # Two retentions can give one threshold (a quantile of 283 scores): converting again only
+    # pays when the threshold moves.
+    convert_again = chosen_row is not None and not math.isclose(
+        chosen_row["threshold"], current.threshold, rel_tol=1e-6
+    )
     click.echo(
         f"chosen: {chosen:g}"
         if chosen is not None
         else "chosen: none of the candidates meets --max-wrong"
+    )
+    click.echo(
+        f"this model: retention {current.retention:g}, OOD threshold {current.threshold:.0f}; "
+        + (
+            f"convert again with --ood-retention {chosen:g}"
+            if convert_again
+            else "the choice gives the same threshold, nothing to convert again"
+            if chosen_row
+            else "kept"
+        )
     )
     if json_out:
         json_out.write_text(
@@ -142,6 +161,9 @@ def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) 
                     "max_wrong": max_wrong,
                     "rows": rows,
                     "chosen": chosen,
+                    "current_retention": current.retention,
+                    "current_threshold": current.threshold,
+                    "convert_again": convert_again,
                 },
                 indent=2,
             )

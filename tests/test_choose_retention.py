@@ -41,6 +41,34 @@ def test_the_choice_follows_its_rule_on_the_val_split(converted_dir, tmp_path):
     passing = [row["retention"] for row in rows if row["conditions_over"] == 0]
     assert report["chosen"] == (passing[0] if passing else None)
     assert f"chosen: {report['chosen']:g}" in result.stdout if passing else "none" in result.stdout
+    # Whether converting again would change anything: only when the chosen threshold moves.
+    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    ood = manifest["variants"]["int8"]["trust"]["ood"]
+    assert (report["current_retention"], report["current_threshold"]) == pytest.approx(
+        (ood["retention"], ood["threshold"])
+    )
+    chosen_threshold = next(
+        (r["threshold"] for r in rows if r["retention"] == report["chosen"]), None
+    )
+    moves = chosen_threshold is not None and not math.isclose(
+        chosen_threshold, ood["threshold"], rel_tol=1e-6
+    )
+    assert report["convert_again"] is moves
+    assert ("convert again with --ood-retention" in result.stdout) is moves
+    # The model's own retention, allowed any wrong share, is chosen and gives its own threshold.
+    same = choose(
+        converted_dir / "model_int8.tflite",
+        "--retentions",
+        f"{ood['retention']:g}",
+        "--max-wrong",
+        "1",
+        "--json",
+        out,
+    )
+    assert same.returncode == 0, same.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["chosen"] == pytest.approx(ood["retention"]) and again["convert_again"] is False
+    assert "nothing to convert again" in same.stdout
 
 
 @pytest.mark.slow
