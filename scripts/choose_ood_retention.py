@@ -12,8 +12,9 @@ the model's own conformal rule and the app's quality gate. It prints, per retent
 of clean frames answered and the worst answered-wrong share over all conditions, and names the
 largest retention at which no condition answers more than --max-wrong of its frames wrongly.
 Only the val split is read: the test split stays for reporting. Convert with the chosen value
-(`edge-convert --ood-retention R`) when the script says the threshold moves (`convert_again` in
-the JSON; scripts/quickstart does it); the released default came from this script.
+(`edge-convert --ood-retention R`) when the script says so (`convert_again` in the JSON;
+scripts/quickstart does it): when the choice is below the model's own retention and moves its
+threshold (see `advise`). The released default came from this script.
 """
 
 from __future__ import annotations
@@ -49,6 +50,29 @@ def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, 
         key = f"{condition.name} {condition.severity}" if condition.shift else "clean"
         outputs[key] = (seen.probabilities[id(model)], seen.scores[id(model)], seen.rejected)
     return outputs
+
+
+def advise(chosen_row: dict | None, current) -> str:
+    """Whether converting again at the chosen retention would give the file this table describes.
+
+    Only a lower retention does: edge-convert sets the int8 OOD branch's ranges from the threshold
+    at its default retention or a higher one in use (convert.trust_fit.range_threshold), so a higher
+    retention would change the int8 scores the table was made from (seed 2 of docs/trust.md: 580
+    in the table, 547 in the file). Between retentions at or below the default the scores stay
+    the same and the table is exact; from above the default it is close, and a lower retention
+    only refers more. Two retentions can also give one threshold (a quantile of a few hundred
+    scores), and then there is nothing to convert.
+    """
+    if chosen_row is None:
+        return f"kept at {current.retention:g}"
+    if math.isclose(chosen_row["threshold"], current.threshold, rel_tol=1e-6):
+        return "the choice gives the same threshold, nothing to convert again"
+    if chosen_row["retention"] > current.retention:
+        return (
+            f"kept at {current.retention:g}: a higher retention would move the int8 OOD ranges, "
+            "and this table would not describe the file converted again"
+        )
+    return f"convert again with --ood-retention {chosen_row['retention']:g}"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,25 +155,15 @@ def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) 
     chosen_row = next((row for row in rows if row["conditions_over"] == 0), None)
     chosen = chosen_row["retention"] if chosen_row else None
     current = loaded.rule.trust.ood
-    # Two retentions can give one threshold (a quantile of 283 scores): converting again only
-    # pays when the threshold moves.
-    convert_again = chosen_row is not None and not math.isclose(
-        chosen_row["threshold"], current.threshold, rel_tol=1e-6
-    )
     click.echo(
         f"chosen: {chosen:g}"
         if chosen is not None
         else "chosen: none of the candidates meets --max-wrong"
     )
+    advice = advise(chosen_row, current)
+    convert_again = advice.startswith("convert again")
     click.echo(
-        f"this model: retention {current.retention:g}, OOD threshold {current.threshold:.0f}; "
-        + (
-            f"convert again with --ood-retention {chosen:g}"
-            if convert_again
-            else "the choice gives the same threshold, nothing to convert again"
-            if chosen_row
-            else "kept"
-        )
+        f"this model: retention {current.retention:g}, OOD threshold {current.threshold:.0f}; {advice}"
     )
     if json_out:
         json_out.write_text(

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO, assert_clean_error
+from leukedge.edge_app.trust import OodRule
 
 SCRIPT = REPO / "scripts" / "choose_ood_retention.py"
 
@@ -50,8 +51,10 @@ def test_the_choice_follows_its_rule_on_the_val_split(converted_dir, tmp_path):
     chosen_threshold = next(
         (r["threshold"] for r in rows if r["retention"] == report["chosen"]), None
     )
-    moves = chosen_threshold is not None and not math.isclose(
-        chosen_threshold, ood["threshold"], rel_tol=1e-6
+    moves = (
+        chosen_threshold is not None
+        and report["chosen"] < ood["retention"]  # only a lower one: the int8 ranges stay
+        and not math.isclose(chosen_threshold, ood["threshold"], rel_tol=1e-6)
     )
     assert report["convert_again"] is moves
     assert ("convert again with --ood-retention" in result.stdout) is moves
@@ -69,6 +72,21 @@ def test_the_choice_follows_its_rule_on_the_val_split(converted_dir, tmp_path):
     again = json.loads(out.read_text())
     assert again["chosen"] == pytest.approx(ood["retention"]) and again["convert_again"] is False
     assert "nothing to convert again" in same.stdout
+
+
+def test_only_a_lower_retention_that_moves_the_threshold_is_converted_again():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from choose_ood_retention import advise
+    finally:
+        sys.path.pop(0)
+    current = OodRule("mahalanobis", "pool", 461.4, 0.945, 2260, ("train",), "val", 283)
+    assert advise({"retention": 0.92, "threshold": 410.1}, current).startswith(
+        "convert again with --ood-retention 0.92"
+    )
+    assert "nothing to convert" in advise({"retention": 0.95, "threshold": 461.4}, current)
+    assert "higher retention" in advise({"retention": 0.98, "threshold": 580.0}, current)
+    assert advise(None, current) == "kept at 0.945"
 
 
 @pytest.mark.slow
