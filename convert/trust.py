@@ -227,7 +227,7 @@ def fit(
         temperature=temperature,
         mahalanobis=mahalanobis,
         float_threshold=float_threshold,
-        cap=config.ood_cap * range_threshold(val_scores, config.ood_retention),
+        cap=config.ood_cap * range_threshold(val_scores, config.ood_retention, float_threshold),
         coverage=config.coverage,
         retention=config.ood_retention,
         val_pixels=val_pixels,

@@ -56,22 +56,22 @@ def conformal_quantile(scores: np.ndarray, level: float, what: str = "scores") -
     return float(scores[rank - 1])
 
 
-def range_threshold(val_scores: np.ndarray, retention: float) -> float:
-    """The float OOD threshold the int8 branch's ranges are set from (`widen_ood_ranges`).
+def range_threshold(val_scores: np.ndarray, retention: float, threshold: float) -> float:
+    """The float OOD threshold the int8 branch's ranges are set from (`widen_ood_ranges`), given
+    the `threshold` in use at `retention`.
 
-    It is the threshold at the default retention, or at `retention` when that is higher (the
+    It is the threshold at the default retention, or `threshold` when `retention` is higher (the
     ranges must reach past the threshold in use), so a conversion at a lower retention, as
     scripts/choose_ood_retention.py may pick from a default conversion's int8 scores, gets the
     same int8 scores and only a new threshold: the choice holds in the file it was made for. A
-    val split too small for the default retention keeps `retention`'s own threshold.
+    val split too small for the default retention keeps `threshold`.
     """
-    own = conformal_quantile(val_scores, retention, "OOD threshold")
     if retention >= DEFAULT_OOD_RETENTION:
-        return own
-    try:
-        return max(own, conformal_quantile(val_scores, DEFAULT_OOD_RETENTION))
+        return threshold
+    try:  # a quantile at a higher level, so never below `threshold`
+        return conformal_quantile(val_scores, DEFAULT_OOD_RETENTION)
     except FitError:
-        return own
+        return threshold
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

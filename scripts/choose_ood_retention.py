@@ -52,8 +52,9 @@ def collect(model, eval_set, images) -> dict[str, tuple[np.ndarray, np.ndarray, 
     return outputs
 
 
-def advise(chosen_row: dict | None, current) -> str:
-    """Whether converting again at the chosen retention would give the file this table describes.
+def advise(chosen_row: dict | None, current) -> tuple[bool, str]:
+    """Whether to convert again at the chosen retention (only if that gives the file this table
+    describes), and why, in words.
 
     Only a lower retention does: edge-convert sets the int8 OOD branch's ranges from the threshold
     at its default retention or a higher one in use (convert.trust_fit.range_threshold), so a higher
@@ -64,15 +65,15 @@ def advise(chosen_row: dict | None, current) -> str:
     scores), and then there is nothing to convert.
     """
     if chosen_row is None:
-        return f"kept at {current.retention:g}"
+        return False, f"kept at {current.retention:g}"
     if math.isclose(chosen_row["threshold"], current.threshold, rel_tol=1e-6):
-        return "the choice gives the same threshold, nothing to convert again"
+        return False, "the choice gives the same threshold, nothing to convert again"
     if chosen_row["retention"] > current.retention:
-        return (
+        return False, (
             f"kept at {current.retention:g}: a higher retention would move the int8 OOD ranges, "
             "and this table would not describe the file converted again"
         )
-    return f"convert again with --ood-retention {chosen_row['retention']:g}"
+    return True, f"convert again with --ood-retention {chosen_row['retention']:g}"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,8 +161,7 @@ def main(model: Path, retentions: str, max_wrong: float, json_out: Path | None) 
         if chosen is not None
         else "chosen: none of the candidates meets --max-wrong"
     )
-    advice = advise(chosen_row, current)
-    convert_again = advice.startswith("convert again")
+    convert_again, advice = advise(chosen_row, current)
     click.echo(
         f"this model: retention {current.retention:g}, OOD threshold {current.threshold:.0f}; {advice}"
     )

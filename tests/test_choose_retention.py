@@ -81,12 +81,13 @@ def test_only_a_lower_retention_that_moves_the_threshold_is_converted_again():
     finally:
         sys.path.pop(0)
     current = OodRule("mahalanobis", "pool", 461.4, 0.945, 2260, ("train",), "val", 283)
-    assert advise({"retention": 0.92, "threshold": 410.1}, current).startswith(
-        "convert again with --ood-retention 0.92"
-    )
-    assert "nothing to convert" in advise({"retention": 0.95, "threshold": 461.4}, current)
-    assert "higher retention" in advise({"retention": 0.98, "threshold": 580.0}, current)
-    assert advise(None, current) == "kept at 0.945"
+    again, advice = advise({"retention": 0.92, "threshold": 410.1}, current)
+    assert again and advice.startswith("convert again with --ood-retention 0.92")
+    again, advice = advise({"retention": 0.95, "threshold": 461.4}, current)
+    assert not again and "nothing to convert" in advice
+    again, advice = advise({"retention": 0.98, "threshold": 580.0}, current)
+    assert not again and "higher retention" in advice
+    assert advise(None, current) == (False, "kept at 0.945")
 
 
 @pytest.mark.slow

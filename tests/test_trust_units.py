@@ -40,12 +40,14 @@ def test_int8_ranges_come_from_one_threshold_for_every_retention_up_to_the_defau
     assert default == 190.0
     # Lower retentions (the choice under field shifts lowers it) keep the default's ranges ...
     for retention in (0.9, 0.92, 0.94, 0.945):
-        assert range_threshold(scores, retention) == default
+        own = conformal_quantile(scores, retention)
+        assert range_threshold(scores, retention, own) == default
     # ... a higher one needs ranges past its own, higher threshold.
-    assert range_threshold(scores, 0.98) == conformal_quantile(scores, 0.98) == 197.0
+    assert range_threshold(scores, 0.98, conformal_quantile(scores, 0.98)) == 197.0
     # A val split too small for the default retention (18 images needed) keeps its own.
     few = np.arange(1.0, 11.0)
-    assert range_threshold(few, 0.9) == conformal_quantile(few, 0.9) == 10.0
+    assert conformal_quantile(few, 0.9) == 10.0
+    assert range_threshold(few, 0.9, 10.0) == 10.0
 
 
 def test_conformal_quantile_is_the_finite_sample_order_statistic():

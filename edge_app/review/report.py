@@ -27,7 +27,6 @@ from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
 from leukedge.edge_app.settings import DISCLAIMER
 from leukedge.edge_app.storage import StorageError, spreadsheet_cell, utc_now
 
-STATEMENT = DISCLAIMER  # printed at the top and the foot of every report
 THUMBNAILS = 6
 # The printed report is signed by hand: these lines stay blank, whatever the database holds.
 SIGN_OFF_LINES = ("Hematologist (name)", "Signature", "Date")
@@ -264,12 +263,12 @@ th{{text-align:left;padding-right:1rem;vertical-align:top}}figure{{display:inlin
 .statement{{border:2px solid #a33;padding:.5rem;font-weight:bold}}code{{word-break:break-all}}
 .sign th{{padding:1.6rem 1rem 0 0;white-space:nowrap}}.sign td{{border-bottom:1px solid #000;width:24rem}}</style>
 </head><body><h1>LeukEdge sample report</h1>
-<p class="statement">{e(STATEMENT)}</p>
+<p class="statement">{e(DISCLAIMER)}</p>
 <table>{rows}</table><h2>Model</h2><ul>{models}</ul><h2>Fields</h2><ul>{counts}</ul>
 <h2>Fields that drove the result</h2><div>{thumbs or "<p>no saved images (run edge-app with --save-dir)</p>"}</div>
 <h2>Sign-off</h2><p id="sign-off-note">{e(_sign_off_note(report.summary))}</p>
 <table class="sign">{sign}</table>
-<p class="statement">{e(STATEMENT)}</p></body></html>
+<p class="statement">{e(DISCLAIMER)}</p></body></html>
 """
     return page.encode()
 
@@ -311,7 +310,7 @@ def render_pdf(report: Report) -> bytes:
     pdf.cell(0, 10, "LeukEdge sample report", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", "B", 10)
     pdf.set_text_color(150, 30, 30)
-    pdf.multi_cell(0, 5, _latin1(STATEMENT), border=1, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 5, _latin1(DISCLAIMER), border=1, new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     pdf.ln(2)
     for key, value in _facts(report):
@@ -388,7 +387,7 @@ def render_pdf(report: Report) -> bytes:
     pdf.ln(4)
     pdf.set_font("helvetica", "B", 10)
     pdf.set_text_color(150, 30, 30)
-    pdf.multi_cell(0, 5, _latin1(STATEMENT), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 5, _latin1(DISCLAIMER), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 
