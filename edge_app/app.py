@@ -41,7 +41,7 @@ from leukedge.edge_app.settings import (
     RunSettings,
 )
 from leukedge.edge_app.sources import CameraError, Frame, FrameSource, SkippedFrame
-from leukedge.edge_app.storage import FrameWriter, ResultStore, utc_now
+from leukedge.edge_app.storage import FrameWriter, ResultStore, sample_id_problem, utc_now
 from leukedge.edge_app.triggers import CAPTURE, QUIT, Triggers
 
 log = logging.getLogger("leukedge.edge_app")
@@ -375,6 +375,9 @@ class App:
                 break
             if trigger.kind == CAPTURE:
                 if trigger.sample_id:
+                    if problem := sample_id_problem(trigger.sample_id):
+                        log.warning("sample ID %s; nothing captured", problem)
+                        continue
                     self.sample_id = trigger.sample_id
                 if not self.sample_id:
                     log.warning("no sample ID yet: type the sample ID and press Enter to capture")

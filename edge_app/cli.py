@@ -291,21 +291,21 @@ def main() -> None:
 )
 @click.option(
     "--focus-min",
-    type=FiniteFloat(),
+    type=FiniteFloat(0.0),
     default=Q.focus_min,
     show_default=True,
     help="Quality gate: minimum focus (Laplacian variance after a light denoise).",
 )
 @click.option(
     "--dark-mean",
-    type=FiniteFloat(),
+    type=FiniteFloat(0.0, 255.0),
     default=Q.dark_mean,
     show_default=True,
     help="Quality gate: mean grey below this is too dark.",
 )
 @click.option(
     "--bright-mean",
-    type=FiniteFloat(),
+    type=FiniteFloat(0.0, 255.0),
     default=Q.bright_mean,
     show_default=True,
     help="Quality gate: mean grey above this is too bright.",
@@ -319,7 +319,7 @@ def main() -> None:
 )
 @click.option(
     "--empty-contrast",
-    type=FiniteFloat(),
+    type=FiniteFloat(0.0),
     default=Q.empty_contrast,
     show_default=True,
     help="Quality gate: contrast below this is an empty field.",
@@ -398,14 +398,15 @@ def run(
             "is empty: give picamera2, a camera index, a file, a folder or a glob",
             param_hint="--source",
         )
-    if sample_id is not None and not sample_id.strip():
-        raise click.BadParameter(
-            "is empty: give the slide's ID, or leave the option out", param_hint="--sample-id"
-        )
+    from leukedge.edge_app.storage import sample_id_problem
+
+    if sample_id is not None and (problem := sample_id_problem(sample_id)):
+        raise click.BadParameter(problem, param_hint="--sample-id")
     if dark_mean >= bright_mean:
         raise click.BadParameter(
-            f"{dark_mean:g} is not below --bright-mean {bright_mean:g}: every frame would be unfit",
-            param_hint="--dark-mean",
+            f"{dark_mean:g} is not below {bright_mean:g}: every frame would be unfit; give a "
+            "dark limit below the bright one",
+            param_hint="--dark-mean/--bright-mean",
         )
     log.info(DISCLAIMER)
     from leukedge.edge_app.app import App, AppError, FrameProcessor

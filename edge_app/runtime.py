@@ -149,7 +149,6 @@ class Classifier:
         if verdict.changed and not allow_unverified:
             raise ModelError(verdict.problem)
         self.metadata = self._read_metadata(data)
-        self.labels = self._labels()
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.runtime = find_runtime(runtime)
         try:
@@ -162,6 +161,8 @@ class Classifier:
                 f"{self.path} could not be loaded by {self.runtime.name} "
                 f"({str(error).splitlines()[0][:200]}): the file may be truncated or corrupt"
             ) from None
+        # After loading: a truncated file loses its metadata too, and is named as truncated.
+        self.labels = self._labels()
         input_detail = self.interpreter.get_input_details()[0]
         output_detail, score_detail = self._outputs()
         self._input_index, self._output_index = input_detail["index"], output_detail["index"]

@@ -123,15 +123,22 @@ class SampleRule:
                 rule=self.describe(),
             )
 
+        # Votes are counted for every result, referrals too, so a report's per-class counts
+        # agree with its field decisions.
+        answered = [frame for frame in frames if frame["decision"] == LABEL]
+        votes = Counter(str(frame["label"]) for frame in answered)
         if n_fit < self.min_fit_fields:
             return result(
-                UNCERTAIN, f"too few fit fields: {n_fit} of the {self.min_fit_fields} needed"
+                UNCERTAIN,
+                f"too few fit fields: {n_fit} of the {self.min_fit_fields} needed",
+                votes=votes,
             )
         if kinds[UNKNOWN] > self.max_unknown_share * n_fit:
             return result(
                 UNKNOWN,
                 f"{kinds[UNKNOWN]} of {n_fit} fit fields look unlike the training "
                 "images (out of distribution)",
+                votes=votes,
             )
         kept = (LABEL, UNCERTAIN) if self.combine_uncertain else (LABEL,)
         known = [frame for frame in frames if frame["decision"] in kept]
@@ -141,8 +148,6 @@ class SampleRule:
                 totals[name] = totals.get(name, 0.0) + math.log(
                     max(float(p), self.probability_floor)
                 )
-        answered = [frame for frame in frames if frame["decision"] == LABEL]
-        votes = Counter(str(frame["label"]) for frame in answered)
         if not totals:
             return result(UNCERTAIN, "no field carries class probabilities", votes=votes)
         candidate = max(totals, key=totals.get)

@@ -134,6 +134,26 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def sample_id_problem(sample_id: str) -> str | None:
+    """Why `sample_id` cannot name a sample, or None. The review page puts the ID in its URLs
+    (`/samples/<id>`): a browser resolves `.` and `..` segments and Werkzeug merges `//`, so such
+    an ID would open another page or none; control characters do not print on a report."""
+    if not sample_id.strip():
+        return "is empty: give the slide's ID, or leave the option out"
+    if sample_id != sample_id.strip():
+        return f"{sample_id!r} starts or ends with a space: give the ID without it"
+    if any(not character.isprintable() for character in sample_id):
+        return f"{sample_id!r} holds a control character: type the ID again"
+    if any(segment in ("", ".", "..") for segment in sample_id.split("/")):
+        return (
+            f"{sample_id!r}: '/' may only separate parts of the ID (no leading, trailing or "
+            "double '/', no '.' or '..' parts)"
+        )
+    if len(sample_id) > 120:
+        return f"is {len(sample_id)} characters long: at most 120"
+    return None
+
+
 def explain_write_error(path: Path, error: BaseException) -> str:
     text = str(error)
     if "full" in text.lower() or getattr(error, "errno", None) in (

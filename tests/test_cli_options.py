@@ -30,6 +30,9 @@ def test_finite_float_keeps_ranges_and_refuses_nan_and_inf():
         assert result.exit_code == 2 and "is not a finite number" in result.output, args
     out_of_range = runner.invoke(command, ["--x", "1.5"])
     assert out_of_range.exit_code == 2 and "0<=x<=1" in out_of_range.output
+    # --help states a range only where there is one (click wrote "x<=None" for no bounds).
+    help_text = runner.invoke(command, ["--help"]).output
+    assert "0<=x<=1" in help_text and "None" not in help_text
 
 
 @pytest.mark.parametrize(
@@ -83,9 +86,12 @@ def test_scripts_refuse_non_finite_and_out_of_range_numbers(script, options, mes
     [
         (("--source", " "), "--source", "is empty"),
         (("--source", "frames", "--sample-id", ""), "--sample-id", "is empty"),
+        (("--source", "frames", "--sample-id", "../../etc/x"), "--sample-id", "'..' parts"),
+        (("--source", "frames", "--sample-id", "S-1 "), "--sample-id", "ends with a space"),
+        (("--source", "frames", "--bright-mean", "-5"), "'--bright-mean'", "not in the range"),
         (
             ("--source", "frames", "--dark-mean", "200", "--bright-mean", "100"),
-            "--dark-mean",
+            "--dark-mean/--bright-mean",
             "every frame would be unfit",
         ),
     ],

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import socket
 import sqlite3
 import stat
@@ -314,6 +315,8 @@ def test_sample_rule_answers_refers_and_names_the_driving_fields():
     assert few.decision == UNCERTAIN and "too few fit fields: 2 of the 3" in few.reason
     foreign = rule.combine([frame(LABEL, "Pre-B")] * 3 + [frame(UNKNOWN, p=0.5)] * 2)
     assert foreign.decision == UNKNOWN and foreign.message == "unknown: refer"
+    # A referral still counts its answered fields, so a report's counts add up.
+    assert few.votes == {"Pre-B": 2} and foreign.votes == {"Pre-B": 3}
     split = rule.combine([frame(LABEL, "Pre-B")] * 3 + [frame(LABEL, "Benign")] * 2)
     assert split.decision == UNCERTAIN and "fields disagree" in split.reason
     unsure = rule.combine([frame(LABEL, "Pre-B")] * 2 + [frame(UNCERTAIN, p=0.5)] * 3)
@@ -377,6 +380,36 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
     assert ".tmp-" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_report_of_a_referred_sample_never_captions_a_field_as_an_answer(tmp_path):
+    import cv2
+    import numpy as np
+
+    db, image = tmp_path / "r.sqlite", tmp_path / "field.jpg"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 200, np.uint8))
+    store = ResultStore(db)
+    for _ in range(3):
+        store.add(stored_row(sample_id="S-OOD", image_path=str(image)))
+    for _ in range(2):  # out of distribution, though its top class is confident
+        store.add(
+            stored_row(
+                sample_id="S-OOD",
+                decision=UNKNOWN,
+                label=None,
+                top_label="Benign",
+                confidence=0.996,
+                image_path=str(image),
+            )
+        )
+    store.close()
+    page = tmp_path / "S-OOD.html"
+    run_cli("edge-app", "report", "S-OOD", "--db", db, "--out", page, timeout=60)
+    text = page.read_text()
+    assert "unknown: refer" in text
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", text)
+    assert captions and all(c.endswith("unknown, top Benign 99.6%") for c in captions), captions
+    assert "Answered fields per class: Pre-B: 3" in text and "label: 3, unknown: 2" in text
+
+
 def test_export_samples_csv_and_json_with_reviews(small_db, tmp_path):
     connection = connect(small_db)
     data.add_review(connection, "S-REP", "dr-a", "confirm", "agree", labels=list(LABELS))
@@ -436,6 +469,42 @@ def test_users_add_hashes_into_an_owner_only_file(tmp_path):
     )
     assert short.returncode == 1 and "password too short" in short.stderr
     assert "dr.b" not in users_file.read_text()
+    run_cli("edge-app", "users", "add", "dr.c", "--db", db, input="another long one\n", timeout=60)
+    listed = run_cli("edge-app", "users", "list", "--db", db, timeout=60)
+    assert listed.stdout.split() == ["dr.a", "dr.c"] and "scrypt" not in listed.stdout
+    run_cli("edge-app", "users", "remove", "dr.a", "--db", db, timeout=60)
+    assert list(json.loads(users_file.read_text())["users"]) == ["dr.c"]
+    assert stat.S_IMODE(users_file.stat().st_mode) == 0o600
+    missing = run_cli("edge-app", "users", "remove", "dr.a", "--db", db, check=False, timeout=60)
+    assert missing.returncode == 1 and "no reviewer 'dr.a'" in missing.stderr
+    assert "accounts: dr.c" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_account_removed_while_serving_is_logged_out(small_db, tmp_path):
+    from leukedge.edge_app.review.auth import add_user, load_users, remove_user
+    from leukedge.edge_app.review.server import ServerConfig, create_app
+
+    users_file = tmp_path / "accounts.json"
+    add_user(users_file, "dr-a", "a long password")
+    add_user(users_file, "dr-b", "another password")
+    app = create_app(ServerConfig(small_db, users=load_users(users_file), users_file=users_file))
+    client = app.test_client()
+    client.get("/login")
+    with client.session_transaction() as session:
+        token = session["csrf"]
+    form = {"name": "dr-a", "password": "a long password", "csrf_token": token}
+    assert client.post("/login", data=form).status_code == 303
+    assert client.get("/").status_code == 200
+    remove_user(users_file, "dr-a")
+    assert client.get("/").headers["Location"].startswith("/login")
+    form = {"name": "dr-a", "password": "a long password", "csrf_token": token}
+    client.get("/login")
+    with client.session_transaction() as session:
+        form["csrf_token"] = session["csrf"]
+    assert client.post("/login", data=form).status_code == 401
+    # Removing the last account leaves a page nobody can open, never one open to all.
+    remove_user(users_file, "dr-b")
+    assert client.get("/api/samples").status_code == 401
 
 
 def _free_port() -> int:
@@ -450,6 +519,22 @@ def test_serve_refuses_a_network_bind_without_accounts_and_a_busy_port(small_db)
     )
     assert refused.returncode == 1 and "without reviewer accounts" in refused.stderr
     assert "edge-app users add" in refused.stderr and "Traceback" not in refused.stderr
+    # The hint names the accounts file the server was told to read.
+    accounts = small_db.parent / "accounts.json"
+    refused = run_cli(
+        "edge-app", "serve", "--db", small_db, "--host", "0.0.0.0", "--users", accounts,
+        check=False, timeout=60,
+    )  # fmt: skip
+    assert f"edge-app users add NAME --users {accounts}" in refused.stderr
+    # A file that is no certificate is named as such, not blamed on the address.
+    not_pem = small_db.parent / "not-a-cert.pem"
+    not_pem.write_text("hello\n")
+    result = run_cli(
+        "edge-app", "serve", "--db", small_db, "--port", _free_port(),
+        "--tls-cert", not_pem, "--tls-key", not_pem, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and f"--tls-cert {not_pem}" in result.stderr
+    assert "not a usable PEM certificate" in result.stderr and "cannot listen" not in result.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

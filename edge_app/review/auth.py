@@ -66,6 +66,50 @@ def add_user(path: Path, name: str, password: str) -> bool:
     return replaced
 
 
+def remove_user(path: Path, name: str) -> None:
+    """Remove an account (written atomically, mode 0600); UsersError naming it if it is not there."""
+    users = load_users(path)
+    if name not in users:
+        known = ", ".join(sorted(users)) or "none"
+        raise UsersError(f"no reviewer {name!r} in {path} (accounts: {known})")
+    entries = {user: {"hash": hashed} for user, hashed in users.items() if user != name}
+    write_atomic(path, json.dumps({"format": 1, "users": entries}, indent=2).encode())
+
+
+class Accounts:
+    """The accounts as a running server sees them: the file is read again when it changes, so
+    `edge-app users remove` locks a reviewer out on their next request, without a restart.
+    A file that turns unreadable keeps the last accounts read (nothing is granted by a damaged
+    file), and `login_required` stays as it was at start-up: removing the last account leaves a
+    page nobody can open, never one open to all."""
+
+    def __init__(self, users: dict[str, str], path: Path | None = None):
+        self.login_required = bool(users)
+        self._users, self._path = dict(users), path
+        self._stamp = self._stat()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self._path) if self._path is not None else None
+        except OSError:
+            return None
+        return None if info is None else (info.st_mtime_ns, info.st_size)
+
+    def current(self) -> dict[str, str]:
+        if self._path is None:
+            return self._users
+        with self._lock:
+            stamp = self._stat()
+            if stamp != self._stamp:
+                try:
+                    self._users = load_users(self._path)
+                except UsersError:
+                    pass  # keep the last good accounts; serve's start-up check names the file
+                self._stamp = stamp
+            return self._users
+
+
 def verify(users: dict[str, str], name: str, password: str) -> bool:
     hashed = users.get(name)
     if hashed is None:

@@ -1,4 +1,4 @@
-"""`edge-app serve`, `edge-app users add` and `edge-app report`: the review side's commands.
+"""`edge-app serve`, `edge-app users` and `edge-app report`: the review side's commands.
 
 Flask and fpdf2 are imported only when these commands run, so `edge-app run` starts as fast as
 before.
@@ -87,6 +87,7 @@ def serve(
     from leukedge.edge_app.review.auth import UsersError, default_users_file, load_users
     from leukedge.edge_app.review.server import ServerConfig, create_app, is_loopback
 
+    where = f"--users {users_file}" if users_file is not None else f"--db {db_path}"
     users_file = users_file or default_users_file(db_path)
     try:
         users = load_users(users_file)
@@ -95,15 +96,19 @@ def serve(
     if not is_loopback(host) and not users:
         raise click.ClickException(
             f"--host {host}: refusing to serve beyond this machine without reviewer accounts: "
-            f"add one with `edge-app users add NAME --db {db_path}` (or keep --host 127.0.0.1)"
+            f"add one with `edge-app users add NAME {where}` (or keep --host 127.0.0.1)"
         )
     if save_dir is not None and not save_dir.is_dir():
         raise click.ClickException(f"--save-dir {save_dir}: no such folder")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is not None:
+        _check_tls(tls_cert, tls_key)
     _open_checked(db_path, read_only).close()  # upgrades an older database once, before serving
     app = create_app(
-        ServerConfig(db_path, save_dir, read_only, users, secure_cookie=tls_cert is not None)
+        ServerConfig(
+            db_path, save_dir, read_only, users, users_file, secure_cookie=tls_cert is not None
+        )
     )
     try:
         _probe(host, port)  # werkzeug would print its own text and exit; say it our way first
@@ -144,6 +149,20 @@ def serve(
         server.server_close()
 
 
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the pair as the server will, so a wrong file is named, not blamed on the port."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        raise click.ClickException(
+            f"--tls-cert {cert} / --tls-key {key}: not a usable PEM certificate and its private "
+            f"key ({error.reason if isinstance(error, ssl.SSLError) else error.strerror or error}); "
+            "give the certificate and the key that belongs to it"
+        ) from None
+
+
 def _probe(host: str, port: int) -> None:
     """Bind (as the server will, with SO_REUSEADDR) and release: OSError if it cannot listen."""
     import socket
@@ -156,25 +175,45 @@ def _probe(host: str, port: int) -> None:
 
 @click.group()
 def users() -> None:
-    """Reviewer accounts of the review page (passwords hashed with scrypt, file owner-only)."""
+    """Reviewer accounts of the review page (passwords hashed with scrypt, file owner-only).
+
+    \b
+    Examples:
+      edge-app users add alice --db results.sqlite
+      edge-app users list --db results.sqlite
+      edge-app users remove alice --db results.sqlite
+    """
+
+
+def accounts_file_options(function):
+    """`--db` / `--users`: where the `users` subcommands find the accounts file."""
+    function = click.option(
+        "--users",
+        "users_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The accounts file (default: review-users.json beside --db).",
+    )(function)
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The accounts file is review-users.json beside this database.",
+    )(function)
+
+
+def _accounts_file(db_path: Path | None, users_file: Path | None) -> Path:
+    from leukedge.edge_app.review.auth import default_users_file
+
+    if users_file is None and db_path is None:
+        raise click.UsageError("pass --db DATABASE (accounts beside it) or --users FILE")
+    return users_file or default_users_file(db_path)
 
 
 @users.command("add")
 @click.argument("name")
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Put the accounts file beside this database (review-users.json).",
-)
-@click.option(
-    "--users",
-    "users_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The accounts file (default: review-users.json beside --db).",
-)
+@accounts_file_options
 @click.option(
     "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
 )
@@ -188,11 +227,9 @@ def users_add(
       edge-app users add alice --db results.sqlite
       printf '%s\\n' "$PASSWORD" | edge-app users add alice --db results.sqlite --password-stdin
     """
-    from leukedge.edge_app.review.auth import UsersError, add_user, default_users_file
+    from leukedge.edge_app.review.auth import UsersError, add_user
 
-    if users_file is None and db_path is None:
-        raise click.UsageError("pass --db DATABASE (accounts beside it) or --users FILE")
-    users_file = users_file or default_users_file(db_path)
+    users_file = _accounts_file(db_path, users_file)
     if password_stdin or not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -209,6 +246,50 @@ def users_add(
         f"edge-app: {'reset' if replaced else 'added'} reviewer {name} in {users_file} (owner-only)",
         err=True,
     )
+
+
+@users.command("list")
+@accounts_file_options
+def users_list(db_path: Path | None, users_file: Path | None) -> None:
+    """Print the reviewer accounts, one name a line (no password hashes).
+
+    \b
+    Examples:
+      edge-app users list --db results.sqlite
+    """
+    from leukedge.edge_app.review.auth import UsersError, load_users
+
+    users_file = _accounts_file(db_path, users_file)
+    try:
+        names = sorted(load_users(users_file))
+    except UsersError as error:
+        raise click.ClickException(str(error)) from None
+    for name in names:
+        click.echo(name)
+    click.echo(f"edge-app: {len(names)} reviewer account(s) in {users_file}", err=True)
+
+
+@users.command("remove")
+@click.argument("name")
+@accounts_file_options
+def users_remove(name: str, db_path: Path | None, users_file: Path | None) -> None:
+    """Remove a reviewer account. A running review page logs the reviewer out on their next
+    request; reviews they recorded stay in the database under their name.
+
+    \b
+    Examples:
+      edge-app users remove alice --db results.sqlite
+    """
+    from leukedge.edge_app.review.auth import UsersError, remove_user
+
+    users_file = _accounts_file(db_path, users_file)
+    try:
+        remove_user(users_file, name)
+    except (UsersError, OSError) as error:
+        raise click.ClickException(
+            f"{users_file}: {error.strerror or error}" if isinstance(error, OSError) else str(error)
+        ) from None
+    click.echo(f"edge-app: removed reviewer {name} from {users_file}", err=True)
 
 
 @click.command(epilog=DISCLAIMER)

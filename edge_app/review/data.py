@@ -353,9 +353,10 @@ def add_review(
             ):
                 after = {"decision": LABEL, "label": override_label, "message": override_label}
             else:
+                given = f", got {override_label!r}" if override_label else ", none was chosen"
                 raise ReviewError(
                     f"override needs a label from {', '.join(labels or [])} or "
-                    f"{REFER_CHOICE!r}, got {override_label!r}"
+                    f"{REFER_CHOICE!r}{given}"
                 )
             after["by"] = reviewer
         cursor = connection.execute(

@@ -231,8 +231,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _caption(frame: dict) -> str:
+    """`#12 Pre-B 97.0%` for an answered field; a referred one says its decision first, so an
+    out-of-distribution field never reads as a confident answer: `#11 unknown, top Benign 99.6%`."""
     confidence = "" if frame.get("confidence") is None else f" {frame['confidence']:.1%}"
-    return f"#{frame['id']} {frame.get('label') or frame.get('top_label') or frame['decision']}{confidence}"
+    if frame["decision"] == LABEL:
+        return f"#{frame['id']} {frame.get('label')}{confidence}"
+    top = frame.get("top_label")
+    return f"#{frame['id']} {frame['decision']}" + (f", top {top}{confidence}" if top else "")
 
 
 def _figure(frame: dict, data: bytes) -> str:

@@ -34,7 +34,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from leukedge.edge_app.review import data
-from leukedge.edge_app.review.auth import LoginLimiter, verify
+from leukedge.edge_app.review.auth import Accounts, LoginLimiter, verify
 from leukedge.edge_app.review.report import (
     ReportError,
     build_report,
@@ -58,6 +58,7 @@ class ServerConfig:
     save_dir: Path | None = None
     read_only: bool = False
     users: dict[str, str] = field(default_factory=dict)  # name -> password hash; empty: no login
+    users_file: Path | None = None  # read again when it changes (accounts removed while serving)
     secure_cookie: bool = False  # HTTPS: the session cookie is sent over TLS only
     login_attempts: int = 5
     login_window_s: float = 300.0
@@ -85,6 +86,7 @@ def create_app(config: ServerConfig) -> Flask:
     app.json.sort_keys = False
     app.jinja_env.filters["fromjson"] = json.loads
     limiter = LoginLimiter(config.login_attempts, config.login_window_s)
+    accounts = Accounts(config.users, config.users_file)
     save_dir = config.save_dir.resolve() if config.save_dir is not None else None
     results = data.ResultCache()
 
@@ -125,7 +127,12 @@ def create_app(config: ServerConfig) -> Flask:
             sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
             if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
                 abort(403, "missing or wrong CSRF token: reload the page and try again")
-        if config.users and not session.get("user") and request.endpoint != "login":
+        if (
+            accounts.login_required
+            and session.get("user") not in accounts.current()
+            and request.endpoint != "login"
+        ):
+            session.clear()  # an account removed while serving is logged out here
             if is_api():
                 abort(401, "log in first")
             return redirect(
@@ -297,7 +304,7 @@ def create_app(config: ServerConfig) -> Flask:
         target = request.values.get("next") or url_for("sample_list")
         if not target.startswith("/") or target.startswith("//"):
             target = url_for("sample_list")
-        if not config.users:
+        if not accounts.login_required:
             return redirect(url_for("sample_list"))
         if request.method == "GET":
             return render_template("login.html", error=None, next=target)
@@ -306,7 +313,7 @@ def create_app(config: ServerConfig) -> Flask:
         if wait > 0:
             abort(429, f"too many failed logins: try again in {wait:.0f} s")
         name, password = request.form.get("name", ""), request.form.get("password", "")
-        if not verify(config.users, name, password):
+        if not verify(accounts.current(), name, password):
             limiter.failed(client)
             return render_template("login.html", error="Wrong name or password.", next=target), 401
         limiter.succeeded(client)
@@ -317,7 +324,7 @@ def create_app(config: ServerConfig) -> Flask:
     @app.post("/logout")
     def logout():
         session.clear()
-        return redirect(url_for("login" if config.users else "sample_list"), code=303)
+        return redirect(url_for("login" if accounts.login_required else "sample_list"), code=303)
 
     # -- JSON API ------------------------------------------------------------------------------
     def paging() -> tuple[int | None, int]:
