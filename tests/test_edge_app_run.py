@@ -475,9 +475,12 @@ def test_missing_corrupt_or_changed_model_is_a_one_line_error(model, slides, tmp
         "truncated.tflite",
     )
     # Named as truncated even with no labels beside it (its metadata went with its tail).
-    assert "may be truncated or corrupt" in edge_app(
-        "run", "--model", truncated, "--source", slides, "--db", tmp_path / "r.sqlite"
-    ).stderr
+    assert (
+        "may be truncated or corrupt"
+        in edge_app(
+            "run", "--model", truncated, "--source", slides, "--db", tmp_path / "r.sqlite"
+        ).stderr
+    )
     changed_dir = tmp_path / "changed"
     changed_dir.mkdir()
     shutil.copy(model.parent / "manifest.json", changed_dir)
