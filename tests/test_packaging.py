@@ -54,7 +54,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     """(the wheel, the fresh venv's bin folder)."""
     root = tmp_path_factory.mktemp("packaging")
     source = source_tree(root / "source")
-    run(
+    built = run(
         [
             sys.executable,
             "-m",
@@ -62,13 +62,17 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
             "wheel",
             "--no-deps",
             "--disable-pip-version-check",
-            "-q",
+            "-v",  # shows the build backend's own warnings
             source,
             "-w",
             root / "dist",
         ],
         cwd=root,
     )
+    # A clean build: setuptools once warned at every build that the review page's templates/ and
+    # static/ folders looked like packages missing from `packages`.
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr
+    assert "BuildBackendWarning" not in built.stdout + built.stderr
     wheel = next((root / "dist").glob("leukedge-*.whl"))
     venv = root / "venv"
     run([sys.executable, "-m", "venv", venv], cwd=root)
