@@ -81,7 +81,13 @@ def _images_to_copy(save_dir: Path, target: Path) -> tuple[list[tuple[Path, Path
 
 
 def _check_room(destination: Path, need: int) -> None:
-    free = shutil.disk_usage(destination).free
+    usage = shutil.disk_usage(destination)
+    if usage.total == 0:  # /proc, /sys and the like: no disk behind the folder
+        raise StorageError(
+            f"--to {destination}: is not on a disk that can hold files (a system folder?): "
+            "give the backup disk's folder"
+        )
+    free = usage.free
     if free < need + SPARE_BYTES:
         raise StorageError(
             f"--to {destination}: {free / 1e6:.1f} MB free, the backup needs about "
@@ -200,11 +206,20 @@ def backup(
     """Back up `db` (and the images under `save_dir`) into the existing folder `destination`."""
     started = time.perf_counter()
     db, destination = Path(db), Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise StorageError(
+            f"--to {destination}: is a file, not a folder: give the backup disk's folder"
+        )
     if not destination.is_dir():
         # Never create it: an unmounted stick's mount point would silently fill the SD card.
         raise StorageError(
             f"--to {destination}: no such folder: plug in and mount the backup disk, or create "
             "the folder first"
+        )
+    if not os.access(destination, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"--to {destination}: this user cannot write there: mount the disk writable, or "
+            "give a folder of your own on it"
         )
     resolved = destination.resolve()
     for name, folder in (("--save-dir", save_dir), ("--db's folder", db.parent)):

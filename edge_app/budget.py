@@ -306,6 +306,7 @@ class FrameSaver:
         self.saved = 0
         self.not_saved_low_space = 0
         self.not_saved_budget = 0
+        self.not_saved_too_large = 0  # one image alone is over --max-disk-mb
         self.stopped_reason: str | None = None  # why saving is paused right now
         self.write_failed = False  # the disk refused a write: no more tries this run
         self._warned: set[str] = set()
@@ -376,6 +377,18 @@ class FrameSaver:
             log.info("saving images again (%s no longer holds)", self.stopped_reason)
             self.stopped_reason = None
             self._warned.discard("low")
+        size = path.stat().st_size
+        if self.budget.max_bytes is not None and size > self.budget.max_bytes:
+            # Pruning would delete this very image and report it as an old one.
+            path.unlink(missing_ok=True)
+            self.not_saved_too_large += 1
+            self._warn_once(
+                "too large",
+                f"--max-disk-mb {self.settings.max_disk_mb:g} is smaller than one image "
+                f"({size / 1024:.0f} KB): no image is kept; results are still stored. "
+                "Raise --max-disk-mb",
+            )
+            return None
         self.policy.saved(kind, label, now)
         self.budget.added(path, sample_id)
         self.budget.enforce()
@@ -399,6 +412,11 @@ class FrameSaver:
             )
         if self.not_saved_budget:
             text += f"; {self.not_saved_budget} frame(s) not saved: budget held by images awaiting review"
+        if self.not_saved_too_large:
+            text += (
+                f"; {self.not_saved_too_large} frame(s) not saved: each image alone is larger "
+                f"than --max-disk-mb {self.settings.max_disk_mb:g}"
+            )
         return text
 
 

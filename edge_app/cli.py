@@ -411,7 +411,7 @@ def run(
     log.info(DISCLAIMER)
     from leukedge.edge_app.app import App, AppError, FrameProcessor
     from leukedge.edge_app.runtime import RELEASED_MODEL, Classifier, ModelError, default_model_path
-    from leukedge.edge_app.sources import SourceError, open_source
+    from leukedge.edge_app.sources import SourceError, check_source, open_source
     from leukedge.edge_app.storage import ResultStore, StorageError
 
     settings = RunSettings(
@@ -442,6 +442,10 @@ def run(
         empty_contrast=empty_contrast,
     )
     decisions = DecisionSettings(min_confidence=min_confidence, smoothing=smooth)
+    try:
+        check_source(source)  # before the model loads and the database is created
+    except SourceError as error:
+        raise click.ClickException(str(error)) from None
     model = model or default_model_path()
     if model is None:
         raise click.ClickException(

@@ -106,3 +106,16 @@ def test_edge_app_run_refuses_options_that_would_do_the_wrong_thing(
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and f"Invalid value for {option}:" in error[0] and reason in error[0]
     assert not db.exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize("source", ["empty", "missing", "missing/*.jpg", "clip.mp4"])
+def test_edge_app_run_refuses_a_source_without_frames_before_it_makes_a_database(source, tmp_path):
+    (tmp_path / "empty").mkdir()
+    db = tmp_path / "results.sqlite"
+    result = run_cli(
+        "edge-app", "run", "--source", tmp_path / source, "--db", db, check=False, timeout=120
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and f"--source {tmp_path / source}" in error[0], result.stderr
+    assert not db.exists()  # no empty database left behind, and no model was loaded

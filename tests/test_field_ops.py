@@ -262,6 +262,23 @@ def test_budget_prunes_oldest_first_but_never_images_awaiting_review(tmp_path, i
     assert [path.exists() for path in paths] == [True, True] + [False] * 10
 
 
+def test_a_budget_smaller_than_one_image_keeps_none_and_says_why(tmp_path, images, caplog):
+    writer = FrameWriter(tmp_path / "frames")
+    saver = FrameSaver(writer, SaveSettings("all", 0, max_disk_mb=0.001, min_free_mb=0), None)
+    rgb = load_rgb(images["Benign"])
+    with caplog.at_level("WARNING"):
+        paths = [saver.save(rgb, f"f{i}", "label", "Benign", None) for i in range(3)]
+    assert paths == [None] * 3 and not list(writer.directory.rglob("*.jpg"))
+    assert saver.budget.pruned == 0 and saver.not_saved_budget == 0
+    warnings = [
+        r.getMessage() for r in caplog.records if "smaller than one image" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "--max-disk-mb 0.001" in warnings[0]  # said once, not per frame
+    summary = saver.summary()
+    assert "3 frame(s) not saved: each image alone is larger than --max-disk-mb 0.001" in summary
+    assert "pruned" not in summary and "awaiting review" not in summary
+
+
 # -- the app with a budget, a full disk and a read-only folder ----------------------------------
 def _disk_usage(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

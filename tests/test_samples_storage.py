@@ -355,7 +355,11 @@ def test_report_cli_writes_pdf_and_html_and_refuses_a_sample_without_frames(smal
     # The disclaimer heads and ends the report, once each, not said twice over.
     assert page.read_text().count("not a diagnostic device") == 2
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o600
-    for sample, message in (("S-EMPTY", "has no frames"), ("NOPE", "no sample 'NOPE'")):
+    for sample, message in (
+        ("S-EMPTY", "has no frames"),
+        ("NOPE", "no sample 'NOPE'"),
+        ("S-RPE", "no sample 'S-RPE' in the database; did you mean 'S-REP'?"),
+    ):
         out = tmp_path / f"{sample}.pdf"
         result = run_cli(
             "edge-app", "report", sample, "--db", small_db, "--out", out, check=False, timeout=60
@@ -576,10 +580,17 @@ def test_network_bind_with_accounts_starts(small_db, tmp_path):
                 time.sleep(0.2)
         else:
             pytest.fail("the server did not start")
+        import urllib.request
+
+        # Not logged in: redirected to the login page (werkzeug colours a 302 line green).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.status == 200 and "/login" in page.url
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert "login required" in server.stderr.read()
+    log = server.stderr.read()
+    assert "login required" in log and '"GET / HTTP/1.1" 302' in log
+    assert "\x1b[" not in log  # a log file gets no terminal colour codes
 
 
 # -- the app files frames under samples; the two edge-bench commands ------------------------------
@@ -867,6 +878,8 @@ def test_backup_refuses_a_missing_or_wrong_destination_and_creates_nothing(tmp_p
         (frames, "is --save-dir"),
         (frames / "sub", "is inside --save-dir"),
         (tmp_path, "is --db's folder"),
+        (db, "is a file, not a folder"),
+        (Path("/proc"), "is not on a disk that can hold files"),
     ):
         if destination.name == "sub":
             destination.mkdir()

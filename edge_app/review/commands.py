@@ -82,7 +82,16 @@ def serve(
       edge-app users add alice --db results.sqlite && \\
         edge-app serve --db results.sqlite --save-dir frames --host 0.0.0.0
     """
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class RequestLog(WSGIRequestHandler):
+        """werkzeug colours every request line on POSIX; a log file (systemd, `2> serve.log`)
+        gets them plain."""
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            if sys.stderr.isatty():
+                return super().log_request(code, size)
+            self.log("info", '"%s" %s %s', self.requestline, code, size)
 
     from leukedge.edge_app.review.auth import UsersError, default_users_file, load_users
     from leukedge.edge_app.review.server import ServerConfig, create_app, is_loopback
@@ -117,6 +126,7 @@ def serve(
             port,
             app,
             threaded=True,
+            request_handler=RequestLog,
             ssl_context=(str(tls_cert), str(tls_key)) if tls_cert else None,
         )
     except OSError as error:

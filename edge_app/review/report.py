@@ -21,6 +21,7 @@ from statistics import median
 
 import cv2
 
+from leukedge.edge_app.clitools import closest
 from leukedge.edge_app.files import write_atomic
 from leukedge.edge_app.review.data import SampleSummary, field_image, get_sample, list_samples
 from leukedge.edge_app.samples import LABEL, UNFIT, UNKNOWN
@@ -94,7 +95,13 @@ def build_report(
     """Gather a sample's report. With `confined`, images are read only from under `save_dir`."""
     found = get_sample(connection, sample_id)
     if found is None:
-        raise ReportError(f"no sample {sample_id!r} in the database")
+        known = [row[0] for row in connection.execute("SELECT sample_id FROM samples")]
+        hint = closest(sample_id, known)
+        raise ReportError(
+            f"no sample {sample_id!r} in the database"
+            + (f"; did you mean {hint!r}?" if hint else "")
+            + " (`edge-app export --db DB --samples-csv samples.csv` lists every sample)"
+        )
     summary, frames = found
     if not frames:
         raise ReportError(

@@ -25,7 +25,41 @@ from leukedge.edge_app.sources.base import (
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".mjpg", ".h264", ".webm")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "rtmp://")
 
-__all__ = ["CameraError", "Frame", "FrameSource", "SkippedFrame", "SourceError", "open_source"]
+__all__ = [
+    "CameraError",
+    "Frame",
+    "FrameSource",
+    "SkippedFrame",
+    "SourceError",
+    "check_source",
+    "open_source",
+]
+
+
+def _is_camera_or_stream(text: str) -> bool:
+    return (
+        text == "picamera2"
+        or text.startswith("picamera2:")
+        or text.isdigit()
+        or text.startswith("/dev/video")
+        or text.lower().startswith(STREAM_SCHEMES)
+    )
+
+
+def check_source(spec: str) -> None:
+    """SourceError now for a file, folder, glob or video that cannot give a frame, so that
+    `edge-app run` says so before it loads the model and creates the database. A camera or a
+    stream is only known once it is opened (it may come up late), so it passes here."""
+    text = spec.strip()
+    if _is_camera_or_stream(text):
+        return
+    if Path(text).suffix.lower() in VIDEO_EXTENSIONS:
+        if not Path(text).is_file():
+            raise SourceError(f"--source {spec}: no such video file")
+        return
+    from leukedge.edge_app.sources.files import list_images
+
+    list_images(text)
 
 
 def open_source(
