@@ -506,6 +506,12 @@ def test_an_account_removed_while_serving_is_logged_out(small_db, tmp_path):
     with client.session_transaction() as session:
         form["csrf_token"] = session["csrf"]
     assert client.post("/login", data=form).status_code == 401
+    # A password reset ends the sessions opened with the old password.
+    form = {"name": "dr-b", "password": "another password", "csrf_token": form["csrf_token"]}
+    assert client.post("/login", data=form).status_code == 303
+    assert client.get("/").status_code == 200
+    add_user(users_file, "dr-b", "a new password!")
+    assert client.get("/").headers["Location"].startswith("/login")
     # Removing the last account leaves a page nobody can open, never one open to all.
     remove_user(users_file, "dr-b")
     assert client.get("/api/samples").status_code == 401

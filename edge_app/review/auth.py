@@ -7,6 +7,8 @@ client address.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -78,7 +80,8 @@ def remove_user(path: Path, name: str) -> None:
 
 class Accounts:
     """The accounts as a running server sees them: the file is read again when it changes, so
-    `edge-app users remove` locks a reviewer out on their next request, without a restart.
+    `edge-app users remove` (or a password reset with `users add`) ends a reviewer's session on
+    their next request, without a restart.
     A file that turns unreadable keeps the last accounts read (nothing is granted by a damaged
     file), and `login_required` stays as it was at start-up: removing the last account leaves a
     page nobody can open, never one open to all."""
@@ -108,6 +111,19 @@ class Accounts:
                     pass  # keep the last good accounts; serve's start-up check names the file
                 self._stamp = stamp
             return self._users
+
+    def session_valid(self, name: str | None, tag: str | None) -> bool:
+        """Whether a session opened for `name` (with `account_tag` `tag`) still stands."""
+        hashed = self.current().get(name) if name else None
+        return (
+            hashed is not None and tag is not None and hmac.compare_digest(tag, account_tag(hashed))
+        )
+
+
+def account_tag(hashed: str) -> str:
+    """A short digest of an account's password hash, kept in its session: a password reset
+    changes it, so the sessions opened with the old password end."""
+    return hashlib.sha256(hashed.encode()).hexdigest()[:16]
 
 
 def verify(users: dict[str, str], name: str, password: str) -> bool:

@@ -34,7 +34,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from leukedge.edge_app.review import data
-from leukedge.edge_app.review.auth import Accounts, LoginLimiter, verify
+from leukedge.edge_app.review.auth import Accounts, LoginLimiter, account_tag, verify
 from leukedge.edge_app.review.report import (
     ReportError,
     build_report,
@@ -129,10 +129,11 @@ def create_app(config: ServerConfig) -> Flask:
                 abort(403, "missing or wrong CSRF token: reload the page and try again")
         if (
             accounts.login_required
-            and session.get("user") not in accounts.current()
+            and not accounts.session_valid(session.get("user"), session.get("account"))
             and request.endpoint != "login"
         ):
-            session.clear()  # an account removed while serving is logged out here
+            if "user" in session:  # an account removed or reset while serving: logged out
+                session.clear()  # (an anonymous session keeps the login form's CSRF token)
             if is_api():
                 abort(401, "log in first")
             return redirect(
@@ -313,12 +314,14 @@ def create_app(config: ServerConfig) -> Flask:
         if wait > 0:
             abort(429, f"too many failed logins: try again in {wait:.0f} s")
         name, password = request.form.get("name", ""), request.form.get("password", "")
-        if not verify(accounts.current(), name, password):
+        users = accounts.current()  # one reading for the check and the session's tag
+        if not verify(users, name, password):
             limiter.failed(client)
             return render_template("login.html", error="Wrong name or password.", next=target), 401
         limiter.succeeded(client)
         session.clear()  # a fresh session (and CSRF token) after login
         session["user"] = name
+        session["account"] = account_tag(users[name])
         return redirect(target, code=303)
 
     @app.post("/logout")
