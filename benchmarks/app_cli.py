@@ -101,7 +101,7 @@ def _paths_option(ctx, param, value: str) -> tuple[str, ...]:
     help="Also run the real app loop over this many frames of the first model (e.g. 5000) "
     "and report RSS at start and end.",
 )
-@threads_option("Interpreter threads. Default: the app's, min(4, cores).", max_threads=64)
+@threads_option("Interpreter threads. Default: the app's, min(4, cores).")
 @click.option(
     "--allow-unverified", is_flag=True, help="Bench models that do not match their manifest.json."
 )

@@ -27,6 +27,7 @@ from leukedge.train.dataset import (
     SPLITS,
     DatasetError,
     Sample,
+    changed_files,
     default_data_dir,
     labelled_folder,
     load_pixels,
@@ -136,6 +137,13 @@ def resolve_eval_set(
         raise DatasetError(
             f"split file {data} names {len(missing)} file(s) missing under {root}, "
             f"e.g. {missing[0]}: pass --data-root DATASET_DIR"
+        )
+    changed = changed_files(wanted, root)
+    if changed:
+        raise DatasetError(
+            f"split file {data}: {len(changed)} image(s) under {root} differ from the sha256 the "
+            f"split recorded, e.g. {changed[0]}: the figures would not be the split's; pass the "
+            "dataset the split was made from"
         )
     limited = f" (first {limit_per_class} per class)" if limit_per_class else ""
     return EvalSet(_limit(wanted, limit_per_class), root, f"{split} split of {data}{limited}")

@@ -19,6 +19,7 @@ import click
 from leukedge.benchmarks.evaluation import EvalSet, resolve_eval_set
 from leukedge.edge_app.files import cannot_write_in
 from leukedge.edge_app.runtime import default_model_path
+from leukedge.edge_app.settings import MAX_THREADS
 from leukedge.models import release_dir
 from leukedge.train.dataset import DatasetError
 
@@ -37,9 +38,10 @@ class ThreadCounts(click.ParamType):
         if isinstance(value, tuple):
             return value
         parts = [part.strip() for part in str(value).split(",")]
-        if not all(part.isdigit() and int(part) > 0 for part in parts):
+        if not all(part.isdigit() and 0 < int(part) <= MAX_THREADS for part in parts):
             self.fail(
-                f"{value!r} is not a comma-separated list of positive integers, e.g. 1,2,4",
+                f"{value!r} is not a comma-separated list of thread counts from 1 to "
+                f"{MAX_THREADS}, e.g. 1,2,4",
                 param,
                 ctx,
             )
@@ -122,13 +124,11 @@ def thread_counts_option(help: str | None = None) -> Decorator:
     )
 
 
-def threads_option(help: str, *, max_threads: int | None = None) -> Decorator:
-    """--threads N: one interpreter thread count; None leaves the Classifier's min(4, cores).
-
-    `max_threads` keeps the cap of the commands that run the app loop (edge-app's own 1-64).
-    """
+def threads_option(help: str) -> Decorator:
+    """--threads N: one interpreter thread count (1 to MAX_THREADS, as edge-app takes it);
+    None leaves the Classifier's min(4, cores)."""
     return click.option(
-        "--threads", type=click.IntRange(min=1, max=max_threads), default=None, help=help
+        "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help=help
     )
 
 

@@ -250,7 +250,7 @@ def markdown(result: dict) -> str:
     default=None,
     help="Age limit for saved images (simulated days).",
 )
-@threads_option("Interpreter threads. Default: the app's, min(4, cores).", max_threads=64)
+@threads_option("Interpreter threads. Default: the app's, min(4, cores).")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -99,15 +99,14 @@ class KerasModel:
             ) from None
         tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        import keras
+        from leukedge.train.config import ModelFileError
+        from leukedge.train.model import load_saved
 
         path = Path(spec["model"])
         try:
-            self.model = keras.models.load_model(path, compile=False)
-        except Exception as error:
-            raise ModelError(
-                f"{path} could not be loaded by Keras ({str(error).splitlines()[0][:200]})"
-            ) from None
+            self.model = load_saved(path)
+        except ModelFileError as error:
+            raise ModelError(str(error)) from None
         labels_file = path.parent / "labels.txt"
         if not labels_file.is_file():
             raise ModelError(

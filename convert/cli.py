@@ -143,6 +143,17 @@ def main(source: Path, out_dir: Path, verbose: bool, **options) -> None:
       edge-convert runs/default --out out --int8-io float32 --calibration-samples 500
       edge-convert runs/default --out out --coverage 0.99 --ood-retention 0.97
     """
+    context = click.get_current_context()
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("coverage", "ood_retention", "ood_dims")
+        if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if not options["trust"] and given:
+        raise click.UsageError(
+            f"{', '.join(given)} set(s) a trust parameter, and --no-trust fits none: "
+            "leave out one or the other"
+        )
     from leukedge.train.quiet import quiet_tensorflow
 
     quiet_tensorflow(verbose)

@@ -8,7 +8,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +45,9 @@ from leukedge.edge_app.manifest import (
 from leukedge.edge_app.metadata import ModelMetadata
 from leukedge.edge_app.runtime import Classifier
 from leukedge.train import dataset
+from leukedge.train.config import ModelFileError
 from leukedge.train.metrics import classification_metrics
+from leukedge.train.model import load_saved
 
 OUTPUT_FILES = tuple(file_name(v) for v in VARIANTS) + (
     "labels.txt",
@@ -104,19 +105,10 @@ def locate_source(config: ConvertConfig) -> tuple[Path, Path | None, Path | None
 
 
 def load_classifier(model_path: Path) -> keras.Model:
-    if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
-        # Keras would say "File not found" for a truncated archive.
-        raise ConversionError(
-            f"{model_path} is not a readable Keras model (a .keras file is a zip archive; this "
-            "one is truncated or of another format): use the model.keras edge-train wrote"
-        )
     try:
-        model = keras.models.load_model(model_path, compile=False)
-    except Exception as error:
-        raise ConversionError(
-            f"{model_path} is not a readable Keras model "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:150]})"
-        ) from None
+        model = load_saved(model_path)
+    except ModelFileError as error:
+        raise ConversionError(str(error)) from None
     shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
     if (
         shape is None

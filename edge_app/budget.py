@@ -63,7 +63,7 @@ def check_budget_options(
     if max_disk_mb is not None and max_disk_mb <= 0:
         raise ValueError(
             f"--max-disk-mb {max_disk_mb:g}: must be above 0 (megabytes of saved images "
-            "to keep); leave it out for no size limit"
+            "to keep)"
         )
     if keep_days is not None and keep_days <= 0:
         raise ValueError(

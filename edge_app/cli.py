@@ -20,6 +20,7 @@ from leukedge.edge_app.clitools import (
 )
 from leukedge.edge_app.settings import (
     DISCLAIMER,
+    MAX_THREADS,
     CameraSettings,
     DecisionSettings,
     QualitySettings,
@@ -210,7 +211,7 @@ def main() -> None:
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1, 64),
+    type=click.IntRange(1, MAX_THREADS),
     default=None,
     help="Interpreter threads (default: CPU cores, at most 4).",
 )

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Interpreter threads any command accepts: far above any board's cores, and far below the
+# counts that make the runtime fail to spawn its workers and crash (100,000 segfaulted).
+MAX_THREADS = 64
+
 DISCLAIMER = (
     "LeukEdge is a research and screening aid, not a diagnostic device: every result "
     "must be reviewed by a qualified hematologist."

@@ -253,10 +253,14 @@ def test_bad_models_become_failed_rows_and_the_rest_still_run(converted_dir, dat
     (bad / "notes.tflite").write_text("this is a text file, not a model\n")
     data = (converted_dir / "model_int8.tflite").read_bytes()
     (bad / "truncated.tflite").write_bytes(data[: len(data) // 2])
+    (bad / "keras").mkdir()
+    (bad / "keras" / "labels.txt").write_text((converted_dir / "labels.txt").read_text())
+    (bad / "keras" / "model.keras").write_text("a text file, not a Keras archive\n")
     result = run_cli(
         "edge-bench",
         bad / "notes.tflite",
         bad / "truncated.tflite",
+        bad / "keras" / "model.keras",
         converted_dir / "model_int8.tflite",
         "--data",
         converted_dir / "split.csv",
@@ -274,8 +278,13 @@ def test_bad_models_become_failed_rows_and_the_rest_still_run(converted_dir, dat
         rows["truncated"]["status"] == "failed"
         and "truncated or corrupt" in rows["truncated"]["error"]
     )
+    # Keras itself says "File not found" for a file that is there but is no archive.
+    assert (
+        rows["keras"]["status"] == "failed"
+        and "truncated or of another format" in rows["keras"]["error"]
+    )
     assert rows["int8"]["status"] == "ok" and rows["int8"]["accuracy"] is not None
-    assert "2 of 3 row(s) failed" in result.stderr.splitlines()[-1]
+    assert "3 of 4 row(s) failed" in result.stderr.splitlines()[-1]
 
 
 def test_labels_the_model_does_not_know(converted_dir, data_dir, tmp_path):

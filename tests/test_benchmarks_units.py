@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -30,8 +31,11 @@ def test_thread_counts_parse_and_reject():
     parse = ThreadCounts().convert
     assert parse("1,2,4", None, None) == (1, 2, 4)
     assert parse(" 2 , 2,1", None, None) == (2, 1)
-    for bad in ("1,x", "0", "", "1;2", "-1", "1.5"):
-        with pytest.raises(click.BadParameter, match="comma-separated list of positive integers"):
+    assert parse("64", None, None) == (64,)
+    for bad in ("1,x", "0", "", "1;2", "-1", "1.5", "65", "1,100000"):
+        with pytest.raises(
+            click.BadParameter, match="comma-separated list of thread counts from 1"
+        ):
             parse(bad, None, None)
 
 
@@ -106,11 +110,12 @@ def test_eval_set_errors(tmp_path, data_dir):
         resolve_eval_set(tmp_path / "empty")
     split = tmp_path / "split.csv"
     image = next((data_dir / "Original" / "Benign").iterdir())
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
     with open(split, "w", newline="") as handle:
         csv.writer(handle).writerows(
             [
                 ("path", "sha256", "label", "split"),
-                (image.relative_to(data_dir).as_posix(), "a", "Benign", "train"),
+                (image.relative_to(data_dir).as_posix(), digest, "Benign", "train"),
             ]
         )
     with pytest.raises(DatasetError, match="lists no 'test' images"):
@@ -118,6 +123,21 @@ def test_eval_set_errors(tmp_path, data_dir):
     assert len(resolve_eval_set(split, data_root=data_dir, split="train").samples) == 1
     with pytest.raises(DatasetError, match="missing under"):
         resolve_eval_set(split, data_root=tmp_path, split="train")
+    # A file whose content is not the one the split recorded: the figures would not be the split's.
+    changed = tmp_path / "changed.csv"
+    changed.write_text(split.read_text().replace(digest, "0" * 64))
+    with pytest.raises(DatasetError, match="1 image.s. under .* differ from the sha256"):
+        resolve_eval_set(changed, data_root=data_dir, split="train")
+    # A short row, and two rows of one content, are named as such.
+    short = tmp_path / "short.csv"
+    short.write_text("path,sha256,label,split\nOriginal/Benign/x.jpg,abc,Benign\n")
+    with pytest.raises(DatasetError, match="line 2: expected the 4 fields"):
+        resolve_eval_set(short, data_root=data_dir)
+    twice = tmp_path / "twice.csv"
+    row = f"{image.relative_to(data_dir).as_posix()},{digest},Benign"
+    twice.write_text(f"path,sha256,label,split\n{row},test\n{row.replace('.jpg', '-b.jpg')},val\n")
+    with pytest.raises(DatasetError, match="gives 2 rows the same sha256"):
+        resolve_eval_set(twice, data_root=data_dir)
 
 
 def test_agreement():

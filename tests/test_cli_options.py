@@ -119,3 +119,31 @@ def test_edge_app_run_refuses_a_source_without_frames_before_it_makes_a_database
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and f"--source {tmp_path / source}" in error[0], result.stderr
     assert not db.exists()  # no empty database left behind, and no model was loaded
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("edge-bench", "run", "models", "--threads", "1,100000"),
+        ("edge-bench", "trust", "models", "--threads", "100000"),
+        ("edge-bench", "robustness", "models", "--threads", "65"),
+        ("edge-bench", "fidelity", "models", "--threads", "99"),
+        ("edge-app", "run", "--source", "frames", "--threads", "65"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_thread_counts_are_capped_where_the_runtime_would_crash(command):
+    """100,000 threads made the runtime fail to spawn its workers and segfault (exit 139)."""
+    result = run_cli(*command, check=False, timeout=120)
+    assert result.returncode == 2 and "Invalid value for '--threads'" in result.stderr
+    assert "64" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_edge_convert_refuses_trust_settings_with_no_trust(tmp_path):
+    result = run_cli(
+        "edge-convert", tmp_path / "run", "--out", tmp_path / "out", "--no-trust",
+        "--coverage", "0.9", "--ood-retention", "0.97", check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--coverage, --ood-retention set(s) a trust parameter, and --no-trust" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -151,6 +151,16 @@ def test_bad_inputs(tiny_run, converted_dir, data_dir, tmp_path):
         run_cli("edge-convert", corrupt, "--out", tmp_path / "o2", check=False),
         "not a readable Keras model",
     )
+    (corrupt / "model.keras").write_text("a text file, not an archive\n")
+    assert_clean_error(
+        run_cli("edge-convert", corrupt, "--out", tmp_path / "o2", check=False),
+        "truncated or of another format",
+    )
+    converted = next(converted_dir.glob("model_*.tflite"))
+    assert_clean_error(
+        run_cli("edge-convert", converted, "--out", tmp_path / "o2", check=False),
+        "is a .tflite file, already converted",
+    )
     assert_clean_error(
         run_cli("edge-convert", tiny_run, "--out", converted_dir, check=False), "--overwrite"
     )

@@ -139,15 +139,18 @@ def test_check_writable_refuses_a_read_only_manifest(release_copy):
     manifests.check_writable(release_copy / "manifest.json")
 
 
-def test_the_app_names_the_file_and_field_of_a_bad_manifest(release_copy, tmp_path):
+def test_the_app_names_the_file_and_field_of_a_bad_manifest(release_copy, data_dir, tmp_path):
     path = edit(release_copy, lambda d: d.update(format_version=7))
+    slides = tmp_path / "slides"  # a source that gives frames: the model is what is refused
+    slides.mkdir()
+    shutil.copy(next((data_dir / "Original" / "Benign").glob("*.jpg")), slides)
     result = run_cli(
         "edge-app",
         "run",
         "--model",
         release_copy / "model_int8.tflite",
         "--source",
-        tmp_path,
+        slides,
         "--headless",
         "--db",
         tmp_path / "r.sqlite",

@@ -263,6 +263,13 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, data_dir, tiny_run)
         "block_99_expand",
     )
     assert not out.exists()
+    # Past the backbone's last layer nothing would fine-tune: refused before any epoch.
+    too_far = train(
+        "--data", data_dir, "--limit-per-class", "10",
+        "--fine-tune-epochs", "1", "--fine-tune-from", "9999",
+    )  # fmt: skip
+    assert_clean_error(too_far, "--fine-tune-from 9999: the backbone has", "layers (0 to")
+    assert "Epoch" not in too_far.stdout + too_far.stderr and not out.exists()
 
 
 def test_defaults_match_the_documented_interface():

@@ -13,6 +13,10 @@ class WeightsError(ValueError):
     """The requested backbone weights cannot be found or do not fit the model."""
 
 
+class ModelFileError(ValueError):
+    """A saved model (model.keras) cannot be read: the message names the file and what to pass."""
+
+
 class SettingsError(ValueError):
     """A training setting does not fit the model being built."""
 

@@ -364,9 +364,15 @@ def read_split(path: Path, data_dir: Path | None = None, check_files: bool = Tru
                     f"split file {path} must have the columns {','.join(SPLIT_COLUMNS)}, "
                     f"found {reader.fieldnames}"
                 )
-            samples = [
-                Sample(row["path"], row["sha256"], row["label"], row["split"]) for row in reader
-            ]
+            samples = []
+            for row in reader:
+                if None in row.values() or None in row:  # too few or too many fields
+                    raise DatasetError(
+                        f"split file {path} line {reader.line_num}: expected the "
+                        f"{len(SPLIT_COLUMNS)} fields {','.join(SPLIT_COLUMNS)}, found another "
+                        "count: fix the line or write the split again"
+                    )
+                samples.append(Sample(row["path"], row["sha256"], row["label"], row["split"]))
     except (UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"split file {path} is not a readable CSV: {error}") from None
     bad = [s.split for s in samples if s.split not in SPLITS]
@@ -376,9 +382,16 @@ def read_split(path: Path, data_dir: Path | None = None, check_files: bool = Tru
         )
     if not samples:
         raise DatasetError(f"split file {path} lists no images")
-    leaks = [h for h, n in Counter(s.sha256 for s in samples).items() if n > 1]
+    counts = Counter(s.sha256 for s in samples)
+    leaks = [digest for digest, n in counts.items() if n > 1]
     if leaks:
-        raise DatasetError(f"split file {path} lists the same image content {len(leaks)} times")
+        rows = [s.path for s in samples if s.sha256 == leaks[0]]
+        raise DatasetError(
+            f"split file {path} gives {len(rows)} rows the same sha256 ({leaks[0][:12]}...: "
+            f"{', '.join(rows[:3])}{', ...' if len(rows) > 3 else ''})"
+            + (f" and {len(leaks) - 1} more group(s) share one" if len(leaks) > 1 else "")
+            + ": one image may stand in one row only"
+        )
     if check_files and data_dir is not None:
         missing = [s.path for s in samples if not (Path(data_dir) / s.path).is_file()]
         if missing:
@@ -387,6 +400,17 @@ def read_split(path: Path, data_dir: Path | None = None, check_files: bool = Tru
                 f"e.g. {missing[0]}: point --data at the dataset the split was made from"
             )
     return samples
+
+
+def changed_files(samples: Sequence[Sample], data_dir: Path) -> list[str]:
+    """The paths whose file content no longer has the sha256 the split recorded (rows without a
+    recorded sha256, as a labelled folder gives them, are not checked)."""
+    return [
+        s.path
+        for s in samples
+        if s.sha256
+        and hashlib.sha256((Path(data_dir) / s.path).read_bytes()).hexdigest() != s.sha256
+    ]
 
 
 def load_pixels(

@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from leukedge.train.config import SettingsError, WeightsError
+from leukedge.train.config import ModelFileError, SettingsError, WeightsError
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 # The project's shared folder sits beside the checkout (../shared), as the dataset does.
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+def load_saved(path: Path) -> keras.Model:
+    """The model.keras edge-train wrote, uncompiled; ModelFileError saying why it is not one.
+
+    Keras says "File not found" for a truncated archive and "File format not supported" for a
+    .tflite, which send users looking in the wrong place."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        raise ModelFileError(
+            f"{path} is a .tflite file, already converted: pass an edge-train run folder or its "
+            "model.keras"
+        )
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path} is not a readable Keras model (a .keras file is a zip archive; this one is "
+            "truncated or of another format): use the model.keras edge-train wrote"
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise ModelFileError(
+            f"{path} is not a readable Keras model "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:150]})"
+        ) from None
 
 
 def imagenet_weights_file(alpha: float, echo: Callable[[str], None] | None = None) -> Path:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from leukedge.train import dataset, distill, distributed, report, twins
 from leukedge.train.augment import augmentation
-from leukedge.train.config import TrainConfig
+from leukedge.train.config import SettingsError, TrainConfig
 from leukedge.train.machine import cpu_model, simd_flags
 from leukedge.train.metrics import classification_metrics
 from leukedge.train.model import (
@@ -228,6 +228,13 @@ def train(config: TrainConfig, echo=print, scan: dataset.Scan | None = None) -> 
 
     with strategy.scope():
         base = build_backbone(config.alpha, config.image_size, config.weights)
+        if config.fine_tune_epochs > 0 and config.fine_tune_from >= len(base.layers):
+            # Found here, before any epoch: past the last layer nothing would fine-tune.
+            raise SettingsError(
+                f"--fine-tune-from {config.fine_tune_from}: the backbone has "
+                f"{len(base.layers)} layers (0 to {len(base.layers) - 1}): give a smaller index, "
+                "or --fine-tune-epochs 0 to train the head alone"
+            )
         if config.int8_grid:
             frozen_until = config.fine_tune_from if config.fine_tune_epochs > 0 else None
             rounded = snap_to_int8_grid(base, frozen_until, config.int8_per_tensor_layers)

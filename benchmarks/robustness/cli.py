@@ -42,10 +42,10 @@ def _severities_option(ctx, param, value: str) -> tuple[int, ...]:
 EXAMPLES = """
 \b
 Examples:
-  edge-bench robustness models/model_int8.tflite --limit 20
+  edge-bench robustness models/model_int8.tflite --limit-per-class 20
   edge-bench robustness runs/convert_out --markdown robustness.md --plot robustness.png
   edge-bench robustness runs/convert_out --shifts defocus,jpeg --severities 1,3,5 --json r.json
-  edge-bench robustness model_int8.tflite --data ../shared/data/all-leukemia/Original --limit 10
+  edge-bench robustness model_int8.tflite --data ../shared/data/all-leukemia/Original --limit-per-class 10
   edge-bench robustness models/model_int8.tflite --split val --json val.json   # for choosing
 \b
 Shifts (severity 1 = mild .. 5 = severe):
@@ -79,10 +79,13 @@ Shifts (severity 1 = mild .. 5 = severe):
     help="Comma-separated severities, 1 (mild) to 5 (severe). Clean is always scored.",
 )
 @click.option(
-    "--limit",
+    "--limit-per-class",
+    "--limit",  # its first name, kept for scripts that use it
+    "limit",
     type=click.IntRange(min=1),
     default=None,
-    help="At most N images per class (quick runs). Default: every image.",
+    help="At most N images per class (quick runs), as --limit-per-class of the other "
+    "commands. Default: every image.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random shifts.")
 @threads_option("Interpreter threads. Default: min(4, cores).")

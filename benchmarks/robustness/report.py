@@ -195,7 +195,7 @@ def markdown(results: Results) -> str:
     lines += [
         "",
         f"Gate rejects: % of shifted images `{results.gate}` would not classify (the app's own gate). "
-        f"Answered wrong above {WRONG_CEILING:.0%} is marked FAIL (issue 12's target). Decision rule "
+        f"Answered wrong above {WRONG_CEILING:.0%} is marked FAIL (the project's target, docs/trust.md). Decision rule "
         "per model in the first table: the model's own trust parameters when it carries them, else "
         "the legacy min-confidence rule.",
     ]
