@@ -62,8 +62,7 @@ def check_budget_options(
     """ValueError with a one-line message naming the option, for values that cannot work."""
     if max_disk_mb is not None and max_disk_mb <= 0:
         raise ValueError(
-            f"--max-disk-mb {max_disk_mb:g}: must be above 0 (megabytes of saved images "
-            "to keep)"
+            f"--max-disk-mb {max_disk_mb:g}: must be above 0 (megabytes of saved images to keep)"
         )
     if keep_days is not None and keep_days <= 0:
         raise ValueError(
