@@ -89,7 +89,7 @@ def edge_bench_mean_ms(
     show_default=True,
     help="Which variants of an edge-convert folder to compare (comma-separated).",
 )
-@thread_counts_option()
+@thread_counts_option("Interpreter thread counts, one comparison each.")
 @click.option(
     "--runs",
     type=click.IntRange(min=2),
@@ -97,7 +97,13 @@ def edge_bench_mean_ms(
     show_default=True,
     help="Timed invocations per measurement, for both tools.",
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed invokes before the timed ones, in both tools.",
+)
 @click.option(
     "--repeats",
     type=click.IntRange(min=1),

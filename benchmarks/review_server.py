@@ -266,8 +266,20 @@ def concurrent(
 @model_option("The .tflite model for the frame rows and the run beside. Default: the released one.")
 @data_option("split.csv whose test images are used. Default: models/split.csv.", exists=True)
 @data_root_option(manifest_default=False)
-@click.option("--samples", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--frames-per-sample", type=click.IntRange(1), default=50, show_default=True)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Samples in the generated database.",
+)
+@click.option(
+    "--frames-per-sample",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Fields of each generated sample.",
+)
 @click.option(
     "--requests",
     type=click.IntRange(1),
@@ -285,7 +297,7 @@ def concurrent(
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port."
 )
-@output_option("--json", "json_out")
+@output_option("--json", "json_out", "Write every figure as JSON.")
 def review_server_command(
     model, data, data_root, samples, frames_per_sample, requests, run_frames, port, json_out
 ) -> None:

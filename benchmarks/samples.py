@@ -351,10 +351,10 @@ def _ks(_ctx, param, value: str) -> tuple[int, ...]:
     default=None,
     help="Per-frame rule override (default: the app's default / the model's trust rule).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@output_option("--json", "json_out")
-@output_option("--markdown", "markdown_out")
-@output_option("--plot", "plot_out")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn samples.")
+@output_option("--json", "json_out", "Write every figure as JSON.")
+@output_option("--markdown", "markdown_out", "Write the table as Markdown.")
+@output_option("--plot", "plot_out", "Write accuracy and referral against k as PNG.")
 @click.option(
     "--allow-unverified",
     is_flag=True,

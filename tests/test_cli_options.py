@@ -147,3 +147,19 @@ def test_edge_convert_refuses_trust_settings_with_no_trust(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--coverage, --ood-retention set(s) a trust parameter, and --no-trust" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--distill-weight", "0.5"), "--distill-weight: set(s) the distillation loss"),
+        (("--distill-temperature", "2"), "needs a --teacher"),
+        (("--no-int8-grid", "--int8-refit-epochs", "5"), "--no-int8-grid turns off"),
+    ],
+)
+def test_edge_train_refuses_settings_that_would_do_nothing(options, message, tmp_path):
+    result = run_cli("edge-train", "--out", tmp_path / "run", *options, check=False, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and message in error[0], result.stderr
+    assert not (tmp_path / "run").exists()

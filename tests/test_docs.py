@@ -279,3 +279,30 @@ def command_lines_of(text: str, tmp=Path("/dev/shm") if Path("/dev/shm").is_dir(
         doc = Path(folder) / "d.md"
         doc.write_text(f"```bash\n{text}\n```\n")
         return command_lines(doc)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`--help` is the first manual people read: an option listed there without a line of help
+    leaves them guessing (several benchmark options had none)."""
+    from leukedge.benchmarks.cli import main as edge_bench
+    from leukedge.convert.cli import main as edge_convert
+    from leukedge.edge_app.cli import main as edge_app
+    from leukedge.train.cli import main as edge_train
+
+    def silent(command: click.Command, name: str):
+        if isinstance(command, click.Group):
+            for sub, child in command.commands.items():
+                yield from silent(child, f"{name} {sub}")
+            return
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help" and not param.help:
+                yield f"{name} {'/'.join(param.opts)}"
+
+    commands = {
+        "edge-train": edge_train,
+        "edge-convert": edge_convert,
+        "edge-app": edge_app,
+        "edge-bench": edge_bench,
+    }
+    missing = [option for name, command in commands.items() for option in silent(command, name)]
+    assert not missing, missing

@@ -114,7 +114,13 @@ def pool_cpu_memory() -> None:
     "int8 scale instead of one per channel (with --int8-grid); edge-convert then stores "
     "one scale for them, which makes the int8 file smaller.",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Images per training step (the global batch, split over devices or workers).",
+)
 @click.option(
     "--weights",
     default="imagenet",
@@ -224,10 +230,27 @@ def main(data_dir: Path, out_dir: Path, alpha: str, verbose: bool, **options) ->
             parse_tf_config(os.environ.get("TF_CONFIG"))
         if config.split_file:
             dataset.read_split(config.split_file, data_dir)
+        context = click.get_current_context()
+        given = {
+            name
+            for name in ("distill_temperature", "distill_weight", "int8_refit_epochs")
+            if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        }
         if config.teachers:
             check_teachers(config.teachers, None, config.split_file)
         elif config.distill_consistent:
             raise SettingsError("--consistent-teaching needs a --teacher to score the views")
+        elif given & {"distill_temperature", "distill_weight"}:
+            names = sorted(f"--{n.replace('_', '-')}" for n in given if n.startswith("distill"))
+            raise SettingsError(
+                f"{', '.join(names)}: set(s) the distillation loss, which needs a --teacher: "
+                "add one, or leave the option out"
+            )
+        if "int8_refit_epochs" in given and not config.int8_grid:
+            raise SettingsError(
+                "--int8-refit-epochs refits the head after the int8 rounding, which "
+                "--no-int8-grid turns off: leave one of them out"
+            )
         scan = dataset.scan(
             data_dir,
             config.subset,

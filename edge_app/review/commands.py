@@ -36,7 +36,13 @@ def _open_checked(db_path: Path, read_only: bool):
     show_default=True,
     help="Address to listen on. Anything but loopback needs reviewer accounts (edge-app users add).",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="TCP port of the review page.",
+)
 @click.option(
     "--save-dir",
     type=click.Path(file_okay=False, path_type=Path),
