@@ -64,7 +64,21 @@ class DefaultCommandGroup(SuggestingGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and self._is_typo(ctx, args[0]):
-            ctx.fail(unknown_command_message(args[0], self.list_commands(ctx)))
+            word = args[0]
+            folder = Path(word).parent
+            near = closest(Path(word).name, os.listdir(folder)) if folder.is_dir() else None
+            command = closest(word, self.list_commands(ctx))
+
+            def likeness(other: str) -> float:
+                return difflib.SequenceMatcher(None, Path(word).name, other).ratio()
+
+            # `edge-bench modles` is a mistyped path; `edge-bench robustnes` a mistyped command.
+            if near is not None and likeness(near) > likeness(command or ""):
+                ctx.fail(
+                    f"No such command or model {word!r}. Did you mean the path "
+                    f"{str(folder / near)!r}? Commands: {', '.join(sorted(self.list_commands(ctx)))}."
+                )
+            ctx.fail(unknown_command_message(word, self.list_commands(ctx)))
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)

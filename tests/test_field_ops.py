@@ -546,6 +546,14 @@ def test_mistyped_subcommands_get_a_suggestion(tmp_path):
     finally:
         os.chdir(REPO)
     assert "Did you mean" not in as_path.output
+    # A word nearer to a path here than to any command is a mistyped model path.
+    (tmp_path / "models").mkdir()
+    os.chdir(tmp_path)
+    try:
+        mistyped = runner.invoke(bench_main, ["modles"])
+    finally:
+        os.chdir(REPO)
+    assert mistyped.exit_code == 2 and "Did you mean the path 'models'?" in mistyped.output
     convert = run_cli(
         "edge-convert", "x", "--out", tmp_path / "o", "--variant", "int8", check=False
     )
