@@ -75,17 +75,24 @@ def environment_lines(result: BenchResult) -> list[str]:
     return lines
 
 
+def method_line(result: BenchResult) -> str:
+    """How the columns were measured: printed under the table and kept in its Markdown."""
+    settings = result.settings
+    return (
+        f"latency: interpreter.invoke() over {settings['runs']} runs after {settings['warmup']} warm-up; "
+        "FPS: 1000 / mean invoke ms; e2e: decode + crop/resize + invoke per image; agreement: "
+        "top-1 against the most precise variant of the same model (agreement_reference in the "
+        "JSON; that row itself reads 100%); RSS: peak of each row's own process; "
+        f"{result.wall_s:.1f} s in all"
+    )
+
+
 def console_table(result: BenchResult) -> str:
     out = environment_lines(result) + ["", format_table(*_cells(result))]
     for row in result.failed:
         out.append(f"{row['name']} ({row['threads']} thread(s)) failed: {row['error']}")
     out += [f"note: {note}" for note in result.notes]
-    settings = result.settings
-    out.append(
-        f"latency: interpreter.invoke() over {settings['runs']} runs after {settings['warmup']} warm-up; "
-        f"e2e: decode + crop/resize + invoke per image; RSS: peak of each row's own process; "
-        f"{result.wall_s:.1f} s in all"
-    )
+    out.append(method_line(result))
     return "\n".join(out)
 
 
@@ -111,6 +118,7 @@ def markdown(result: BenchResult) -> str:
         for row in result.failed
     ]
     out += [f"- note: {note}" for note in result.notes]
+    out.append(f"- {method_line(result)}")
     return "\n".join(out) + "\n"
 
 

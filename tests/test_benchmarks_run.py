@@ -160,6 +160,9 @@ def test_csv_markdown_and_png(bench):
         assert float(by_key[key]["latency_p90_ms"]) == pytest.approx(row["latency_ms"]["p90"])
     table = [line for line in (out / "b.md").read_text().splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(report["rows"]) and "accuracy" in table[0] and "p90 ms" in table[0]
+    # The Markdown says how its columns were measured, as the console does.
+    method = f"- latency: interpreter.invoke() over {report['settings']['runs']} runs"
+    assert method in (out / "b.md").read_text() and "agreement: top-1 against" in result.stdout
     assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
 
