@@ -86,7 +86,8 @@ def arrays(samples: list[dataset.Sample], scan: dataset.Scan, labels: list[str],
     chosen = [s for s in samples if s.split == split]
     if not chosen:
         raise dataset.DatasetError(
-            f"the {split} split is empty: add images or use a larger --limit-per-class"
+            f"the {split} split is empty: add images (or, if you gave --limit-per-class, a "
+            "larger one)"
         )
     x = np.stack([scan.images[s.sha256] for s in chosen])
     y = np.array([labels.index(s.label) for s in chosen], dtype=np.int64)
