@@ -131,10 +131,10 @@ def test_app_stores_unknown_rows_with_their_scores(converted_dir, data_dir, tmp_
         "0",
         "--empty-contrast",
         "0",
-        "--dark-mean",
-        "-1",
+        "--dark-mean",  # a mean grey is never below 0 nor above 255: the gate lets all through
+        "0",
         "--bright-mean",
-        "256",
+        "255",
         "--clipped-max",
         "1",
     )
@@ -209,8 +209,11 @@ def test_model_without_trust_runs_on_the_legacy_rule(tiny_run, data_dir, tmp_pat
     assert "carries no trust parameters" in result.stderr
 
 
-def test_mismatched_trust_parameters_are_refused(converted_dir, tmp_path):
+def test_mismatched_trust_parameters_are_refused(converted_dir, data_dir, tmp_path):
     copy = Path(shutil.copytree(converted_dir, tmp_path / "copy"))
+    slides = tmp_path / "slides"  # a source that gives frames: the model is what is refused
+    slides.mkdir()
+    shutil.copy(next((data_dir / "Original" / "Benign").glob("*.jpg")), slides)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["variants"]["int8"]["trust"]["ood"]["threshold"] *= 10  # someone loosened it
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -222,7 +225,7 @@ def test_mismatched_trust_parameters_are_refused(converted_dir, tmp_path):
         "--model",
         copy / "model_int8.tflite",
         "--source",
-        copy,
+        slides,
         "--headless",
         "--db",
         tmp_path / "r.sqlite",
