@@ -4,6 +4,7 @@
 - `picamera2` or `picamera2:N` (Pi camera modules), see `edge_app.sources.picamera`;
 - a camera index (`0`), a device (`/dev/video0`), a video file or a stream URL (OpenCV);
 - an image file, a folder (searched recursively) or a glob (`'slides/*.png'`).
+`check_source(spec)` refuses, without opening anything, a file source that can give no frame.
 
 Every source returns uint8 RGB frames: each module converts its native channel order here,
 so nothing downstream guesses.
@@ -74,7 +75,7 @@ def open_source(
         if not number.isdigit():
             raise SourceError(f"--source {spec}: expected picamera2 or picamera2:N (camera number)")
         source: FrameSource = PiCameraSource(int(number), camera)
-    elif text.isdigit() or text.startswith("/dev/video") or text.lower().startswith(STREAM_SCHEMES):
+    elif _is_camera_or_stream(text):  # picamera2 is taken above
         from leukedge.edge_app.sources.opencv import OpenCVSource
 
         source = OpenCVSource(int(text) if text.isdigit() else text, live=True, camera=camera)
