@@ -108,8 +108,13 @@ class SampleRule:
             n_unfit=kinds[UNFIT],
         )
 
+        # Votes are counted for every result, referrals too, so a report's per-class counts
+        # agree with its field decisions.
+        answered = [frame for frame in frames if frame["decision"] == LABEL]
+        votes = Counter(str(frame["label"]) for frame in answered)
+
         def result(
-            decision, reason, label=None, candidate=None, confidence=None, votes=None, driving=()
+            decision, reason, label=None, candidate=None, confidence=None, driving=()
         ) -> SampleResult:
             return SampleResult(
                 decision,
@@ -118,27 +123,21 @@ class SampleRule:
                 confidence,
                 reason,
                 **counts,
-                votes=dict(votes or {}),
+                votes=dict(votes),
                 driving_frames=tuple(driving),
                 rule=self.describe(),
             )
 
-        # Votes are counted for every result, referrals too, so a report's per-class counts
-        # agree with its field decisions.
-        answered = [frame for frame in frames if frame["decision"] == LABEL]
-        votes = Counter(str(frame["label"]) for frame in answered)
         if n_fit < self.min_fit_fields:
             return result(
                 UNCERTAIN,
                 f"too few fit fields: {n_fit} of the {self.min_fit_fields} needed",
-                votes=votes,
             )
         if kinds[UNKNOWN] > self.max_unknown_share * n_fit:
             return result(
                 UNKNOWN,
                 f"{kinds[UNKNOWN]} of {n_fit} fit fields look unlike the training "
                 "images (out of distribution)",
-                votes=votes,
             )
         kept = (LABEL, UNCERTAIN) if self.combine_uncertain else (LABEL,)
         known = [frame for frame in frames if frame["decision"] in kept]
@@ -149,7 +148,7 @@ class SampleRule:
                     max(float(p), self.probability_floor)
                 )
         if not totals:
-            return result(UNCERTAIN, "no field carries class probabilities", votes=votes)
+            return result(UNCERTAIN, "no field carries class probabilities")
         candidate = max(totals, key=totals.get)
         top = totals[candidate]
         confidence = 1.0 / sum(math.exp(value - top) for value in totals.values())
@@ -159,7 +158,6 @@ class SampleRule:
                 f"too few answered fields: {len(answered)} of the {self.min_answered} needed",
                 candidate=candidate,
                 confidence=confidence,
-                votes=votes,
             )
         if len(answered) < self.min_answered_share * n_fit:
             return result(
@@ -168,7 +166,6 @@ class SampleRule:
                 f"fields answered, {self.min_answered_share:.0%} needed",
                 candidate=candidate,
                 confidence=confidence,
-                votes=votes,
             )
         agreement = votes[candidate] / len(answered)
         if agreement < self.min_agreement:
@@ -179,7 +176,6 @@ class SampleRule:
                 f"{candidate}, {self.min_agreement:.0%} needed",
                 candidate=candidate,
                 confidence=confidence,
-                votes=votes,
             )
         driving = sorted(
             (frame for frame in answered if frame["label"] == candidate),
@@ -191,7 +187,6 @@ class SampleRule:
             label=candidate,
             candidate=candidate,
             confidence=confidence,
-            votes=votes,
             driving=[int(frame["id"]) for frame in driving if frame.get("id") is not None],
         )
 
